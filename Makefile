@@ -1,0 +1,43 @@
+# Set-up and everyday commands. `make test` and `make demo` work on a fresh clone:
+# they create .venv, install the pinned requirements and build the extension.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CUDA sources are compiled wherever a toolkit exists (so a broken kernel cannot land);
+# torch would otherwise guess CUDA_HOME=/usr/local and fail to link.
+ifeq ($(origin CUDA_HOME), undefined)
+  ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+    export CUDA_HOME := /usr/local/cuda
+  endif
+endif
+export MAX_JOBS ?= 2
+
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+
+.PHONY: all install build test bench demo clean
+all: test
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.installed $(SOURCES)
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	$(PY) -c "import adam_ext, json; print(json.dumps(adam_ext.build_info()))"
+	touch $@
+
+install build: $(VENV)/.built
+
+test: $(VENV)/.built
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.built
+	$(PY) benchmarks/bench_loss.py
+
+demo: $(VENV)/.built
+	$(PY) benchmarks/bench_loss.py --headline
+
+clean:
+	rm -rf build *.egg-info adam_ext/_C*.so $(VENV)/.built

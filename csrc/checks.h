@@ -1,0 +1,111 @@
+// Argument checks shared by every backend of the adam_ext operators.
+//
+// Each check names the argument, what was expected and what came, so that a
+// user calling torch.ops.adam_ext.* directly (bypassing the Python wrapper)
+// still gets an actionable message instead of a crash inside a kernel.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <optional>
+
+#define ADAM_CHECK_ARG(cond, name, ...) \
+  TORCH_CHECK_VALUE(cond, "adam_ext: ", name, " ", __VA_ARGS__)
+
+namespace adam_ext {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 ||
+         t == at::kHalf;
+}
+
+// Validates the forward operator's arguments; returns nothing, throws a
+// c10::ValueError naming the offending argument otherwise.
+inline void check_forward_args(const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& queue, double temperature,
+                               const std::optional<double>& gamma,
+                               const std::optional<at::Tensor>& gamma_rows) {
+  ADAM_CHECK_ARG(q.dim() == 2, "q", "must be (B, D), got ", q.dim(),
+                 "-d tensor of shape ", q.sizes());
+  ADAM_CHECK_ARG(k.dim() == 2, "k", "must be (B, D), got ", k.dim(),
+                 "-d tensor of shape ", k.sizes());
+  ADAM_CHECK_ARG(queue.dim() == 2, "queue", "must be (K, D), got ", queue.dim(),
+                 "-d tensor of shape ", queue.sizes());
+  const auto B = q.size(0);
+  const auto D = q.size(1);
+  ADAM_CHECK_ARG(B >= 1, "q", "must hold at least one query (B >= 1), got shape ",
+                 q.sizes());
+  ADAM_CHECK_ARG(D >= 1, "q", "must have a feature dimension D >= 1, got shape ",
+                 q.sizes());
+  ADAM_CHECK_ARG(k.sizes() == q.sizes(), "k", "must be (B, D) = ", q.sizes(),
+                 " like q, got ", k.sizes());
+  ADAM_CHECK_ARG(queue.size(1) == D, "queue", "must be (K, D) with D=", D,
+                 " like q, got ", queue.sizes(),
+                 queue.size(0) == D ? " (did you pass the queue transposed, as (D, K)?)"
+                                    : "");
+  ADAM_CHECK_ARG(is_supported_float(q.scalar_type()), "q",
+                 "must be float32, float64, bfloat16 or float16, got ",
+                 q.scalar_type());
+  ADAM_CHECK_ARG(k.scalar_type() == q.scalar_type(), "k",
+                 "must have the dtype of q (", q.scalar_type(), "), got ",
+                 k.scalar_type());
+  ADAM_CHECK_ARG(queue.scalar_type() == q.scalar_type(), "queue",
+                 "must have the dtype of q (", q.scalar_type(), "), got ",
+                 queue.scalar_type());
+  ADAM_CHECK_ARG(k.device() == q.device(), "k", "must be on the device of q (",
+                 q.device(), "), got ", k.device());
+  ADAM_CHECK_ARG(queue.device() == q.device(), "queue",
+                 "must be on the device of q (", q.device(), "), got ",
+                 queue.device());
+  ADAM_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
+                 "must be a finite number > 0, got ", temperature);
+  ADAM_CHECK_ARG(!(gamma.has_value() && gamma_rows.has_value()), "gamma",
+                 "must be given either as a number or as a (B,) tensor, not both");
+  if (gamma.has_value()) {
+    ADAM_CHECK_ARG(std::isfinite(*gamma), "gamma",
+                   "must be a finite number (or None to disable pruning), got ",
+                   *gamma);
+  }
+  if (gamma_rows.has_value()) {
+    const auto& g = *gamma_rows;
+    ADAM_CHECK_ARG(g.dim() == 1 && g.size(0) == B, "gamma",
+                   "given as a tensor must be (B,) = (", B, ",), got shape ",
+                   g.sizes());
+    ADAM_CHECK_ARG(at::isFloatingType(g.scalar_type()), "gamma",
+                   "given as a tensor must be floating point, got ",
+                   g.scalar_type());
+    ADAM_CHECK_ARG(g.device() == q.device(), "gamma",
+                   "must be on the device of q (", q.device(), "), got ",
+                   g.device());
+  }
+}
+
+inline void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& q,
+                                const at::Tensor& k, const at::Tensor& loss,
+                                const at::Tensor& wsum, double temperature,
+                                bool need_grad_q) {
+  const auto B = q.size(0);
+  ADAM_CHECK_ARG(q.dim() == 2 && k.sizes() == q.sizes(), "k",
+                 "must be (B, D) like q ", q.sizes(), ", got ", k.sizes());
+  ADAM_CHECK_ARG(grad_loss.dim() == 1 && grad_loss.size(0) == B, "grad_loss",
+                 "must be (B,) = (", B, ",), got ", grad_loss.sizes());
+  ADAM_CHECK_ARG(loss.dim() == 1 && loss.size(0) == B, "loss", "must be (B,) = (",
+                 B, ",), got ", loss.sizes());
+  if (need_grad_q) {
+    ADAM_CHECK_ARG(wsum.sizes() == q.sizes(), "wsum",
+                   "must be (B, D) = ", q.sizes(),
+                   " when the gradient of q is needed (run the forward with "
+                   "need_wsum=True), got ",
+                   wsum.sizes());
+  }
+  ADAM_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
+                 "must be a finite number > 0, got ", temperature);
+  for (const at::Tensor* t : {&grad_loss, &k, &loss, &wsum}) {
+    ADAM_CHECK_ARG(t->device() == q.device(), "backward inputs",
+                   "must all be on the device of q (", q.device(), "), got ",
+                   t->device());
+  }
+}
+
+}  // namespace adam_ext

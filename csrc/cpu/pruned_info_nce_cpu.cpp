@@ -1,0 +1,459 @@
+// CPU kernels of the fused purposively pruned InfoNCE operator.
+//
+// Forward, one pass over the queue: the queue is cut into tiles of kTileK rows
+// and the tiles are shared among threads (at::parallel_for). For a tile and a
+// block of up to kTileB queries, the similarities S = qh . tile^T are made by
+// BLAS into a small per-thread buffer that stays in L2, then one fused pass
+// masks, exponentiates and sums them (online log-sum-exp with flash-attention
+// rescaling) and leaves the probabilities P in place, and BLAS adds P . tile to
+// the thread's weighted-sum accumulator. Threads' partial (max, sum, acc) are
+// merged at the end. Memory is O(threads * (B * D + kTileB * kTileK)), never
+// O(B * K). The backward is O(B * D) and never reads the queue.
+#include "checks.h"
+#include "pruned_info_nce.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+// Fortran BLAS exported by libtorch_cpu's MKL. Declared weak so that a torch
+// built on another BLAS still loads the extension; we then use at::mm instead.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
+            const int* k, const float* alpha, const float* a, const int* lda,
+            const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
+            const int* k, const double* alpha, const double* a, const int* lda,
+            const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace adam_ext {
+namespace {
+
+// Tile sizes. A tile of 256 queue rows (128 KiB at D=128, fp32) and a block of
+// 128 queries give a 128 KiB similarity buffer: both stay in the 1 MiB L2 of
+// the 2-core AMD EPYC this was tuned on (benchmarks/results/cpu.md).
+constexpr int64_t kTileK = 256;
+constexpr int64_t kTileB = 128;
+
+// Row-major C[m x n] (+)= A[m x k] . B^T where B is [n x k] (trans_b) or
+// C[m x n] (+)= A[m x k] . B[k x n]; all contiguous with the given leading dims.
+// Expressed for column-major BLAS as C^T = op(B) . A^T.
+template <typename acc_t>
+void gemm_rowmajor(bool trans_b, int64_t m, int64_t n, int64_t k, const acc_t* a,
+                   int64_t lda, const acc_t* b, int64_t ldb, acc_t beta, acc_t* c,
+                   int64_t ldc) {
+  const char tb = trans_b ? 'T' : 'N';
+  const char ta = 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LDB = static_cast<int>(ldb), LDA = static_cast<int>(lda),
+            LDC = static_cast<int>(ldc);
+  const acc_t one = 1;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (sgemm_ != nullptr) {
+      sgemm_(&tb, &ta, &M, &N, &K, &one, b, &LDB, a, &LDA, &beta, c, &LDC);
+      return;
+    }
+  } else {
+    if (dgemm_ != nullptr) {
+      dgemm_(&tb, &ta, &M, &N, &K, &one, b, &LDB, a, &LDA, &beta, c, &LDC);
+      return;
+    }
+  }
+  // Fallback through ATen on views of the raw buffers.
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  auto A = at::from_blob(const_cast<acc_t*>(a), {m, k}, {lda, 1}, opts);
+  auto Bm = trans_b ? at::from_blob(const_cast<acc_t*>(b), {n, k}, {ldb, 1}, opts).t()
+                    : at::from_blob(const_cast<acc_t*>(b), {k, n}, {ldb, 1}, opts);
+  auto C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  if (beta == acc_t(0)) {
+    at::mm_out(C, A, Bm);
+  } else {
+    C.addmm_(A, Bm);
+  }
+}
+
+// exp(x) for x <= 0 (and -inf -> 0, NaN -> NaN), written so the compiler can
+// vectorise it: Cody-Waite reduction to r in [-ln2/2, ln2/2], a degree-6
+// Taylor polynomial (relative error < 1.3e-7, about one float ulp) and the
+// exponent put in by integer arithmetic. Results below 2^-125 flush to 0.
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
+  const bool is_nan = x != x;
+  const float xc = x < -87.0f ? -87.0f : (is_nan ? 0.0f : x);
+  const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (xc - fn * 0.693359375f) + fn * 2.12194440e-4f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(fn) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float y = p * scale;
+  return is_nan ? x : (x < -87.0f ? 0.0f : y);
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// One query row of one tile, in place: s[0..n) holds similarities on entry and
+// p = keep * exp(s/tau - m_new) on exit. Updates the running max m and sum l
+// and returns the factor exp(m_old - m_new) by which the caller must rescale
+// the row's accumulator (1 when unchanged). NaN similarities propagate into
+// m and l when they are kept (no pruning), as in the reference; pruned ones
+// (NaN < gamma is false) are dropped. The loops are `omp simd` reductions so
+// the compiler vectorises them without -ffast-math.
+template <typename acc_t>
+__attribute__((always_inline)) inline acc_t row_pass_impl(acc_t* s, int64_t n, acc_t inv_tau, acc_t g, bool prune,
+                           acc_t& m, acc_t& l, int64_t& pruned) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  acc_t tile_max = kNegInf;
+  int n_nan = 0;
+  if (prune) {
+    int kept = 0;
+#pragma omp simd reduction(max : tile_max) reduction(+ : kept)
+    for (int64_t j = 0; j < n; ++j) {
+      const bool keep = s[j] < g;
+      const acc_t z = keep ? s[j] * inv_tau : kNegInf;
+      s[j] = z;
+      kept += keep ? 1 : 0;
+      tile_max = z > tile_max ? z : tile_max;
+    }
+    pruned += n - kept;
+  } else {
+#pragma omp simd reduction(max : tile_max) reduction(+ : n_nan)
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t z = s[j] * inv_tau;
+      s[j] = z;
+      n_nan += z != z ? 1 : 0;
+      tile_max = z > tile_max ? z : tile_max;
+    }
+  }
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  const acc_t m_new = (n_nan > 0 || m != m) ? nan : std::max(m, tile_max);
+  if (m_new == kNegInf) {  // everything pruned so far: nothing to add
+    std::fill(s, s + n, acc_t(0));
+    return acc_t(1);
+  }
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t p = exp_nonpositive(s[j] - m_new);
+    s[j] = p;
+    sum += p;
+  }
+  if (m == kNegInf) {  // first kept key of this row: the accumulator is still zero
+    l = sum;
+    m = m_new;
+    return acc_t(1);
+  }
+  const acc_t scale = std::exp(m - m_new);
+  l = l * scale + sum;
+  m = m_new;
+  return scale;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx2,fma"))) float row_pass_avx2(float* s, int64_t n, float inv_tau,
+                                                       float g, bool prune, float& m,
+                                                       float& l, int64_t& pruned) {
+  return row_pass_impl<float>(s, n, inv_tau, g, prune, m, l, pruned);
+}
+#endif
+
+float row_pass_generic(float* s, int64_t n, float inv_tau, float g, bool prune, float& m,
+                       float& l, int64_t& pruned) {
+  return row_pass_impl<float>(s, n, inv_tau, g, prune, m, l, pruned);
+}
+
+using RowPassFn = float (*)(float*, int64_t, float, float, bool, float&, float&, int64_t&);
+
+RowPassFn select_row_pass() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return row_pass_avx2;
+#endif
+  return row_pass_generic;
+}
+
+inline float row_pass(float* s, int64_t n, float inv_tau, float g, bool prune, float& m,
+                      float& l, int64_t& pruned) {
+  static const RowPassFn fn = select_row_pass();
+  return fn(s, n, inv_tau, g, prune, m, l, pruned);
+}
+
+inline double row_pass(double* s, int64_t n, double inv_tau, double g, bool prune,
+                       double& m, double& l, int64_t& pruned) {
+  return row_pass_impl<double>(s, n, inv_tau, g, prune, m, l, pruned);
+}
+
+// Normalises the rows of x (B, D) into out (B, D) of acc_t; returns norms if asked.
+template <typename scalar_t, typename acc_t>
+void normalize_rows(const scalar_t* x, int64_t B, int64_t D, acc_t* out) {
+  at::parallel_for(0, B, 64, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const scalar_t* xr = x + b * D;
+      acc_t* o = out + b * D;
+      acc_t ss = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const acc_t v = static_cast<acc_t>(xr[d]);
+        o[d] = v;
+        ss += v * v;
+      }
+      const acc_t inv = acc_t(1) / std::max(std::sqrt(ss), acc_t(kNormEps));
+      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    }
+  });
+}
+
+// Per-thread partial state of the forward pass.
+template <typename acc_t>
+struct Partial {
+  std::vector<acc_t> m, l, acc, sbuf, tile;
+  std::vector<int64_t> pruned;
+  bool used = false;
+};
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& queue,
+                  double temperature, std::optional<double> gamma,
+                  const std::optional<at::Tensor>& gamma_rows, bool need_wsum,
+                  at::Tensor& loss, at::Tensor& lse, at::Tensor& wsum,
+                  at::Tensor& pruned_out) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const int64_t B = q.size(0), D = q.size(1), K = queue.size(0);
+  const acc_t inv_tau = static_cast<acc_t>(1.0 / temperature);
+  const bool prune = gamma.has_value() || gamma_rows.has_value();
+
+  std::vector<acc_t> qh(B * D), kh(B * D), thr(B, std::numeric_limits<acc_t>::infinity());
+  normalize_rows<scalar_t, acc_t>(q.data_ptr<scalar_t>(), B, D, qh.data());
+  normalize_rows<scalar_t, acc_t>(k.data_ptr<scalar_t>(), B, D, kh.data());
+  if (gamma.has_value()) {
+    std::fill(thr.begin(), thr.end(), static_cast<acc_t>(*gamma));
+  } else if (gamma_rows.has_value()) {
+    const at::Tensor g =
+        gamma_rows->to(at::kCPU, c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* gp = g.template data_ptr<acc_t>();
+    std::copy(gp, gp + B, thr.begin());
+  }
+
+  const int64_t n_tiles = (K + kTileK - 1) / kTileK;
+  const int n_threads = std::max(1, at::get_num_threads());
+  std::vector<Partial<acc_t>> parts(n_threads);
+  const scalar_t* queue_ptr = queue.data_ptr<scalar_t>();
+
+  at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {
+    auto& st = parts[at::get_thread_num()];
+    if (!st.used) {
+      st.used = true;
+      st.m.assign(B, kNegInf);
+      st.l.assign(B, acc_t(0));
+      st.pruned.assign(B, 0);
+      if (need_wsum) st.acc.assign(B * D, acc_t(0));
+      st.sbuf.resize(std::min(B, kTileB) * kTileK);
+      if (!std::is_same_v<scalar_t, acc_t>) st.tile.resize(kTileK * D);
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t k0 = t * kTileK, kt = std::min(kTileK, K - k0);
+      const acc_t* tile;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        tile = queue_ptr + k0 * D;
+      } else {
+        const scalar_t* src = queue_ptr + k0 * D;
+        for (int64_t i = 0; i < kt * D; ++i) st.tile[i] = static_cast<acc_t>(src[i]);
+        tile = st.tile.data();
+      }
+      for (int64_t b0 = 0; b0 < B; b0 += kTileB) {
+        const int64_t bb = std::min(kTileB, B - b0);
+        acc_t* S = st.sbuf.data();
+        gemm_rowmajor<acc_t>(true, bb, kt, D, qh.data() + b0 * D, D, tile, D, acc_t(0), S, kt);
+        for (int64_t i = 0; i < bb; ++i) {
+          const int64_t b = b0 + i;
+          const acc_t scale =
+              row_pass(S + i * kt, kt, inv_tau, thr[b], prune, st.m[b], st.l[b], st.pruned[b]);
+          if (need_wsum && scale != acc_t(1)) {
+            acc_t* a = st.acc.data() + b * D;
+            for (int64_t d = 0; d < D; ++d) a[d] *= scale;
+          }
+        }
+        if (need_wsum) {
+          gemm_rowmajor<acc_t>(false, bb, D, kt, S, kt, tile, D, acc_t(1),
+                               st.acc.data() + b0 * D, D);
+        }
+      }
+    }
+  });
+
+  // Merge the threads' partials with the positive logit, row by row.
+  auto* loss_p = loss.data_ptr<acc_t>();
+  auto* lse_p = lse.data_ptr<acc_t>();
+  auto* pruned_p = pruned_out.data_ptr<int64_t>();
+  acc_t* wsum_p = need_wsum ? wsum.data_ptr<acc_t>() : nullptr;
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> w(need_wsum ? D : 0);
+    for (int64_t b = b0; b < b1; ++b) {
+      acc_t spos = 0;
+      for (int64_t d = 0; d < D; ++d) spos += qh[b * D + d] * kh[b * D + d];
+      const acc_t zpos = spos * inv_tau;
+      // Overall max over the positive and every thread's running max; NaN wins.
+      acc_t M = zpos;
+      int64_t n_pruned = 0;
+      for (const auto& st : parts) {
+        if (!st.used) continue;
+        n_pruned += st.pruned[b];
+        const acc_t mt = st.m[b];
+        M = (M != M || mt != mt) ? std::numeric_limits<acc_t>::quiet_NaN() : std::max(M, mt);
+      }
+      // R = sum of kept exp(z_i - M); total = exp(zpos - M) + R.
+      acc_t R = 0;
+      std::fill(w.begin(), w.end(), acc_t(0));
+      for (const auto& st : parts) {
+        if (!st.used || st.m[b] == kNegInf) continue;
+        const acc_t f = std::exp(st.m[b] - M);
+        R += st.l[b] * f;
+        if (need_wsum) {
+          const acc_t* a = st.acc.data() + b * D;
+          for (int64_t d = 0; d < D; ++d) w[d] += a[d] * f;
+        }
+      }
+      const acc_t total = std::exp(zpos - M) + R;
+      // loss = lse - zpos = log1p(R exp(M - zpos)): exact for losses near 0
+      // (small tau), where lse - zpos would cancel; the direct form when
+      // exp(M - zpos) could overflow.
+      const acc_t gap = M - zpos;
+      const acc_t loss_b = gap < acc_t(60) ? std::log1p(R * std::exp(gap)) : gap + std::log(total);
+      lse_p[b] = zpos + loss_b;
+      loss_p[b] = loss_b;
+      pruned_p[b] = n_pruned;
+      if (need_wsum) {
+        const acc_t inv_total = acc_t(1) / total;
+        for (int64_t d = 0; d < D; ++d) wsum_p[b * D + d] = w[d] * inv_total;
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void normalize_backward_row(const scalar_t* x, const acc_t* g, int64_t D, scalar_t* dx) {
+  acc_t ss = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d]);
+    ss += v * v;
+  }
+  const acc_t norm = std::sqrt(ss);
+  if (!(norm > acc_t(kNormEps))) {  // clamped denominator: x / eps is linear
+    for (int64_t d = 0; d < D; ++d) dx[d] = static_cast<scalar_t>(g[d] / acc_t(kNormEps));
+    return;
+  }
+  const acc_t inv = acc_t(1) / norm;
+  acc_t dot = 0;
+  for (int64_t d = 0; d < D; ++d) dot += static_cast<acc_t>(x[d]) * inv * g[d];
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t xh = static_cast<acc_t>(x[d]) * inv;
+    dx[d] = static_cast<scalar_t>((g[d] - xh * dot) * inv);
+  }
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad_loss, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& loss, const at::Tensor& wsum, double temperature,
+                   bool need_grad_q, bool need_grad_k, at::Tensor& grad_q,
+                   at::Tensor& grad_k) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const int64_t B = q.size(0), D = q.size(1);
+  const acc_t inv_tau = static_cast<acc_t>(1.0 / temperature);
+  const auto* qp = q.data_ptr<scalar_t>();
+  const auto* kp = k.data_ptr<scalar_t>();
+  const auto* gl = grad_loss.data_ptr<acc_t>();
+  const auto* lp = loss.data_ptr<acc_t>();
+  const acc_t* wp = need_grad_q ? wsum.data_ptr<acc_t>() : nullptr;
+  scalar_t* gq = need_grad_q ? grad_q.data_ptr<scalar_t>() : nullptr;
+  scalar_t* gk = need_grad_k ? grad_k.data_ptr<scalar_t>() : nullptr;
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> qh(D), kh(D), g(D);
+    for (int64_t b = b0; b < b1; ++b) {
+      normalize_rows<scalar_t, acc_t>(qp + b * D, 1, D, qh.data());
+      normalize_rows<scalar_t, acc_t>(kp + b * D, 1, D, kh.data());
+      // p+ - 1 = exp(-loss) - 1, exact also for losses near 0.
+      const acc_t ppos_m1 = std::expm1(-lp[b]);
+      const acc_t c = gl[b] * inv_tau;
+      if (need_grad_q) {
+        for (int64_t d = 0; d < D; ++d) g[d] = c * (ppos_m1 * kh[d] + wp[b * D + d]);
+        normalize_backward_row<scalar_t, acc_t>(qp + b * D, g.data(), D, gq + b * D);
+      }
+      if (need_grad_k) {
+        for (int64_t d = 0; d < D; ++d) g[d] = c * ppos_m1 * qh[d];
+        normalize_backward_row<scalar_t, acc_t>(kp + b * D, g.data(), D, gk + b * D);
+      }
+    }
+  });
+}
+
+at::ScalarType acc_type_of(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pruned_info_nce_fwd_cpu(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& queue_in,
+    double temperature, std::optional<double> gamma,
+    const std::optional<at::Tensor>& gamma_rows, bool need_wsum) {
+  check_forward_args(q_in, k_in, queue_in, temperature, gamma, gamma_rows);
+  const auto q = q_in.contiguous(), k = k_in.contiguous(), queue = queue_in.contiguous();
+  const int64_t B = q.size(0), D = q.size(1);
+  const auto opts = q.options().dtype(acc_type_of(q.scalar_type()));
+  auto loss = at::empty({B}, opts);
+  auto lse = at::empty({B}, opts);
+  auto wsum = at::empty({need_wsum ? B : 0, D}, opts);
+  auto pruned = at::empty({B}, q.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
+                                  "pruned_info_nce_fwd_cpu", [&] {
+                                    forward_impl<scalar_t>(q, k, queue, temperature, gamma,
+                                                           gamma_rows, need_wsum, loss, lse,
+                                                           wsum, pruned);
+                                  });
+  return {loss, lse, wsum, pruned};
+}
+
+std::tuple<at::Tensor, at::Tensor> pruned_info_nce_bwd_cpu(
+    const at::Tensor& grad_loss_in, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& loss_in, const at::Tensor& wsum_in, double temperature,
+    bool need_grad_q, bool need_grad_k) {
+  check_backward_args(grad_loss_in, q_in, k_in, loss_in, wsum_in, temperature, need_grad_q);
+  const auto acc = acc_type_of(q_in.scalar_type());
+  const auto q = q_in.contiguous(), k = k_in.contiguous();
+  const auto grad_loss = grad_loss_in.to(acc).contiguous();
+  const auto loss = loss_in.to(acc).contiguous();
+  const auto wsum = wsum_in.to(acc).contiguous();
+  const int64_t B = q.size(0), D = q.size(1);
+  auto grad_q = at::empty({need_grad_q ? B : 0, D}, q.options());
+  auto grad_k = at::empty({need_grad_k ? B : 0, D}, k.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
+                                  "pruned_info_nce_bwd_cpu", [&] {
+                                    backward_impl<scalar_t>(grad_loss, q, k, loss, wsum,
+                                                            temperature, need_grad_q,
+                                                            need_grad_k, grad_q, grad_k);
+                                  });
+  return {grad_q, grad_k};
+}
+
+TORCH_LIBRARY_IMPL(adam_ext, CPU, m) {
+  m.impl("pruned_info_nce_fwd", &pruned_info_nce_fwd_cpu);
+  m.impl("pruned_info_nce_bwd", &pruned_info_nce_bwd_cpu);
+}
+
+}  // namespace adam_ext
