@@ -1,0 +1,396 @@
+"""Benchmark of the fused pruned InfoNCE operator against what a user could write instead.
+
+Providers, all forward + backward (gradients of q and k), in one process:
+
+* ``fused``       adam_ext.pruned_info_nce (the C++/CUDA kernels).
+* ``eager``       adam_ext.reference.pruned_info_nce: matmul, masked_fill, cross_entropy.
+* ``compiled``    torch.compile of that reference.
+* ``flex``        FlexAttention (queue as keys and values, the pruner as a score_mod),
+                  compiled forward returning the log-sum-exp, closed-form gradient.
+* ``official``    the official Adam per-row loop, at a smaller B (it is ~100x slower).
+* ``floor``       only the two matrix products the operator cannot avoid (similarities and
+                  the softmax-weighted key sum), on cache-sized tiles: the speed limit.
+
+Each time is the median of repeated runs after a warm-up (torch.utils.benchmark), with
+all of torch's threads. Peak memory is the extra peak resident memory (CPU, reset through
+/proc/self/clear_refs) or the extra peak allocated memory (CUDA) of one call.
+
+Usage::
+
+    python benchmarks/bench_loss.py                 # headline case + K/B sweep, writes benchmarks/results/
+    python benchmarks/bench_loss.py --headline      # only B=256, K=65536, D=128
+    python benchmarks/bench_loss.py --device cuda   # on a GPU (queues rotated so none is timed from L2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import os
+import platform
+import subprocess
+import sys
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark as tbench
+
+import adam_ext
+from adam_ext import reference
+
+TEMPERATURE = 0.2
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    B: int
+    K: int
+    D: int = 128
+    dtype: torch.dtype = torch.float32
+    gamma: float | None = 0.8
+
+    @property
+    def gflop(self) -> float:
+        """FLOPs of the two unavoidable matrix products, in GFLOP."""
+        return 2 * 2 * self.B * self.K * self.D / 1e9
+
+    def logits_bytes(self) -> int:
+        return self.B * (self.K + 1) * torch.tensor([], dtype=self.dtype).element_size()
+
+
+@dataclasses.dataclass
+class Result:
+    case: Case
+    provider: str
+    ms: float | None
+    peak_mb: float | None
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def make_inputs(case: Case, device: str, n_queues: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(case.B, case.D, generator=g).to(device, case.dtype).requires_grad_()
+    k = torch.randn(case.B, case.D, generator=g).to(device, case.dtype).requires_grad_()
+    queues = [
+        F.normalize(torch.randn(case.K, case.D, generator=g), dim=1).to(device, case.dtype) for _ in range(n_queues)
+    ]
+    return q, k, queues
+
+
+# ----------------------------------------------------------------------------- providers
+
+
+def loss_step(loss_fn: Callable, case: Case) -> Callable:
+    def step(q, k, queue):
+        loss = loss_fn(q, k, queue, temperature=TEMPERATURE, gamma=case.gamma)
+        torch.autograd.grad(loss, (q, k))
+
+    return step
+
+
+class _FlexClosedForm(torch.autograd.Function):
+    """Negatives through FlexAttention (lse and weighted sum), positive and gradient in closed form."""
+
+    @staticmethod
+    def forward(ctx, qh, kh, queue, gamma, flex):
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+
+        def prune(score, b, h, q_idx, kv_idx):
+            return torch.where(score * TEMPERATURE < gamma, score, -float("inf"))
+
+        out, lse_neg = flex(
+            qh.detach()[None, None],
+            queue[None, None],
+            queue[None, None],
+            score_mod=None if gamma is None else prune,
+            scale=1.0 / TEMPERATURE,
+            return_lse=True,
+        )
+        out, lse_neg = out[0, 0].float(), lse_neg[0, 0].float()
+        zpos = (qh * kh).sum(1).float() / TEMPERATURE
+        lse = torch.logaddexp(lse_neg, zpos)
+        wsum = out * torch.exp(lse_neg - lse)[:, None]
+        loss = lse - zpos
+        ctx.save_for_backward(qh, kh, torch.expm1(-loss), wsum)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        qh, kh, ppos_m1, wsum = ctx.saved_tensors
+        c = (grad / TEMPERATURE)[:, None]
+        return c * (ppos_m1[:, None] * kh + wsum), c * ppos_m1[:, None] * qh, None, None, None
+
+
+def flex_step(case: Case) -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def step(q, k, queue):
+        qh, kh = F.normalize(q, dim=1), F.normalize(k, dim=1)
+        loss = _FlexClosedForm.apply(qh, kh, queue, case.gamma, flex).mean()
+        torch.autograd.grad(loss, (q, k))
+
+    return step
+
+
+def official_step(case: Case) -> Callable:
+    def step(q, k, queue):
+        loss = reference.official_loop_pruned_info_nce(q, k, queue, temperature=TEMPERATURE, gamma=case.gamma)
+        torch.autograd.grad(loss, (q, k))
+
+    return step
+
+
+def floor_step(case: Case, tile: int) -> Callable:
+    """The two matrix products of the loss on tiles of `tile` queue rows, nothing else."""
+
+    def step(q, k, queue):
+        with torch.no_grad():
+            qh = F.normalize(q, dim=1)
+            s = torch.empty(case.B, min(tile, case.K), dtype=q.dtype, device=q.device)
+            acc = torch.zeros(case.B, case.D, dtype=q.dtype, device=q.device)
+            for i in range(0, case.K, tile):
+                t = queue[i : i + tile]
+                si = s[:, : t.shape[0]]
+                torch.mm(qh, t.T, out=si)
+                acc.addmm_(si, t)
+
+    return step
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(step: Callable, q, k, queues, device: str, min_run_time: float, slow: bool = False) -> float:
+    """Median milliseconds of step over rotating queues, after one warm-up call."""
+    it = iter(range(10**12))
+
+    def call():
+        step(q, k, queues[next(it) % len(queues)])
+
+    call()
+    _sync(device)
+    timer = tbench.Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    if slow:
+        m = timer.timeit(1)
+        runs = [m.median] + [timer.timeit(1).median for _ in range(2)]
+        return 1e3 * sorted(runs)[1]
+    return 1e3 * timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_mb(step: Callable, q, k, queue, device: str) -> float | None:
+    """Extra peak memory of one call above what was resident/allocated before it."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(q, k, queue)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak resident set) to the current RSS
+    except OSError:
+        return None
+    base = _rss_mb("VmRSS")
+    step(q, k, queue)
+    return _rss_mb("VmHWM") - base
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def fits(case: Case, provider: str, budget_bytes: float) -> bool:
+    """Whether a provider's B x K intermediates (about 6 logit-sized buffers) fit the budget."""
+    if provider in ("fused", "floor"):
+        return True
+    return 6 * case.logits_bytes() <= budget_bytes
+
+
+def run_case(case: Case, providers: list[str], device: str, args) -> list[Result]:
+    n_queues = 1 if device == "cpu" else max(1, min(8, int(256 * 2**20 // max(1, case.K * case.D * 4))))
+    q, k, queues = make_inputs(case, device, n_queues)
+    budget = args.memory_budget_gb * 2**30
+    results = []
+    for provider in providers:
+        if not fits(case, provider, budget):
+            results.append(Result(case, provider, None, None, "skipped: B x K buffers exceed --memory-budget-gb"))
+            continue
+        note = ""
+        try:
+            if provider == "fused":
+                step = loss_step(adam_ext.pruned_info_nce, case)
+            elif provider == "eager":
+                step = loss_step(reference.pruned_info_nce, case)
+            elif provider == "compiled":
+                step = loss_step(torch.compile(reference.pruned_info_nce, dynamic=False), case)
+            elif provider == "flex":
+                step = flex_step(case)
+            elif provider == "official":
+                step = official_step(case)
+            elif provider == "floor":
+                tiles = [256, 1024, 4096]
+                best = min(
+                    (time_ms(floor_step(case, t), q, k, queues, device, args.min_run_time), t) for t in tiles
+                )
+                results.append(Result(case, provider, best[0], None, f"best tile {best[1]} rows"))
+                continue
+            else:
+                raise ValueError(provider)
+            ms = time_ms(step, q, k, queues, device, args.min_run_time, slow=provider == "official")
+            peak = peak_extra_mb(step, q, k, queues[0], device)
+        except Exception as exc:  # a baseline that cannot run here is reported, not fatal
+            ms, peak, note = None, None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+        results.append(Result(case, provider, ms, peak, note))
+        print(f"  {provider:9s} B={case.B:5d} K={case.K:8d}: "
+              + (f"{ms:10.2f} ms, peak +{peak:.1f} MB" if ms is not None and peak is not None else
+                 f"{ms:10.2f} ms" if ms is not None else note), flush=True)
+    return results
+
+
+def official_case(case: Case, device: str, args) -> list[Result]:
+    small = dataclasses.replace(case, B=args.official_batch)
+    print(f"official per-row loop at B={small.B} (it loops over the batch in Python):", flush=True)
+    return run_case(small, ["fused", "official"], device, args)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def machine(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def table(results: list[Result]) -> str:
+    by_case: dict[Case, dict[str, Result]] = {}
+    for r in results:
+        by_case.setdefault(r.case, {})[r.provider] = r
+    lines = [
+        "| B | K | D | dtype | γ | provider | time (ms) | × fused time | GFLOP/s | peak extra memory (MB) | note |",
+        "|---:|---:|---:|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for case, rs in by_case.items():
+        fused = rs.get("fused")
+        for name, r in rs.items():
+            ratio = f"{r.ms / fused.ms:.2f}" if (r.ms and fused and fused.ms) else ""
+            gflops = f"{case.gflop / (r.ms / 1e3):.0f}" if r.ms else ""
+            lines.append(
+                f"| {case.B} | {case.K} | {case.D} | {str(case.dtype).replace('torch.', '')} | {case.gamma} | {name} | "
+                + (f"{r.ms:.2f}" if r.ms else "—") + f" | {ratio} | {gflops} | "
+                + (f"{r.peak_mb:.1f}" if r.peak_mb is not None else "—") + f" | {r.note} |"
+            )
+    return "\n".join(lines)
+
+
+def headline_summary(results: list[Result], case: Case) -> str:
+    rs = {r.provider: r for r in results if r.case == case}
+    fused = rs["fused"].ms
+    out = []
+    for name, what in (("eager", "eager reference"), ("compiled", "torch.compile of the reference"),
+                       ("flex", "FlexAttention + closed-form gradient")):
+        if rs.get(name) and rs[name].ms:
+            out.append(f"- fused is **{rs[name].ms / fused:.2f}×** faster than the {what} ({rs[name].ms:.1f} ms vs {fused:.1f} ms)")
+    if rs.get("floor") and rs["floor"].ms:
+        out.append(f"- fused takes **{fused / rs['floor'].ms:.2f}×** the time of the two matrix products alone "
+                   f"({rs['floor'].ms:.1f} ms, {rs['floor'].note})")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--headline", action="store_true", help="only the headline case B=256, K=65536, D=128")
+    p.add_argument("--providers", default="fused,eager,compiled,flex,floor")
+    p.add_argument("--Ks", default="4096,65536,262144,1048576")
+    p.add_argument("--Bs", default="32,256,1024")
+    p.add_argument("--official-batch", type=int, default=32, help="B at which the official per-row loop is timed")
+    p.add_argument("--no-official", action="store_true")
+    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timed runs per measurement")
+    p.add_argument("--memory-budget-gb", type=float, default=12.0, help="skip baselines whose B x K buffers exceed it")
+    p.add_argument("--out", default=None, help="Markdown file to write (default benchmarks/results/<device>.md)")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but no GPU is available")
+    dtype = getattr(torch, args.dtype)
+    providers = args.providers.split(",")
+    headline = Case(256, 65536, 128, dtype)
+    cases = [headline]
+    if not args.headline:
+        cases += [Case(B, K, 128, dtype) for B in map(int, args.Bs.split(",")) for K in map(int, args.Ks.split(","))
+                  if (B, K) != (256, 65536)]
+    info = adam_ext.build_info()
+    print(f"adam_ext benchmark on {machine(args.device)}; torch {torch.__version__}; build {info}", flush=True)
+
+    results: list[Result] = []
+    for case in cases:
+        print(f"case B={case.B} K={case.K} D={case.D} {case.dtype} gamma={case.gamma}", flush=True)
+        results += run_case(case, providers, args.device, args)
+    if not args.no_official:
+        results += official_case(headline, args.device, args)
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report = "\n".join([
+        f"# bench_loss: {args.device}, {args.dtype}",
+        "",
+        f"- machine: {machine(args.device)}",
+        f"- torch {torch.__version__}, adam_ext commit {commit()}, {stamp}",
+        f"- forward + backward (gradients of q and k), τ = {TEMPERATURE}, median after warm-up",
+        f"- command: `python benchmarks/bench_loss.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        "Headline (B=256, K=65536, D=128):",
+        "",
+        headline_summary(results, headline),
+        "",
+        table(results),
+        "",
+    ])
+    print("\n" + report)
+    out = args.out or os.path.join(RESULTS_DIR, f"{args.device}{'-headline' if args.headline else ''}.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(report)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
