@@ -58,6 +58,24 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
+def _missing_cuda_library_includes():
+    """Header folders for CUDA libraries the toolkit lacks (e.g. cusparse.h, which ATen's CUDA
+    headers include), taken from the nvidia-* wheels that torch itself depends on.
+
+    Added with -isystem, so they are searched only after the toolkit's own headers.
+    """
+    if os.path.exists(os.path.join(CUDA_HOME, "include", "cusparse.h")):
+        return []
+    import torch
+
+    site = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    found = [d for d in sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
+             if os.path.exists(os.path.join(d, "cusparse.h"))]
+    if not found:
+        print("adam_ext build: warning: cusparse.h found neither in the CUDA toolkit nor in nvidia wheels")
+    return [flag for d in found[:1] for flag in ("-isystem", d)]
+
+
 def _extension():
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if WITH_CUDA else ""
@@ -66,7 +84,9 @@ def _extension():
     if WITH_CUDA:
         defines.append("-DADAM_EXT_WITH_CUDA")
         cxx.append("-DADAM_EXT_WITH_CUDA")
-        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", *defines]
+        system_includes = _missing_cuda_library_includes()
+        cxx += system_includes
+        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", *defines, *system_includes]
         return CUDAExtension(
             "adam_ext._C",
             sources + _sources("csrc/cuda/*.cu"),

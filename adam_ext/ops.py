@@ -152,7 +152,7 @@ def build_info() -> dict:
     """
     fields = {}
     if EXTENSION_LOADED:
-        fields = dict(item.split("=", 1) for item in torch.ops.adam_ext._build_info().split(";"))
+        fields = dict(item.split("=", 1) for item in torch.ops.adam_ext._build_info().split("|"))
     archs = fields.get("cuda_archs", "")
     return {
         "extension_loaded": EXTENSION_LOADED,

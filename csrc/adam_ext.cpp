@@ -30,6 +30,6 @@ TORCH_LIBRARY_FRAGMENT(adam_ext, m) {
 #else
     const std::string cuda = "0";
 #endif
-    return "cuda=" + cuda + ";cuda_archs=" + ADAM_EXT_CUDA_ARCHS;
+    return "cuda=" + cuda + "|cuda_archs=" + ADAM_EXT_CUDA_ARCHS;
   });
 }

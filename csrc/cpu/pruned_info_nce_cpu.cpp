@@ -24,6 +24,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 // Fortran BLAS exported by libtorch_cpu's MKL. Declared weak so that a torch
 // built on another BLAS still loads the extension; we then use at::mm instead.
 extern "C" {
@@ -83,14 +87,26 @@ void gemm_rowmajor(bool trans_b, int64_t m, int64_t n, int64_t k, const acc_t* a
   }
 }
 
-// exp(x) for x <= 0 (and -inf -> 0, NaN -> NaN), written so the compiler can
-// vectorise it: Cody-Waite reduction to r in [-ln2/2, ln2/2], a degree-6
-// Taylor polynomial (relative error < 1.3e-7, about one float ulp) and the
-// exponent put in by integer arithmetic. Results below 2^-125 flush to 0.
-__attribute__((always_inline)) inline float exp_nonpositive(float x) {
+// ---------------------------------------------------------------------------
+// Row kernels: one query row against one tile of similarities s[0..n).
+//
+// z_j = keep_j ? s_j / tau : -inf  with keep_j = (s_j < gamma) when pruning
+// (a NaN similarity fails the test and is pruned, as in the official loop)
+// and keep_j = true otherwise (a NaN then propagates into the loss).
+//
+// scan_max: max_j z_j (NaNs ignored), the number kept, whether a kept z is NaN.
+// exp_pass: p_j = exp(z_j - shift) into p, returns sum_j p_j, and also max_j z_j
+//           and the number kept; requires z_j - shift <= 88 (no overflow).
+// Each has a portable version (auto-vectorised where the compiler can) and an
+// AVX2/FMA version for float chosen at run time.
+
+// exp(x) for x <= 88 (below -87 -> 0, NaN -> NaN): Cody-Waite reduction to
+// r in [-ln2/2, ln2/2], a degree-6 Taylor polynomial (relative error < 1.3e-7,
+// about one float ulp), and 2^n put into the exponent bits.
+inline float exp_approx(float x) {
   const bool is_nan = x != x;
   const float xc = x < -87.0f ? -87.0f : (is_nan ? 0.0f : x);
-  const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float fn = std::nearbyint(xc * 1.44269504088896341f);
   const float r = (xc - fn * 0.693359375f) + fn * 2.12194440e-4f;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -102,101 +118,195 @@ __attribute__((always_inline)) inline float exp_nonpositive(float x) {
   const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(fn) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  const float y = p * scale;
-  return is_nan ? x : (x < -87.0f ? 0.0f : y);
+  return is_nan ? x : (x < -87.0f ? 0.0f : p * scale);
 }
 
-inline double exp_nonpositive(double x) { return std::exp(x); }
+inline double exp_approx(double x) { return std::exp(x); }
 
-// One query row of one tile, in place: s[0..n) holds similarities on entry and
-// p = keep * exp(s/tau - m_new) on exit. Updates the running max m and sum l
-// and returns the factor exp(m_old - m_new) by which the caller must rescale
-// the row's accumulator (1 when unchanged). NaN similarities propagate into
-// m and l when they are kept (no pruning), as in the reference; pruned ones
-// (NaN < gamma is false) are dropped. The loops are `omp simd` reductions so
-// the compiler vectorises them without -ffast-math.
 template <typename acc_t>
-__attribute__((always_inline)) inline acc_t row_pass_impl(acc_t* s, int64_t n, acc_t inv_tau, acc_t g, bool prune,
-                           acc_t& m, acc_t& l, int64_t& pruned) {
+acc_t scan_max_generic(const acc_t* s, int64_t n, acc_t inv_tau, acc_t g, bool prune,
+                       int64_t& kept, bool& any_nan) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  acc_t tile_max = kNegInf;
-  int n_nan = 0;
-  if (prune) {
-    int kept = 0;
-#pragma omp simd reduction(max : tile_max) reduction(+ : kept)
-    for (int64_t j = 0; j < n; ++j) {
-      const bool keep = s[j] < g;
-      const acc_t z = keep ? s[j] * inv_tau : kNegInf;
-      s[j] = z;
-      kept += keep ? 1 : 0;
-      tile_max = z > tile_max ? z : tile_max;
-    }
-    pruned += n - kept;
-  } else {
-#pragma omp simd reduction(max : tile_max) reduction(+ : n_nan)
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t z = s[j] * inv_tau;
-      s[j] = z;
-      n_nan += z != z ? 1 : 0;
-      tile_max = z > tile_max ? z : tile_max;
-    }
-  }
-  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
-  const acc_t m_new = (n_nan > 0 || m != m) ? nan : std::max(m, tile_max);
-  if (m_new == kNegInf) {  // everything pruned so far: nothing to add
-    std::fill(s, s + n, acc_t(0));
-    return acc_t(1);
-  }
-  acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
+  acc_t mx = kNegInf;
+  int64_t k = 0;
+  bool nan = false;
   for (int64_t j = 0; j < n; ++j) {
-    const acc_t p = exp_nonpositive(s[j] - m_new);
-    s[j] = p;
-    sum += p;
+    const bool keep = !prune || s[j] < g;
+    const acc_t z = keep ? s[j] * inv_tau : kNegInf;
+    k += keep;
+    nan |= z != z;
+    mx = z > mx ? z : mx;
   }
-  if (m == kNegInf) {  // first kept key of this row: the accumulator is still zero
-    l = sum;
-    m = m_new;
+  kept = k;
+  any_nan = nan;
+  return mx;
+}
+
+template <typename acc_t>
+acc_t exp_pass_generic(const acc_t* s, acc_t* p, int64_t n, acc_t inv_tau, acc_t g, bool prune,
+                       acc_t shift, acc_t& tile_max, int64_t& kept) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  acc_t mx = kNegInf, sum = 0;
+  int64_t k = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const bool keep = !prune || s[j] < g;
+    const acc_t z = keep ? s[j] * inv_tau : kNegInf;
+    k += keep;
+    mx = z > mx ? z : mx;
+    const acc_t e = exp_approx(z - shift);
+    p[j] = e;
+    sum += e;
+  }
+  tile_max = mx;
+  kept = k;
+  return sum;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define ADAM_EXT_AVX2 1
+#define ADAM_AVX2 __attribute__((target("avx2,fma")))
+
+ADAM_AVX2 inline __m256 exp256(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  const __m256 xc = _mm256_max_ps(lo, x);  // NaN stays NaN (max_ps returns its 2nd operand)
+  const __m256 fn = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fmadd_ps(fn, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fn), _mm256_set1_epi32(127)), 23);
+  const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+}
+
+ADAM_AVX2 inline float hmax256(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+ADAM_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// z for 8 lanes; counts kept lanes into *kept when pruning.
+ADAM_AVX2 inline __m256 logits8(__m256 sv, __m256 inv_tau, __m256 g, bool prune, int64_t& kept) {
+  const __m256 z = _mm256_mul_ps(sv, inv_tau);
+  if (!prune) return z;
+  const __m256 keep = _mm256_cmp_ps(sv, g, _CMP_LT_OQ);
+  kept += __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(keep)));
+  return _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), z, keep);
+}
+
+ADAM_AVX2 float scan_max_avx2(const float* s, int64_t n, float inv_tau, float g, bool prune,
+                              int64_t& kept, bool& any_nan) {
+  const __m256 vt = _mm256_set1_ps(inv_tau), vg = _mm256_set1_ps(g);
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 vnan = _mm256_setzero_ps();
+  int64_t k = 0, j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 z = logits8(_mm256_loadu_ps(s + j), vt, vg, prune, k);
+    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(z, z, _CMP_UNORD_Q));
+    vmax = _mm256_max_ps(z, vmax);  // a NaN z leaves vmax unchanged
+  }
+  int64_t k_tail;
+  bool nan_tail;
+  const float m_tail = scan_max_generic<float>(s + j, n - j, inv_tau, g, prune, k_tail, nan_tail);
+  kept = (prune ? k : j) + k_tail;
+  any_nan = nan_tail || _mm256_movemask_ps(vnan) != 0;
+  return std::max(hmax256(vmax), m_tail);
+}
+
+ADAM_AVX2 float exp_pass_avx2(const float* s, float* p, int64_t n, float inv_tau, float g,
+                              bool prune, float shift, float& tile_max, int64_t& kept) {
+  const __m256 vt = _mm256_set1_ps(inv_tau), vg = _mm256_set1_ps(g), vs = _mm256_set1_ps(shift);
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 vsum = _mm256_setzero_ps();
+  int64_t k = 0, j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 z = logits8(_mm256_loadu_ps(s + j), vt, vg, prune, k);
+    vmax = _mm256_max_ps(z, vmax);
+    const __m256 e = exp256(_mm256_sub_ps(z, vs));
+    _mm256_storeu_ps(p + j, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float m_tail;
+  int64_t k_tail;
+  const float sum_tail = exp_pass_generic<float>(s + j, p + j, n - j, inv_tau, g, prune, shift, m_tail, k_tail);
+  kept = (prune ? k : j) + k_tail;
+  tile_max = std::max(hmax256(vmax), m_tail);
+  return hsum256(vsum) + sum_tail;
+}
+#endif
+
+template <typename acc_t>
+struct RowKernels {
+  acc_t (*scan_max)(const acc_t*, int64_t, acc_t, acc_t, bool, int64_t&, bool&);
+  acc_t (*exp_pass)(const acc_t*, acc_t*, int64_t, acc_t, acc_t, bool, acc_t, acc_t&, int64_t&);
+};
+
+template <typename acc_t>
+RowKernels<acc_t> row_kernels() {
+  if constexpr (std::is_same_v<acc_t, float>) {
+#ifdef ADAM_EXT_AVX2
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      return {scan_max_avx2, exp_pass_avx2};
+    }
+#endif
+  }
+  return {scan_max_generic<acc_t>, exp_pass_generic<acc_t>};
+}
+
+// How far above the current shift a tile's largest logit may be before the
+// tile is redone with a new shift: exp(60) * K stays far from float overflow.
+constexpr double kShiftSlack = 60.0;
+
+// Adds one tile of similarities s[0..n) to a row's running (shift m, sum l,
+// pruned count), writing p_j = exp(z_j - m) into p for the weighted key sum.
+// The shift m is a logit already seen, at most kShiftSlack below the largest,
+// so the common case is one pass with no rescaling (for unit-norm rows every
+// logit is within 2/tau of the first tile's maximum).
+// Returns the factor by which the caller must rescale the row's accumulator.
+template <typename acc_t>
+acc_t row_update(const RowKernels<acc_t>& kern, const acc_t* s, acc_t* p, int64_t n,
+                 acc_t inv_tau, acc_t g, bool prune, acc_t& m, acc_t& l, int64_t& pruned) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  int64_t kept;
+  acc_t tile_max;
+  if (m == kNegInf) {  // no key kept yet in this row: take this tile's maximum as shift
+    bool any_nan;
+    tile_max = kern.scan_max(s, n, inv_tau, g, prune, kept, any_nan);
+    pruned += n - kept;
+    if (tile_max == kNegInf && !any_nan) {
+      std::fill(p, p + n, acc_t(0));
+      return acc_t(1);
+    }
+    m = any_nan ? std::numeric_limits<acc_t>::quiet_NaN() : tile_max;
+    l = kern.exp_pass(s, p, n, inv_tau, g, prune, m, tile_max, kept);
+    return acc_t(1);  // the accumulator of this row is still zero
+  }
+  const acc_t sum = kern.exp_pass(s, p, n, inv_tau, g, prune, m, tile_max, kept);
+  pruned += n - kept;
+  if (!(tile_max > m + acc_t(kShiftSlack))) {
+    l += sum;
     return acc_t(1);
   }
-  const acc_t scale = std::exp(m - m_new);
-  l = l * scale + sum;
-  m = m_new;
+  // Rare: a logit far above the shift (rows far from unit norm, tiny tau).
+  const acc_t scale = std::exp(m - tile_max);
+  m = tile_max;
+  l = l * scale + kern.exp_pass(s, p, n, inv_tau, g, prune, m, tile_max, kept);
   return scale;
-}
-
-#if defined(__GNUC__) && defined(__x86_64__)
-__attribute__((target("avx2,fma"))) float row_pass_avx2(float* s, int64_t n, float inv_tau,
-                                                       float g, bool prune, float& m,
-                                                       float& l, int64_t& pruned) {
-  return row_pass_impl<float>(s, n, inv_tau, g, prune, m, l, pruned);
-}
-#endif
-
-float row_pass_generic(float* s, int64_t n, float inv_tau, float g, bool prune, float& m,
-                       float& l, int64_t& pruned) {
-  return row_pass_impl<float>(s, n, inv_tau, g, prune, m, l, pruned);
-}
-
-using RowPassFn = float (*)(float*, int64_t, float, float, bool, float&, float&, int64_t&);
-
-RowPassFn select_row_pass() {
-#if defined(__GNUC__) && defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return row_pass_avx2;
-#endif
-  return row_pass_generic;
-}
-
-inline float row_pass(float* s, int64_t n, float inv_tau, float g, bool prune, float& m,
-                      float& l, int64_t& pruned) {
-  static const RowPassFn fn = select_row_pass();
-  return fn(s, n, inv_tau, g, prune, m, l, pruned);
-}
-
-inline double row_pass(double* s, int64_t n, double inv_tau, double g, bool prune,
-                       double& m, double& l, int64_t& pruned) {
-  return row_pass_impl<double>(s, n, inv_tau, g, prune, m, l, pruned);
 }
 
 // Normalises the rows of x (B, D) into out (B, D) of acc_t; returns norms if asked.
@@ -221,7 +331,7 @@ void normalize_rows(const scalar_t* x, int64_t B, int64_t D, acc_t* out) {
 // Per-thread partial state of the forward pass.
 template <typename acc_t>
 struct Partial {
-  std::vector<acc_t> m, l, acc, sbuf, tile;
+  std::vector<acc_t> m, l, acc, sbuf, pbuf, tile;
   std::vector<int64_t> pruned;
   bool used = false;
 };
@@ -254,6 +364,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& qu
   const int n_threads = std::max(1, at::get_num_threads());
   std::vector<Partial<acc_t>> parts(n_threads);
   const scalar_t* queue_ptr = queue.data_ptr<scalar_t>();
+  static const RowKernels<acc_t> kern = row_kernels<acc_t>();
 
   at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {
     auto& st = parts[at::get_thread_num()];
@@ -264,6 +375,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& qu
       st.pruned.assign(B, 0);
       if (need_wsum) st.acc.assign(B * D, acc_t(0));
       st.sbuf.resize(std::min(B, kTileB) * kTileK);
+      st.pbuf.resize(std::min(B, kTileB) * kTileK);
       if (!std::is_same_v<scalar_t, acc_t>) st.tile.resize(kTileK * D);
     }
     for (int64_t t = t0; t < t1; ++t) {
@@ -279,68 +391,69 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& qu
       for (int64_t b0 = 0; b0 < B; b0 += kTileB) {
         const int64_t bb = std::min(kTileB, B - b0);
         acc_t* S = st.sbuf.data();
+        acc_t* P = st.pbuf.data();
         gemm_rowmajor<acc_t>(true, bb, kt, D, qh.data() + b0 * D, D, tile, D, acc_t(0), S, kt);
         for (int64_t i = 0; i < bb; ++i) {
           const int64_t b = b0 + i;
-          const acc_t scale =
-              row_pass(S + i * kt, kt, inv_tau, thr[b], prune, st.m[b], st.l[b], st.pruned[b]);
+          const acc_t scale = row_update(kern, S + i * kt, P + i * kt, kt, inv_tau, thr[b], prune,
+                                         st.m[b], st.l[b], st.pruned[b]);
           if (need_wsum && scale != acc_t(1)) {
             acc_t* a = st.acc.data() + b * D;
             for (int64_t d = 0; d < D; ++d) a[d] *= scale;
           }
         }
         if (need_wsum) {
-          gemm_rowmajor<acc_t>(false, bb, D, kt, S, kt, tile, D, acc_t(1),
+          gemm_rowmajor<acc_t>(false, bb, D, kt, P, kt, tile, D, acc_t(1),
                                st.acc.data() + b0 * D, D);
         }
       }
     }
   });
 
-  // Merge the threads' partials with the positive logit, row by row.
+  // Merge the threads' partials with the positive logit, row by row, in double
+  // (a partial sum may be as large as K * exp(kShiftSlack)).
   auto* loss_p = loss.data_ptr<acc_t>();
   auto* lse_p = lse.data_ptr<acc_t>();
   auto* pruned_p = pruned_out.data_ptr<int64_t>();
   acc_t* wsum_p = need_wsum ? wsum.data_ptr<acc_t>() : nullptr;
   at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> w(need_wsum ? D : 0);
+    std::vector<double> w(need_wsum ? D : 0);
     for (int64_t b = b0; b < b1; ++b) {
-      acc_t spos = 0;
-      for (int64_t d = 0; d < D; ++d) spos += qh[b * D + d] * kh[b * D + d];
-      const acc_t zpos = spos * inv_tau;
-      // Overall max over the positive and every thread's running max; NaN wins.
-      acc_t M = zpos;
+      double spos = 0;
+      for (int64_t d = 0; d < D; ++d) spos += double(qh[b * D + d]) * double(kh[b * D + d]);
+      const double zpos = spos * (1.0 / temperature);
+      // M = max of the positive and the threads' shifts; a NaN anywhere wins.
+      double M = zpos;
       int64_t n_pruned = 0;
       for (const auto& st : parts) {
         if (!st.used) continue;
         n_pruned += st.pruned[b];
-        const acc_t mt = st.m[b];
-        M = (M != M || mt != mt) ? std::numeric_limits<acc_t>::quiet_NaN() : std::max(M, mt);
+        const double mt = st.m[b];
+        M = (M != M || mt != mt) ? std::numeric_limits<double>::quiet_NaN() : std::max(M, mt);
       }
-      // R = sum of kept exp(z_i - M); total = exp(zpos - M) + R.
-      acc_t R = 0;
-      std::fill(w.begin(), w.end(), acc_t(0));
+      // R = sum over kept keys of exp(z_i - M); total = exp(zpos - M) + R.
+      double R = 0;
+      std::fill(w.begin(), w.end(), 0.0);
       for (const auto& st : parts) {
         if (!st.used || st.m[b] == kNegInf) continue;
-        const acc_t f = std::exp(st.m[b] - M);
-        R += st.l[b] * f;
+        const double f = std::exp(double(st.m[b]) - M);
+        R += double(st.l[b]) * f;
         if (need_wsum) {
           const acc_t* a = st.acc.data() + b * D;
-          for (int64_t d = 0; d < D; ++d) w[d] += a[d] * f;
+          for (int64_t d = 0; d < D; ++d) w[d] += double(a[d]) * f;
         }
       }
-      const acc_t total = std::exp(zpos - M) + R;
+      const double total = std::exp(zpos - M) + R;
       // loss = lse - zpos = log1p(R exp(M - zpos)): exact for losses near 0
       // (small tau), where lse - zpos would cancel; the direct form when
       // exp(M - zpos) could overflow.
-      const acc_t gap = M - zpos;
-      const acc_t loss_b = gap < acc_t(60) ? std::log1p(R * std::exp(gap)) : gap + std::log(total);
-      lse_p[b] = zpos + loss_b;
-      loss_p[b] = loss_b;
+      const double gap = M - zpos;
+      const double loss_b = gap < 500.0 ? std::log1p(R * std::exp(gap)) : gap + std::log(total);
+      lse_p[b] = static_cast<acc_t>(zpos + loss_b);
+      loss_p[b] = static_cast<acc_t>(loss_b);
       pruned_p[b] = n_pruned;
       if (need_wsum) {
-        const acc_t inv_total = acc_t(1) / total;
-        for (int64_t d = 0; d < D; ++d) wsum_p[b * D + d] = w[d] * inv_total;
+        for (int64_t d = 0; d < D; ++d) wsum_p[b * D + d] = static_cast<acc_t>(w[d] / total);
       }
     }
   });
