@@ -73,6 +73,18 @@ if EXTENSION_LOADED:
 
     torch.library.register_autograd("adam_ext::pruned_info_nce_fwd", _backward, setup_context=_setup_context)
 
+    def _refuse_double_backward(ctx, *grads):
+        raise RuntimeError(
+            "adam_ext.pruned_info_nce does not support double backward (differentiating its gradient); "
+            "use adam_ext.reference.pruned_info_nce for higher-order gradients"
+        )
+
+    # Without this, a gradient taken with create_graph=True would silently have no
+    # dependence on q and k, and a second backward would return zeros.
+    torch.library.register_autograd(
+        "adam_ext::pruned_info_nce_bwd", _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
+    )
+
 
 def pruned_info_nce(
     q: torch.Tensor,

@@ -101,3 +101,11 @@ def test_torch_compile_fullgraph(device):
     torch.testing.assert_close(loss.double().cpu(), expected.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(q.grad.double().cpu(), q64.grad, rtol=1e-5, atol=1e-7)
     assert torch.equal(pruned.cpu(), expected_pruned)
+
+
+def test_double_backward_is_refused_not_silently_zero(device):
+    q, k, queue = margin_inputs(4, 50, 16, 0.8, device=device)
+    q.requires_grad_()
+    (grad,) = torch.autograd.grad(adam_ext.pruned_info_nce(q, k, queue), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        grad.sum().backward()

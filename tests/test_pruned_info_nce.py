@@ -274,3 +274,34 @@ def test_unnormalised_queue_is_still_exact(device, seed):
     r_loss, _, r_gq, _ = reference_and_grads(masters[0], masters[1], masters[2] * scale, gamma=None)
     assert_close_scaled(loss, r_loss, 1e-5, "loss")
     assert_close_scaled(gq, r_gq, 1e-5, "grad q")
+
+
+def test_no_allocation_proportional_to_b_times_k(device):
+    """B=1024, K=262,144: a logit matrix would be 1 GiB; the fused op's extra peak stays under 200 MB."""
+    B, K, D = 1024, 262144, 128
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, D, generator=g).to(device).requires_grad_()
+    k = torch.randn(B, D, generator=g).to(device)
+    queue = torch.nn.functional.normalize(torch.randn(K, D, generator=g), dim=1).to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        adam_ext.pruned_info_nce(q, k, queue).backward()
+        torch.cuda.synchronize()
+        extra_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak resident set size to the current one
+        except OSError:
+            pytest.skip("cannot reset the peak RSS here")
+        base = _status_kb("VmRSS")
+        adam_ext.pruned_info_nce(q, k, queue).backward()
+        extra_mb = (_status_kb("VmHWM") - base) / 1024
+    assert extra_mb < 200, f"extra peak memory {extra_mb:.0f} MB"
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
