@@ -44,11 +44,14 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
 namespace adam_ext {
 namespace {
 
-// Tile sizes. A tile of 256 queue rows (128 KiB at D=128, fp32) and a block of
-// 128 queries give a 128 KiB similarity buffer: both stay in the 1 MiB L2 of
-// the 2-core AMD EPYC this was tuned on (benchmarks/results/cpu.md).
+// Tile sizes. A tile of 256 queue rows (128 KiB at D=128, fp32) against a
+// block of 256 queries gives 256 KiB of similarities and 256 KiB of
+// probabilities: with the tile and the block's accumulator, 768 KiB, within the
+// 1 MiB L2 per core of the 2-core AMD EPYC this was tuned on. Measured there at
+// B=256, K=65536, D=128, forward+backward, 2 threads: 256x256 61-68 ms,
+// 256x128 65-67 ms, 512x128 61-72 ms, 128x256 65-72 ms (noise ~5 ms).
 constexpr int64_t kTileK = 256;
-constexpr int64_t kTileB = 128;
+constexpr int64_t kTileB = 256;
 
 // Row-major C[m x n] (+)= A[m x k] . B^T where B is [n x k] (trans_b) or
 // C[m x n] (+)= A[m x k] . B[k x n]; all contiguous with the given leading dims.

@@ -48,6 +48,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -85,6 +86,10 @@ __device__ __forceinline__ double dev_sqrt(double x) { return sqrt(x); }
 // it propagates through the sums instead (exp(NaN - m) = NaN).
 __device__ __forceinline__ float dev_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double dev_max(double a, double b) { return fmax(a, b); }
+// a * b rounded on its own: never contracted into an FMA with a later add/sub
+// (the combine relies on M - xpos == 0 exactly when M is xpos).
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 // -inf from bit patterns (no reliance on --expt-relaxed-constexpr).
 template <typename T>
@@ -729,7 +734,7 @@ __global__ void __launch_bounds__(kCombineThreads)
   const acc_t kNegInf = neg_inf<acc_t>();
 
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    const acc_t xpos = spos[b] * inv_tau;  // the positive logit, always kept
+    const acc_t xpos = mul_rn(spos[b], inv_tau);  // the positive logit, always kept
     acc_t mloc = kNegInf;
     for (int64_t s = tid; s < nsplit; s += kCombineThreads) mloc = dev_max(mloc, ws_m[s * B + b]);
     // M = max over splits and the positive (a NaN positive is skipped here and
@@ -831,8 +836,20 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Opts the kernel into `smem` bytes of dynamic shared memory and returns its
+// resident blocks per SM (1..4) on the current device. `cache` (one slot per
+// device, 0 = not done yet) belongs to one kernel instantiation, so that the
+// attribute call and the occupancy query run once per device, not per call.
+constexpr int kMaxCachedDevices = 64;
+
 template <typename Kernel>
-int prepare_kernel(Kernel kernel, int threads, size_t smem) {
+int prepare_kernel(std::atomic<int>* cache, Kernel kernel, int threads, size_t smem) {
+  const int dev = static_cast<int>(c10::cuda::current_device());
+  const bool cacheable = dev >= 0 && dev < kMaxCachedDevices;
+  if (cacheable) {
+    const int cached = cache[dev].load(std::memory_order_acquire);
+    if (cached > 0) return cached;
+  }
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(smem <= prop->sharedMemPerBlockOptin, "adam_ext: pruned_info_nce CUDA kernel needs ",
               smem, " bytes of shared memory per block, the device allows ",
@@ -844,7 +861,9 @@ int prepare_kernel(Kernel kernel, int threads, size_t smem) {
   int blocks_per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads,
                                                                smem));
-  return std::min(std::max(blocks_per_sm, 1), 4);
+  const int result = std::min(std::max(blocks_per_sm, 1), 4);
+  if (cacheable) cache[dev].store(result, std::memory_order_release);  // a race only redoes the work
+  return result;
 }
 
 struct FwdArgs {
@@ -896,10 +915,11 @@ void run_forward(const FwdArgs& a) {
   const int64_t nkt = ceil_div(K, BN);
   int64_t nsplit = 0, tiles_per_split = 1;
   int blocks_per_sm = 1;
+  static std::atomic<int> prepared[kMaxCachedDevices];  // per instantiation, zero-initialised
   if constexpr (kTensorCores) {
-    if (nkt > 0) blocks_per_sm = prepare_kernel(fwd_wmma_kernel<scalar_t, DP>, NT, smem);
+    if (nkt > 0) blocks_per_sm = prepare_kernel(prepared, fwd_wmma_kernel<scalar_t, DP>, NT, smem);
   } else {
-    if (nkt > 0) blocks_per_sm = prepare_kernel(fwd_simt_kernel<scalar_t, DP>, NT, smem);
+    if (nkt > 0) blocks_per_sm = prepare_kernel(prepared, fwd_simt_kernel<scalar_t, DP>, NT, smem);
   }
   if (nkt > 0) {
     const int64_t num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
