@@ -220,7 +220,7 @@ def peak_extra_mb(step: Callable, q, k, queue, device: str) -> float | None:
         return None
     base = _rss_mb("VmRSS")
     step(q, k, queue)
-    return _rss_mb("VmHWM") - base
+    return max(0.0, _rss_mb("VmHWM") - base)  # freed pages may leave RSS slightly below the start
 
 
 # ----------------------------------------------------------------------------- running
