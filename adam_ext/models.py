@@ -1,0 +1,338 @@
+"""Models of Adam pretraining: ResNet backbones, the MoCo v2 head and the ``MoCo`` module.
+
+``MoCo`` keeps the names of facebookresearch/moco (``encoder_q``, ``encoder_k``, ``queue``,
+``queue_ptr``, ``K``, ``m``, ``T``) so that its readers feel at home, and fixes what that code
+gets wrong for us:
+
+* one code path for one process (CPU or GPU) and many: shuffle-BN has a single-process
+  equivalent, keys are gathered across ranks only when ``torch.distributed`` runs with
+  world size > 1, and no device is hard-coded;
+* the queue is a true ring buffer: any K, any global batch, no dropped keys;
+* the queue and its pointer are persistent buffers, so they are in every checkpoint;
+* the momentum update is two ``torch._foreach_*`` calls, not a per-parameter loop;
+* the loss is :func:`adam_ext.pruned_info_nce` (purposive pruner included), not a
+  (B, 1 + K) logit matrix;
+* :meth:`MoCo.validation_loss` never updates the key encoder nor pushes keys into the queue.
+
+Example:
+    >>> import torch
+    >>> model = MoCo("resnet18", dim=16, K=64)
+    >>> x = torch.randn(4, 3, 32, 32)
+    >>> out = model(x, x.flip(-1), gamma=0.8)
+    >>> out["loss"].backward()
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from .ops import pruned_info_nce
+
+__all__ = ["BACKBONES", "MLPHead", "MoCo", "build_backbone", "check_queue_size"]
+
+#: Backbone names accepted by :func:`build_backbone`, with their feature dimension.
+BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+
+# Sentinel telling forward() to use self.gamma: None is a meaningful gamma (no pruning).
+_DEFAULT = object()
+
+
+def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = None):
+    """A torchvision ResNet trunk without its classifier.
+
+    The network is always built with ``weights=None`` (nothing is downloaded).
+
+    Args:
+        name (str): one of ``resnet18``, ``resnet34``, ``resnet50`` (default), ``resnet101``.
+        weights (str | PathLike | None): optional local file holding a torchvision state dict of
+            that ResNet (loaded with ``weights_only=True``, strictly; ``fc.*`` keys are ignored).
+
+    Returns:
+        ``(trunk, feature_dim)``: the ResNet with ``fc = nn.Identity()``, mapping
+        images (Tensor[B, 3, H, W]) to features (Tensor[B, feature_dim]); feature_dim is
+        512 for resnet18/34 and 2048 for resnet50/101.
+
+    Raises:
+        ValueError: unknown ``name``, or a weights file whose keys or shapes do not match.
+        FileNotFoundError: ``weights`` names no file.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"backbone name must be one of {', '.join(BACKBONES)}, got {name!r}")
+    trunk = getattr(torchvision.models, name)(weights=None)
+    trunk.fc = nn.Identity()
+    if weights is not None:
+        _load_trunk_weights(trunk, name, weights)
+    return trunk, BACKBONES[name]
+
+
+def _load_trunk_weights(trunk: nn.Module, name: str, path) -> None:
+    """Loads a local state dict into ``trunk`` strictly, the classifier (``fc.*``) excepted."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path!r} for backbone {name} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path!r} must hold a state dict, got {type(state).__name__}")
+    state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    try:
+        trunk.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"weights file {path!r} does not match backbone {name}: {err}") from err
+
+
+class MLPHead(nn.Sequential):
+    """The MoCo v2 projection head: Linear -> ReLU -> Linear.
+
+    Its parameters are named ``0.weight``, ``0.bias``, ``2.weight``, ``2.bias`` like the
+    ``nn.Sequential`` head of the official MoCo v2 and Adam code, so ``encoder_q.fc.0.weight``
+    reads the same in their checkpoints and ours.
+
+    Args:
+        in_dim (int): input feature dimension (the backbone's, e.g. 2048 for resnet50).
+        hidden_dim (int): hidden width (default 2048).
+        out_dim (int): embedding dimension (default 128).
+
+    Shapes:
+        Tensor[B, in_dim] -> Tensor[B, out_dim].
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128):
+        super().__init__(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+def check_queue_size(K: int, n_anchors: int) -> int:
+    """Checks the queue length against the number of training anchors.
+
+    With K close to (or above) the number of training images, the queue still holds keys of the
+    query's own image from earlier epochs: stale positives act as negatives. A
+    ``UserWarning`` is raised when ``K > n_anchors / 2``.
+
+    Args:
+        K (int): queue length, > 0.
+        n_anchors (int): number of training anchors (images) per epoch, > 0.
+
+    Returns:
+        int: the effective number of distinct images in a full queue, ``min(K, n_anchors)``.
+    """
+    for arg, value in (("K", K), ("n_anchors", n_anchors)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    effective = min(K, n_anchors)
+    if K > n_anchors / 2:
+        warnings.warn(
+            f"queue K={K} is not much smaller than the {n_anchors} training anchors: keys of a "
+            f"query's own image from earlier epochs sit in the queue as negatives; the queue holds "
+            f"at most {effective} distinct images. Use K <= n_anchors / 2.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return effective
+
+
+def _distributed() -> bool:
+    """True when a torch.distributed process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def _concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``x`` (Tensor[B, ...], same B on every rank) stacked in rank order: Tensor[W*B, ...]."""
+    gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, x.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+class MoCo(nn.Module):
+    """MoCo v2 with a momentum key encoder, a queue of keys and the purposive pruner loss.
+
+    Args:
+        backbone (str | nn.Module): a name for :func:`build_backbone` (default ``resnet50``),
+            whose ``fc`` then becomes an :class:`MLPHead`; or a ready query encoder
+            (an ``nn.Module`` mapping images to Tensor[B, dim]) used as is.
+        dim (int): embedding dimension D (default 128).
+        K (int): queue length (default 65536); need not be a multiple of the batch.
+        m (float): momentum of the key encoder, in [0, 1] (default 0.999).
+        T (float): softmax temperature τ (default 0.2).
+        gamma (float | None): default pruning threshold of :meth:`forward`; queue keys with cosine
+            similarity ≥ γ to a query are removed. Default None (no pruning): the caller
+            (the pretraining stages) passes γ = 0.8 at n > 0 per DESIGN.md.
+        weights (str | PathLike | None): local backbone state dict (see :func:`build_backbone`).
+        mlp_hidden (int | None): hidden width of the head; default the backbone's feature
+            dimension (2048 for resnet50, as in MoCo v2 and Adam).
+        shuffle_bn_groups (int): single-process shuffle-BN: the shuffled key batch is encoded in
+            this many chunks, each with its own BN statistics as on separate GPUs (default 2;
+            reduced so that every chunk has at least 2 images; 1 disables it).
+        sync_bn (bool): convert both encoders with ``nn.SyncBatchNorm.convert_sync_batchnorm``
+            (default False; only meaningful distributed). Shuffle-BN is then skipped: BN
+            statistics are global anyway.
+
+    Attributes:
+        encoder_q (nn.Module): query encoder (trained by the optimiser).
+        encoder_k (nn.Module): momentum key encoder, ``requires_grad`` False.
+        queue (Tensor[K, dim]): buffer of L2-normalised keys, float32; persistent (checkpointed).
+        queue_ptr (Tensor[1], int64): next write position in ``queue``; persistent.
+
+    Distributed use: keys are gathered from all ranks and every rank enqueues the same global batch,
+    so queues stay identical if they start identical (same seed, or DDP's buffer broadcast at
+    wrapping). Every rank must pass the same batch size (``drop_last=True``). DDP's default
+    ``broadcast_buffers=True`` re-sends the whole queue from rank 0 every step;
+    ``broadcast_buffers=False`` avoids that, but BN running statistics then differ per rank
+    (rank 0's are the ones checkpointed).
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet50",
+        dim: int = 128,
+        K: int = 65536,
+        m: float = 0.999,
+        T: float = 0.2,
+        gamma: float | None = None,
+        *,
+        weights: str | os.PathLike | None = None,
+        mlp_hidden: int | None = None,
+        shuffle_bn_groups: int = 2,
+        sync_bn: bool = False,
+    ):
+        super().__init__()
+        for arg, value in (("dim", dim), ("K", K), ("shuffle_bn_groups", shuffle_bn_groups)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{arg} must be a positive int, got {value!r}")
+        if not 0.0 <= m <= 1.0:
+            raise ValueError(f"m must be in [0, 1], got {m!r}")
+        if not T > 0:
+            raise ValueError(f"T must be > 0, got {T!r}")
+        self.K, self.m, self.T, self.gamma = K, float(m), float(T), gamma
+        self.shuffle_bn_groups, self.sync_bn = shuffle_bn_groups, sync_bn
+
+        if isinstance(backbone, nn.Module):
+            encoder = backbone
+        else:
+            encoder, feature_dim = build_backbone(backbone, weights)
+            encoder.fc = MLPHead(feature_dim, mlp_hidden or feature_dim, dim)
+        if sync_bn:
+            encoder = nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)
+        self.encoder_k.requires_grad_(False)
+
+        self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def _momentum_update_key_encoder(self) -> None:
+        """θ_k ← m θ_k + (1 − m) θ_q over parameters only, in two fused ``_foreach`` calls.
+
+        Buffers (BN running statistics) are not copied, as in the official MoCo: the key
+        encoder's own forward passes keep its statistics.
+        """
+        params_k = list(self.encoder_k.parameters())
+        params_q = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_mul_(params_k, self.m)
+        torch._foreach_add_(params_k, params_q, alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
+        """Writes ``keys`` (Tensor[N, dim], the global batch) into the ring buffer.
+
+        Equivalent to writing the N rows one after another at ``queue_ptr`` with wrap-around:
+        nothing is dropped unless N > K, when the last K keys remain. Index arithmetic stays on
+        the device (no host synchronisation).
+        """
+        keys = keys.detach().to(self.queue.dtype)
+        n = keys.shape[0]
+        start = self.queue_ptr
+        if n > self.K:
+            start = start + (n - self.K)
+            keys, n = keys[-self.K :], self.K
+        index = (start + torch.arange(n, device=self.queue.device)) % self.K
+        self.queue.index_copy_(0, index, keys)
+        self.queue_ptr.copy_((start + n) % self.K)
+
+    @torch.no_grad()
+    def _encode_keys(self, im_k: torch.Tensor) -> torch.Tensor:
+        """Keys (Tensor[B, dim], unnormalised) of ``im_k`` through encoder_k with shuffle-BN."""
+        if self.sync_bn:
+            return self.encoder_k(im_k)
+        if _distributed():
+            return self._encode_keys_distributed(im_k)
+        batch = im_k.shape[0]
+        groups = max(1, min(self.shuffle_bn_groups, batch // 2))
+        if groups == 1:
+            return self.encoder_k(im_k)
+        idx_shuffle = torch.randperm(batch, device=im_k.device)
+        shuffled = im_k[idx_shuffle]
+        keys = torch.cat([self.encoder_k(chunk) for chunk in torch.tensor_split(shuffled, groups)])
+        return keys[torch.argsort(idx_shuffle)]
+
+    @torch.no_grad()
+    def _encode_keys_distributed(self, im_k: torch.Tensor) -> torch.Tensor:
+        """MoCo's batch shuffle across ranks: gather, permute (rank 0's permutation), encode, unshuffle."""
+        world, rank = dist.get_world_size(), dist.get_rank()
+        gathered = _concat_all_gather(im_k)
+        idx_shuffle = torch.randperm(gathered.shape[0], device=im_k.device)
+        dist.broadcast(idx_shuffle, src=0)
+        idx_unshuffle = torch.argsort(idx_shuffle)
+        keys = self.encoder_k(gathered[idx_shuffle.view(world, -1)[rank]])
+        return _concat_all_gather(keys)[idx_unshuffle.view(world, -1)[rank]]
+
+    def _loss(self, q, k, gamma):
+        loss, pruned = pruned_info_nce(q, k, self.queue, temperature=self.T, gamma=gamma, return_pruned=True)
+        return {"loss": loss, "pruned": pruned, "q": F.normalize(q, dim=1), "k": F.normalize(k, dim=1)}
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, gamma=_DEFAULT) -> dict:
+        """One training step's forward: query, momentum update, keys, loss, enqueue.
+
+        Args:
+            im_q (Tensor[B, 3, H, W]): query views.
+            im_k (Tensor[B, 3, H, W]): key views (same anchors, other augmentation).
+            gamma (float | Tensor[B] | None): pruning threshold; default ``self.gamma``;
+                None disables pruning.
+
+        Returns:
+            dict: ``loss`` (scalar Tensor, mean over the batch, with gradient to encoder_q),
+            ``pruned`` (Tensor[B], int64: queue keys removed per query), ``q`` and ``k``
+            (Tensor[B, dim], L2-normalised; ``k`` without gradient). The loss uses the queue
+            as it was before this batch's keys were enqueued.
+        """
+        q = self.encoder_q(im_q)
+        with torch.no_grad():
+            self._momentum_update_key_encoder()
+            k = self._encode_keys(im_k)
+        out = self._loss(q, k, self.gamma if gamma is _DEFAULT else gamma)
+        # The loss's backward never reads the queue, so it may be overwritten now.
+        self._dequeue_and_enqueue(_concat_all_gather(out["k"]) if _distributed() else out["k"])
+        return out
+
+    @torch.no_grad()
+    def validation_loss(self, im_q: torch.Tensor, im_k: torch.Tensor, gamma=_DEFAULT) -> dict:
+        """The loss on held-out images, changing nothing.
+
+        Both encoders run in eval mode (BN running statistics; modes restored afterwards); no
+        momentum update, no enqueue, no gradient. Each rank returns its local batch's loss.
+
+        Args:
+            im_q (Tensor[B, 3, H, W]): query views.
+            im_k (Tensor[B, 3, H, W]): key views.
+            gamma (float | Tensor[B] | None): pruning threshold; default ``self.gamma``.
+
+        Returns:
+            dict: as :meth:`forward` (``loss`` without gradient).
+        """
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            q = self.encoder_q(im_q)
+            k = self.encoder_k(im_k)
+            return self._loss(q, k, self.gamma if gamma is _DEFAULT else gamma)
+        finally:
+            for module, training in modes:
+                module.training = training
