@@ -327,7 +327,6 @@ class SyntheticDataset(_Reader):
     mask_names = MASKS
     landmark_names = LANDMARKS
     splits = ("train", "val", "test", "all")
-    SPLITS = splits
 
     def __init__(self, root, split: str = "train", *, size: int | None = None, seed: int = 0, **options):
         root = Path(root)

@@ -109,32 +109,19 @@ __device__ __forceinline__ T exp_shifted(T a, T b) {
   return a == neg_inf<T>() ? T(0) : dev_exp(a - b);
 }
 
-template <typename V>
+// Sum / max over groups of `Width` consecutive lanes: 32 is the whole warp, 16 a
+// half warp (xor offsets below Width stay inside the group).
+template <int Width = 32, typename V>
 __device__ __forceinline__ V warp_sum(V v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  for (int o = Width / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
   return v;
 }
 
-template <typename V>
+template <int Width = 32, typename V>
 __device__ __forceinline__ V warp_max(V v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = dev_max(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
-
-// Sum / max over the 16 lanes of a half warp (xor offsets < 16 stay inside it).
-template <typename V>
-__device__ __forceinline__ V half_warp_sum(V v) {
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
-  return v;
-}
-
-template <typename V>
-__device__ __forceinline__ V half_warp_max(V v) {
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) v = dev_max(v, __shfl_xor_sync(kFullMask, v, o));
+  for (int o = Width / 2; o > 0; o >>= 1) v = dev_max(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
 
@@ -653,7 +640,7 @@ __global__ void __launch_bounds__(SimtCfg<T, DP>::NT)
           s[i][j] = keep ? s[i][j] * inv_tau : kNegInf;  // scaled logit, -inf if dropped
           tmax = dev_max(tmax, s[i][j]);
         }
-        tmax = half_warp_max(tmax);
+        tmax = warp_max<16>(tmax);
         const T m_new = dev_max(m[i], tmax);
         const T alpha = m_new == m[i] ? T(1) : dev_exp(m[i] - m_new);
         T psum = T(0);
@@ -663,7 +650,7 @@ __global__ void __launch_bounds__(SimtCfg<T, DP>::NT)
           psum += p;
           if (need_wsum) Ps[(rg * TR + i) * LDP + cg + 16 * j] = p;
         }
-        psum = half_warp_sum(psum);
+        psum = warp_sum<16>(psum);
         l[i] = l[i] * alpha + psum;
         m[i] = m_new;
         if (need_wsum) {
@@ -692,7 +679,7 @@ __global__ void __launch_bounds__(SimtCfg<T, DP>::NT)
 
 #pragma unroll
     for (int i = 0; i < TR; ++i) {
-      const long long c = half_warp_sum(cnt[i]);
+      const long long c = warp_sum<16>(cnt[i]);
       const int64_t row = q0 + rg * TR + i;
       if (row < B) {
         const int64_t widx = split * B + row;
