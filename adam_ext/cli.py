@@ -16,6 +16,9 @@ import sys
 SUBCOMMANDS = {
     "synth": "adam_ext.data.synthetic",
     "cache": "adam_ext.data.cache",
+    "pretrain": "adam_ext.train",
+    "export": "adam_ext.export",
+    "report": "adam_ext.report",
 }
 
 

@@ -74,18 +74,20 @@ def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = N
 
 
 def _load_trunk_weights(trunk: nn.Module, name: str, path) -> None:
-    """Loads a local state dict into ``trunk`` strictly, the classifier (``fc.*``) excepted."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path!r} for backbone {name} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path!r} must hold a state dict, got {type(state).__name__}")
-    state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    """Loads local weights into ``trunk`` strictly, the classifier (``fc.*``) excepted.
+
+    Any layout :func:`adam_ext.export.load_pretrained` reads is accepted: a torchvision state dict,
+    one of our pretraining checkpoints or an official Adam/MoCo one (their query encoder).
+    """
+    from .export import load_pretrained
+
+    pre = load_pretrained(path)
+    if pre.arch != name:
+        raise ValueError(f"weights file {os.fspath(path)!r} holds a {pre.arch}, not the backbone {name}")
     try:
-        trunk.load_state_dict(state, strict=True)
+        trunk.load_state_dict(pre.encoder_q, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"weights file {path!r} does not match backbone {name}: {err}") from err
+        raise ValueError(f"weights file {os.fspath(path)!r} does not match backbone {name}: {err}") from err
 
 
 class MLPHead(nn.Sequential):

@@ -290,14 +290,24 @@ class _Reader(Dataset):
         item = self._item(index) if not self.skip_corrupt else self._item_skipping(index)
         return self.transform(item) if self.transform is not None else item
 
-    def _item_skipping(self, index: int):
+    def image(self, index: int) -> torch.Tensor:
+        """Only the image of sample ``index``: uint8 Tensor[C, H, W], without annotations or
+        ``transform`` (what self-supervised pretraining reads). Cache and ``skip_corrupt`` apply."""
+        index = operator.index(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index must be in [0, {len(self)}) for {self!r}, got {index}")
+        fetch = lambda i: torch.from_numpy(self._image(self._keys[i])[0])  # noqa: E731
+        return fetch(index) if not self.skip_corrupt else self._item_skipping(index, fetch)
+
+    def _item_skipping(self, index: int, fetch=None):
+        fetch = fetch or self._item
         n = len(self)
         for step in range(n):
             candidate = (index + step) % n
             if candidate in self._corrupt:
                 continue
             try:
-                return self._item(candidate)
+                return fetch(candidate)
             except DecodeError as exc:
                 self._corrupt.add(candidate)
                 logger.warning(

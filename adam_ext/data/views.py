@@ -393,9 +393,12 @@ class TwoViews:
     def n(self) -> int:
         return self.decomposer.n
 
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views of ``image``; draws from ``generator`` when given (e.g. one seeded per sample
+        and epoch, which makes a resumed run draw exactly what an uninterrupted one would)."""
         _check_image(image)
-        generator = self.randomness.generator()
+        if generator is None:
+            generator = self.randomness.generator()
         anchor = self.decomposer.sample(image, generator)[0]
         draws = torch.rand(2, _DRAWS_PER_VIEW, generator=generator).tolist()
         return self.view(anchor, draws[0]), self.view(anchor, draws[1])

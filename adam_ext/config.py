@@ -1,0 +1,290 @@
+"""Configuration of Adam pretraining: typed dataclasses are the single home of the defaults.
+
+The defaults are the paper's protocol (DESIGN.md): ResNet-50, MoCo v2 (m = 0.999, K = 65536,
+τ = 0.2), SGD lr 0.03 per 256 images, momentum 0.9, weight decay 1e-4, cosine schedule, 200 epochs
+a stage, global batch 256, stages n = 0, 2, 4, purposive pruner γ = 0.8 at n > 0, 10% of the
+training images for validation. A YAML file overrides them, and ``key=value`` overrides (dotted
+keys, YAML values) override the file::
+
+    data:
+      dataset: folder
+      root: /data/cxr
+    optim:
+      epochs: 100
+
+    cfg = load_config("my.yaml", ["optim.batch_size=128", "stages=[0,2]"])
+
+Every field is validated; errors name the field (``optim.lr must be > 0, got -1``). The resolved
+configuration is saved as ``config.yaml`` in the run folder and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "PRESETS", "load_config"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how views are made.
+
+    Attributes:
+        dataset: a name of :data:`adam_ext.data.DATASETS` (``folder`` reads any tree of images).
+        root: the data set's folder. For ``synthetic`` it is generated (``synthetic_n`` images
+            of ``synthetic_size`` px) when it does not exist yet.
+        options: extra reader options (e.g. ``{"channels": 3}`` for a colour folder, ``{"size": 256}``).
+        cache: a decoded-image cache folder (``adam cache``), or None.
+        train_split / val_split: the reader's split names. When the reader has no ``val_split``,
+            a seeded ``val_fraction`` of ``train_split`` is held out.
+        val_fraction: the held-out share when the reader has no validation split.
+        view_size: side of the two views in pixels (224 in the paper).
+        workers: DataLoader worker processes per rank (0: load in the training process).
+        synthetic_n / synthetic_size: images and their side when ``synthetic`` data is generated.
+    """
+
+    dataset: str = "folder"
+    root: str = ""
+    options: dict = field(default_factory=dict)
+    cache: str | None = None
+    train_split: str = "train"
+    val_split: str | None = "val"
+    val_fraction: float = 0.1
+    view_size: int = 224
+    workers: int = 4
+    synthetic_n: int = 1000
+    synthetic_size: int = 256
+
+
+@dataclass
+class ModelConfig:
+    """The MoCo model (see :class:`adam_ext.models.MoCo`)."""
+
+    backbone: str = "resnet50"
+    weights: str | None = None
+    dim: int = 128
+    K: int = 65536
+    m: float = 0.999
+    T: float = 0.2
+    mlp_hidden: int | None = None
+    shuffle_bn_groups: int = 2
+    sync_bn: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """SGD with a cosine schedule, per stage.
+
+    Attributes:
+        lr: learning rate per 256 images; the optimiser uses ``lr * batch_size / 256``.
+        batch_size: global batch (all ranks together); must divide by the world size.
+        epochs: epochs of each stage.
+        warmup_epochs: linear warm-up before the cosine decay (0 in the paper).
+    """
+
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    epochs: int = 200
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class PretrainConfig:
+    """Everything an ``adam pretrain`` run needs.
+
+    Attributes:
+        stages: the decomposer's n for each stage, coarse to fine; each stage starts from the
+            previous stage's best weights and queue.
+        gamma: the purposive pruner's threshold at n > 0 (None: off).
+        gamma_n0: the threshold at n = 0 (None: off, the paper's choice).
+        out: run folder (config.yaml, metrics.jsonl, tensorboard/, stage folders, report).
+        seed: seed of everything random (data order, views, initial weights, shuffle-BN).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``.
+        amp: autocast on GPU: ``none``, ``bf16`` or ``fp16`` (with a gradient scaler).
+        channels_last: use the channels-last memory format on GPU.
+        checkpoint_every: steps between checkpoints (besides one at each epoch's end; 0: epochs only).
+        log_every: steps between log lines / metrics rows (the loss is checked for NaN there
+            and before every checkpoint, so a checkpoint never holds weights after a bad step).
+        dist_timeout: seconds a rank waits for the others before giving up with an error.
+        deterministic: ``torch.use_deterministic_algorithms(True)`` (exact resume on GPU too).
+        tensorboard: write TensorBoard event files.
+        max_steps: stop every stage after this many steps (0: no limit); for smoke runs.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    stages: list = field(default_factory=lambda: [0, 2, 4])
+    gamma: float | None = 0.8
+    gamma_n0: float | None = None
+    out: str = "runs/adam"
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = True
+    checkpoint_every: int = 500
+    log_every: int = 10
+    dist_timeout: float = 600.0
+    deterministic: bool = False
+    tensorboard: bool = True
+    max_steps: int = 0
+
+    def __post_init__(self):
+        validate(self)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/checkpoint friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PretrainConfig":
+        """Builds a config from a nested dict; unknown keys are errors naming the key."""
+        return _build(cls, values or {}, "")
+
+    def gamma_for(self, n: int) -> float | None:
+        """The pruning threshold of the stage with decomposer grid ``n``."""
+        return self.gamma if n > 0 else self.gamma_n0
+
+
+#: Named starting points (``adam pretrain --preset NAME``); fields not given keep the defaults.
+PRESETS: dict[str, dict] = {
+    # Sized for the 2-core demo machine: ~12 minutes for stages 0, 2, 4 (README, `make demo`).
+    "demo": {
+        "data": {"dataset": "synthetic", "root": "data/synthetic", "view_size": 64, "workers": 1,
+                 "synthetic_n": 600, "synthetic_size": 192, "options": {"size": 128}},
+        "model": {"backbone": "resnet18", "K": 256, "dim": 64, "mlp_hidden": 256},
+        "optim": {"batch_size": 32, "epochs": 6, "lr": 0.12, "warmup_epochs": 0.5},
+        "out": "runs/demo",
+        "checkpoint_every": 0,
+        "log_every": 4,
+    },
+}
+
+
+def _check(ok: bool, name: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Raises ValueError naming the first field that is out of range."""
+    from .data.registry import DATASETS
+    from .models import BACKBONES
+
+    d, m, o = cfg.data, cfg.model, cfg.optim
+    _check(d.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", d.dataset)
+    _check(isinstance(d.root, str), "data.root", "a folder path", d.root)
+    _check(isinstance(d.options, dict), "data.options", "a mapping of reader options", d.options)
+    _check(_is_num(d.val_fraction) and 0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
+    for name in ("view_size", "synthetic_n", "synthetic_size"):
+        _check(_is_int(getattr(d, name)) and getattr(d, name) > 0, f"data.{name}", "a positive int", getattr(d, name))
+    _check(_is_int(d.workers) and d.workers >= 0, "data.workers", "an int >= 0", d.workers)
+    _check(m.backbone in BACKBONES, "model.backbone", f"one of {list(BACKBONES)}", m.backbone)
+    for name in ("dim", "K", "shuffle_bn_groups"):
+        _check(_is_int(getattr(m, name)) and getattr(m, name) > 0, f"model.{name}", "a positive int", getattr(m, name))
+    _check(m.mlp_hidden is None or (_is_int(m.mlp_hidden) and m.mlp_hidden > 0), "model.mlp_hidden",
+           "a positive int or null", m.mlp_hidden)
+    _check(_is_num(m.m) and 0 <= m.m <= 1, "model.m", "in [0, 1]", m.m)
+    _check(_is_num(m.T) and m.T > 0, "model.T", "> 0", m.T)
+    _check(_is_num(o.lr) and o.lr > 0, "optim.lr", "> 0", o.lr)
+    _check(_is_num(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
+    _check(_is_num(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
+    _check(_is_int(o.batch_size) and o.batch_size >= 2, "optim.batch_size", "an int >= 2", o.batch_size)
+    _check(_is_int(o.epochs) and o.epochs > 0, "optim.epochs", "a positive int", o.epochs)
+    _check(_is_num(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
+           f"in [0, epochs={o.epochs}]", o.warmup_epochs)
+    _check(isinstance(cfg.stages, (list, tuple)) and len(cfg.stages) > 0
+           and all(_is_int(n) and n >= 0 for n in cfg.stages), "stages", "a non-empty list of ints >= 0", cfg.stages)
+    cfg.stages = list(cfg.stages)
+    for name in ("gamma", "gamma_n0"):
+        value = getattr(cfg, name)
+        _check(value is None or (_is_num(value) and -1 <= value <= 1), name, "null or in [-1, 1]", value)
+    _check(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
+    _check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", "an int >= 0", cfg.seed)
+    _check(cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", cfg.device)
+    _check(cfg.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16", cfg.amp)
+    for name in ("checkpoint_every", "max_steps"):
+        _check(_is_int(getattr(cfg, name)) and getattr(cfg, name) >= 0, name, "an int >= 0", getattr(cfg, name))
+    _check(_is_int(cfg.log_every) and cfg.log_every > 0, "log_every", "a positive int", cfg.log_every)
+    _check(_is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key '{prefix}{key}'; expected one of {sorted(fields)}")
+        sub = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig}.get(key) if cls is PretrainConfig else None
+        kwargs[key] = _build(sub, value, f"{prefix}{key}.") if sub else value
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``"optim.lr=0.1"`` -> ``{"optim": {"lr": 0.1}}`` (the value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override must look like key=value (e.g. optim.lr=0.06), got {text!r}")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides=(), preset: str | None = None) -> PretrainConfig:
+    """Defaults, then a preset, then a YAML file, then ``key=value`` overrides.
+
+    Args:
+        path: a YAML file (a nested mapping like :meth:`PretrainConfig.to_dict`), or None.
+        overrides: strings ``dotted.key=value``; values are parsed as YAML (``null``, ``[0,2]``).
+        preset: a name of :data:`PRESETS`, or None.
+
+    Returns:
+        PretrainConfig, validated.
+    """
+    values: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        values = _merge(values, PRESETS[preset])
+    if path is not None:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path!r} does not exist")
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path!r} must hold a mapping, got {type(loaded).__name__}")
+        values = _merge(values, loaded)
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    return PretrainConfig.from_dict(values)
+
+
+def dump_config(cfg: PretrainConfig) -> str:
+    """The configuration as YAML text (what ``config.yaml`` holds)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,121 @@
+"""A pretraining run's report: curves as PNG and a Markdown page, from the run folder alone.
+
+``adam report RUN`` (and every finished ``adam pretrain``) reads ``RUN/metrics.jsonl``,
+``RUN/summary.json`` and ``RUN/config.yaml`` and writes::
+
+    RUN/report.md            summary table, configuration, the figures
+    RUN/loss.png             training loss per step (and its moving average), validation loss per epoch
+    RUN/pruned.png           fraction of the queue removed by the purposive pruner per step
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["read_metrics", "write_report"]
+
+
+def read_metrics(run) -> tuple[list[dict], list[dict]]:
+    """(training rows, validation rows) of ``run/metrics.jsonl``."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"run must be a pretraining run folder holding metrics.jsonl, got {str(run)!r}")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
+    if len(values) < width or width < 2:
+        return values
+    kernel = np.ones(width) / width
+    head = np.cumsum(values[: width - 1]) / np.arange(1, width)
+    return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
+
+
+def _plot(train: list[dict], val: list[dict], key: str, ylabel: str, out: Path, log_y: bool = False) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    offset, ticks = 0, []
+    for stage in sorted({r["stage"] for r in train}):
+        rows = [r for r in train if r["stage"] == stage]
+        steps = np.array([r["step"] for r in rows]) + offset
+        values = np.array([r[key] for r in rows], dtype=float)
+        n = rows[0]["n"]
+        line = ax.plot(steps, values, alpha=0.3, lw=0.8)[0]
+        ax.plot(steps, _moving_average(values, max(1, len(values) // 20)), color=line.get_color(), lw=1.8,
+                label=f"stage {stage} (n={n}) train")
+        if key == "loss":
+            v = [r for r in val if r["stage"] == stage]
+            if v:
+                ax.plot(np.array([r["step"] for r in v]) + offset, [r["val_loss"] for r in v], "o--",
+                        color=line.get_color(), ms=4, label=f"stage {stage} (n={n}) validation")
+        ticks.append(offset)
+        offset = steps.max() + 1
+    for x in ticks[1:]:
+        ax.axvline(x, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("step (stages one after the other)")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_report(run) -> Path:
+    """Writes ``run/report.md`` with ``loss.png`` and ``pruned.png``; returns the report's path.
+
+    Args:
+        run: a pretraining run folder (``adam pretrain --out``).
+    """
+    run = Path(run)
+    train, val = read_metrics(run)
+    if not train:
+        raise ValueError(f"run {str(run)!r} has no training steps in metrics.jsonl yet")
+    _plot(train, val, "loss", "InfoNCE loss", run / "loss.png")
+    _plot(train, val, "pruned_fraction", "fraction of the queue pruned", run / "pruned.png")
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"stages": []}
+    lines = [f"# Adam pretraining report: `{run}`", ""]
+    if summary["stages"]:
+        lines += ["| stage | n | γ | epochs | best validation loss | time (s) | images/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in summary["stages"]:
+            best = "n/a" if s["best_val_loss"] is None else f"{s['best_val_loss']:.4f}"
+            lines.append(f"| {s['stage']} | {s['n']} | {s['gamma']} | {s['epochs']} | {best} | {s['seconds']} | "
+                         f"{s['images_per_s']} |")
+        lines.append("")
+    for stage in sorted({r["stage"] for r in train}):
+        rows = [r for r in train if r["stage"] == stage]
+        first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10) :]
+        mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+        lines.append(f"- stage {stage} (n={rows[0]['n']}): training loss {mean(first, 'loss'):.3f} → "
+                     f"{mean(last, 'loss'):.3f} (first and last 10% of steps), queue pruned "
+                     f"{100 * mean(rows, 'pruned_fraction'):.2f}% on average")
+    lines += ["", "## Loss", "", "![loss](loss.png)", "", "## Purposive pruner", "",
+              "Fraction of the queue's keys at least γ similar to the query, removed from the negatives "
+              "(0 where the pruner is off).", "", "![pruned](pruned.png)", ""]
+    config = run / "config.yaml"
+    if config.is_file():
+        lines += ["## Configuration", "", "```yaml", config.read_text().rstrip(), "```", ""]
+    out = run / "report.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("report", help="write report.md with loss and pruned-fraction curves for a run")
+    p.add_argument("run", help="a pretraining run folder")
+    p.set_defaults(func=lambda args: print(write_report(args.run)) or 0)
+    return p

@@ -1,0 +1,776 @@
+"""The Adam pretraining engine: ``adam pretrain`` and :func:`pretrain`.
+
+One code path from one CPU process to many GPU nodes. Launch it plainly for one process, or with
+``torchrun`` for many (NCCL on GPUs, gloo on CPUs)::
+
+    adam pretrain --config my.yaml data.root=/data/cxr optim.epochs=100
+    torchrun --nproc_per_node 8 -m adam_ext.cli pretrain --config my.yaml
+
+Stages (default n = 0, 2, 4) run one after the other; each starts from the previous stage's best
+weights and queue, with a fresh optimiser and schedule. A run folder holds::
+
+    config.yaml            the resolved configuration
+    metrics.jsonl          one row per training step and per validation
+    tensorboard/           the same curves for TensorBoard
+    last.pt                the latest checkpoint (resume point), written atomically
+    stage<i>_n<n>/best.pt  the lowest-validation-loss weights of stage i
+    best.pt                the last stage's best weights (what ``adam export`` reads)
+    summary.json           per-stage results
+    report.md              loss and pruned-fraction curves (PNG beside it)
+
+Reproducibility: data order, anchors and views are functions of (seed, stage, epoch, sample), not
+of worker scheduling, and all other randomness is torch's generator, saved in checkpoints; a run
+killed and resumed with ``--resume`` ends with the same weights as one never stopped (bit-exact
+on CPU; on GPU with ``deterministic: true``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import __version__
+from .checkpoint import atomic_save
+from .config import PretrainConfig, dump_config, load_config
+from .models import MoCo, check_queue_size
+
+__all__ = ["pretrain", "NonFiniteLossError", "ResumeError", "sample_seed", "EpochBatches", "PretrainViews"]
+
+CHECKPOINT_KIND = "adam_ext.pretrain"
+CHECKPOINT_VERSION = 1
+# Fields that may differ between a checkpoint's config and the resuming run's.
+_RESUMABLE_CHANGES = {"out", "log_every", "checkpoint_every", "tensorboard", "dist_timeout", "max_steps",
+                      "data.workers", "data.root", "data.cache"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped before saving the bad weights."""
+
+
+class ResumeError(ValueError):
+    """A resume file that is missing, not ours, or from a different configuration."""
+
+
+def sample_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed mixing ``seed`` with ``parts`` (stage, epoch, sample...): splitmix64 steps."""
+    x = seed & 0xFFFFFFFFFFFFFFFF
+    for part in parts:
+        x = (x + 0x9E3779B97F4A7C15 + (part & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x >> 1
+
+
+class PretrainViews(Dataset):
+    """Two views of an image, reproducibly: item ``(i, seed)`` is ``views(image_i)`` drawn from a
+    generator seeded with ``seed``.
+
+    Args:
+        reader: a data set reader of :mod:`adam_ext.data` (its ``image(i)``: uint8 Tensor[C, H, W]).
+        indices: which of the reader's samples form this data set.
+        views: an :class:`adam_ext.data.views.TwoViews`.
+
+    Items are ``(q, k)``, two float32 Tensor[3, S, S].
+    """
+
+    def __init__(self, reader, indices, views):
+        self.reader, self.indices, self.views = reader, list(indices), views
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        index, seed = key
+        image = self.reader.image(self.indices[index])
+        return self.views(image, generator=torch.Generator().manual_seed(seed))
+
+
+class EpochBatches(Sampler):
+    """Batches of ``(index, view seed)`` for one rank and one epoch, from ``start`` on.
+
+    The epoch's order is a permutation seeded by (seed, stage, epoch); global batch ``g`` takes
+    positions ``[g * B, (g + 1) * B)`` of it and rank r its r-th slice of B / world (the last
+    incomplete global batch is dropped, so every rank takes the same number of equal batches).
+
+    Args:
+        n (int): samples in the data set.
+        global_batch (int): images per step over all ranks.
+        world, rank (int): the process group's size and this rank.
+        seed, stage, epoch (int): what the order and the views depend on.
+        start (int): first global batch (a resumed epoch skips the ones done, reading nothing).
+        shuffle (bool): False for validation: a fixed order, views independent of the epoch, and
+            the tail kept (rank r takes positions r, r + world, ...).
+    """
+
+    def __init__(self, n, global_batch, world, rank, seed, stage, epoch, start=0, shuffle=True):
+        self.n, self.global_batch, self.world, self.rank = n, global_batch, world, rank
+        self.seed, self.stage, self.epoch, self.start, self.shuffle = seed, stage, epoch, start, shuffle
+        self.local = global_batch // world
+
+    def __len__(self) -> int:
+        if not self.shuffle:
+            return math.ceil(len(range(self.rank, self.n, self.world)) / self.local)
+        return max(0, self.n // self.global_batch - self.start)
+
+    def __iter__(self):
+        if not self.shuffle:
+            mine = list(range(self.rank, self.n, self.world))
+            for at in range(0, len(mine), self.local):
+                yield [(i, sample_seed(self.seed, 1 << 20, i)) for i in mine[at : at + self.local]]
+            return
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.stage, self.epoch))
+        order = torch.randperm(self.n, generator=generator).tolist()
+        for step in range(self.start, self.n // self.global_batch):
+            at = step * self.global_batch + self.rank * self.local
+            yield [(i, sample_seed(self.seed, self.stage, self.epoch, i)) for i in order[at : at + self.local]]
+
+
+def _worker_init(_):
+    import cv2
+
+    cv2.setNumThreads(0)  # 0, never 1: opencv 5.0.0 can hang after fork with 1
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Process group and device
+
+
+class _Context:
+    """Rank, world size and device of this process."""
+
+    def __init__(self, cfg: PretrainConfig):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device must be cpu or auto on a machine without CUDA, got 'cuda'")
+        self.device = torch.device("cuda", self.local_rank) if want_cuda else torch.device("cpu")
+        if want_cuda:
+            torch.cuda.set_device(self.device)
+        self.owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(
+                backend="nccl" if want_cuda else "gloo",
+                timeout=datetime.timedelta(seconds=cfg.dist_timeout),
+                device_id=self.device if want_cuda else None,
+            )
+            self.owns_group = True
+        if dist.is_initialized():
+            self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        self.distributed = self.world > 1
+        self.main = self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def load_checkpoint(path) -> dict:
+    """Loads one of our pretraining checkpoints with ``weights_only=True``.
+
+    Raises:
+        ResumeError: no such file, or not an adam_ext pretraining checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResumeError(f"resume file {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ResumeError(f"resume file {str(path)!r} cannot be read as a checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+        raise ResumeError(f"resume file {str(path)!r} is not an adam_ext pretraining checkpoint "
+                          f"(expected kind {CHECKPOINT_KIND!r}); to start from other weights use model.weights")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ResumeError(f"resume file {str(path)!r} has checkpoint version {ckpt.get('version')}, "
+                          f"this adam_ext reads version {CHECKPOINT_VERSION}")
+    return ckpt
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key != "options":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_resumable(ckpt: dict, cfg: PretrainConfig, path) -> None:
+    saved, now = _flatten(ckpt["config"]), _flatten(cfg.to_dict())
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUMABLE_CHANGES)
+    if differ:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in differ[:6])
+        raise ResumeError(f"resume file {str(path)!r} was written by a different configuration ({details}); "
+                          f"resume with the run's own config.yaml or start a new run folder")
+
+
+def _versions() -> dict:
+    return {"adam_ext": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def _ensure_synthetic(cfg: PretrainConfig, ctx: _Context) -> None:
+    root = Path(cfg.data.root)
+    if cfg.data.dataset != "synthetic" or (root / "Data_Entry_2017.csv").is_file():
+        return
+    if ctx.main:
+        from .data.synthetic import generate
+
+        print(f"adam pretrain: generating {cfg.data.synthetic_n} synthetic radiographs of "
+              f"{cfg.data.synthetic_size} px in {root} (once)", flush=True)
+        generate(root, cfg.data.synthetic_n, size=cfg.data.synthetic_size, seed=cfg.seed, workers=None)
+    ctx.barrier()
+
+
+def _open_splits(cfg: PretrainConfig):
+    """(train reader, train indices, val reader, val indices)."""
+    from .data.registry import dataset_class, open_dataset
+
+    d = cfg.data
+    options = dict(d.options)
+    if d.cache:
+        options["cache"] = d.cache
+    train = open_dataset(d.dataset, d.root, split=d.train_split, **options)
+    cls = dataset_class(d.dataset)
+    splits = set(getattr(cls, "splits", ())) | set(getattr(cls, "split_aliases", {}))
+    if d.val_split and d.val_split in splits and d.val_split != d.train_split:
+        val = open_dataset(d.dataset, d.root, split=d.val_split, **options)
+        return train, list(range(len(train))), val, list(range(len(val)))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(sample_seed(cfg.seed, 7))).tolist()
+    n_val = max(1, round(d.val_fraction * len(train)))
+    return train, sorted(order[n_val:]), train, sorted(order[:n_val])
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+
+class _Metrics:
+    """metrics.jsonl and TensorBoard, written by rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def truncate_after(self, stage: int, step: int) -> None:
+        """Drops rows logged after (stage, step): a resumed run logs them again."""
+        if not self.enabled or not self.path.is_file():
+            return
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if (r["stage"], r["step"]) <= (stage, step)]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, row: dict, scalars: dict, global_step: int) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for name, value in scalars.items():
+                if value is not None:
+                    self.writer.add_scalar(name, value, global_step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class _Stopper:
+    """Turns SIGTERM/SIGINT into a flag checked between steps (the step in flight finishes)."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+class _Trainer:
+    def __init__(self, cfg: PretrainConfig, ctx: _Context, progress: bool):
+        self.cfg, self.ctx, self.progress = cfg, ctx, progress and ctx.main
+        self.out = Path(cfg.out)
+        self.device = ctx.device
+        self.gpu = self.device.type == "cuda"
+        self.global_batch = cfg.optim.batch_size
+        if self.global_batch % ctx.world:
+            raise ValueError(f"optim.batch_size must be divisible by the world size {ctx.world}, "
+                             f"got {self.global_batch}")
+        self.local_batch = self.global_batch // ctx.world
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if self.gpu else None
+        if cfg.amp != "none" and not self.gpu:
+            warnings.warn(f"amp={cfg.amp!r} applies on GPU only; training in float32 on {self.device}", stacklevel=2)
+
+        self.train_reader, self.train_idx, self.val_reader, self.val_idx = _open_splits(cfg)
+        self.steps_per_epoch = len(self.train_idx) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"optim.batch_size={self.global_batch} exceeds the {len(self.train_idx)} training "
+                             f"images: no full batch per epoch")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.effective_queue = check_queue_size(cfg.model.K, len(self.train_idx))
+        if ctx.main:
+            for w in caught:
+                print(f"adam pretrain: warning: {w.message}", file=sys.stderr, flush=True)
+
+        torch.manual_seed(cfg.seed)
+        m = cfg.model
+        self.model = MoCo(m.backbone, dim=m.dim, K=m.K, m=m.m, T=m.T, weights=m.weights, mlp_hidden=m.mlp_hidden,
+                          shuffle_bn_groups=m.shuffle_bn_groups, sync_bn=m.sync_bn and ctx.distributed)
+        self.model.to(self.device)
+        if self.gpu and cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.metrics = _Metrics(self.out, ctx.main, cfg.tensorboard)
+        self.summary: list[dict] = []
+
+    # -- per stage ------------------------------------------------------------------------------
+
+    def _stage_dir(self, index: int) -> Path:
+        return self.out / f"stage{index}_n{self.cfg.stages[index]}"
+
+    def _new_optimizer(self):
+        o = self.cfg.optim
+        lr = o.lr * self.global_batch / 256
+        optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=lr, momentum=o.momentum,
+                                    weight_decay=o.weight_decay)
+        total = o.epochs * self.steps_per_epoch
+        warmup = round(o.warmup_epochs * self.steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
+        return optimizer, scheduler
+
+    def _loader(self, stage: int, epoch: int, start: int, train: bool) -> DataLoader:
+        from .data.views import TwoViews
+
+        n = self.cfg.stages[stage]
+        views = TwoViews(self.cfg.data.view_size, n)
+        reader, indices = (self.train_reader, self.train_idx) if train else (self.val_reader, self.val_idx)
+        sampler = EpochBatches(len(indices), self.global_batch, self.ctx.world, self.ctx.rank, self.cfg.seed,
+                               stage, epoch, start, shuffle=train)
+        workers = self.cfg.data.workers
+        return DataLoader(PretrainViews(reader, indices, views), batch_sampler=sampler, num_workers=workers,
+                          worker_init_fn=_worker_init if workers else None, pin_memory=self.gpu,
+                          generator=torch.Generator().manual_seed(self.cfg.seed),  # leaves the global RNG alone
+                          persistent_workers=False)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.gpu and self.cfg.channels_last else x
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _checkpoint(self, state: dict) -> dict:
+        return {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(),
+                "versions": _versions(), "world_size": self.ctx.world, **state}
+
+    def _save(self, path: Path, state: dict) -> None:
+        if self.ctx.main:
+            atomic_save(self._checkpoint(state), path)
+        self.ctx.barrier()
+
+    def run_stage(self, stage: int, resume: dict | None) -> bool:
+        """Trains one stage; returns False when stopped by a signal."""
+        cfg, ctx = self.cfg, self.ctx
+        n = cfg.stages[stage]
+        gamma = cfg.gamma_for(n)
+        net = self.model
+        ddp = nn.parallel.DistributedDataParallel(
+            net, device_ids=[self.device.index] if self.gpu else None, broadcast_buffers=False
+        ) if ctx.distributed else net
+        optimizer, scheduler = self._new_optimizer()
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        epoch, start, best_val = 0, 0, None
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            if resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
+            epoch, start, best_val = resume["epoch"], resume["step_in_epoch"], resume["best_val"]
+            _set_rng_state(resume["rng"])
+        stage_dir = self._stage_dir(stage)
+        if ctx.main:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            print(f"adam pretrain: stage {stage + 1}/{len(cfg.stages)}: n={n}, gamma={gamma}, "
+                  f"{cfg.optim.epochs} epochs x {self.steps_per_epoch} steps of {self.global_batch} images "
+                  f"({ctx.world} rank(s) on {self.device.type}); queue K={cfg.model.K} holds at most "
+                  f"{self.effective_queue} distinct training images", flush=True)
+        spe = self.steps_per_epoch
+        stage_t0 = time.perf_counter()
+        images_seen = 0
+
+        def state(epoch_, step_in_epoch):
+            return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": _rng_state(),
+                    "stage": {"index": stage, "n": n}, "epoch": epoch_, "step_in_epoch": step_in_epoch,
+                    "step": epoch_ * spe + step_in_epoch, "best_val": best_val, "summary": list(self.summary)}
+
+        with _Stopper() as stopper:
+            while epoch < cfg.optim.epochs:
+                net.train()
+                bar = None
+                if self.progress:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=spe, initial=start, desc=f"stage {stage} n={n} epoch {epoch + 1}/{cfg.optim.epochs}",
+                               leave=False, dynamic_ncols=True, file=sys.stderr)
+                window_loss, window_pruned, window_steps = [], [], []
+                t_window = time.perf_counter()
+                step_in_epoch = start
+                stopped = False
+                for im_q, im_k in self._loader(stage, epoch, start, train=True):
+                    step = epoch * spe + step_in_epoch
+                    im_q, im_k = self._to_device(im_q), self._to_device(im_k)
+                    with self._autocast():
+                        out = ddp(im_q, im_k, gamma=gamma)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(out["loss"]).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    lr = scheduler.get_last_lr()[0]
+                    scheduler.step()
+                    window_loss.append(out["loss"].detach().float())
+                    window_pruned.append(out["pruned"].float().mean() / cfg.model.K)
+                    window_steps.append((step, lr))
+                    step_in_epoch += 1
+                    images_seen += self.global_batch
+                    if bar is not None:
+                        bar.update(1)
+                    limit_hit = cfg.max_steps and step + 1 >= cfg.max_steps
+                    due_ckpt = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+                    flush = (len(window_loss) >= cfg.log_every or due_ckpt or step_in_epoch == spe or limit_hit
+                             or (stopper.signal is not None and not ctx.distributed))
+                    if flush:
+                        stop = self._flush(stage, n, epoch, window_loss, window_pruned, window_steps, t_window, bar,
+                                           stopper)
+                        window_loss, window_pruned, window_steps = [], [], []
+                        t_window = time.perf_counter()
+                        if stop or limit_hit:
+                            stopped = True
+                            break
+                        if due_ckpt and step_in_epoch < spe:
+                            self._save(self.out / "last.pt", state(epoch, step_in_epoch))
+                if bar is not None:
+                    bar.close()
+                if stopped and step_in_epoch < spe:
+                    self._save(self.out / "last.pt", state(epoch, step_in_epoch))
+                    why = stopper.signal or f"max_steps={cfg.max_steps}"
+                    if ctx.main:
+                        print(f"adam pretrain: stopped by {why} at stage {stage} step {epoch * spe + step_in_epoch}; "
+                              f"checkpoint {self.out / 'last.pt'}; continue with --resume", flush=True)
+                    return False
+                val = self._validate(stage, gamma)
+                is_best = math.isfinite(val) and (best_val is None or val < best_val)
+                if is_best:
+                    best_val = val
+                    self._save(stage_dir / "best.pt", {"model": net.state_dict(), "stage": {"index": stage, "n": n},
+                                                       "epoch": epoch + 1, "step": (epoch + 1) * spe, "val_loss": val})
+                row = {"stage": stage, "n": n, "epoch": epoch + 1, "step": (epoch + 1) * spe, "val_loss": val,
+                       "best": is_best}
+                self.metrics.log(row, {"val/loss": val}, self._global_step(stage, (epoch + 1) * spe))
+                if ctx.main:
+                    print(f"adam pretrain: stage {stage} n={n} epoch {epoch + 1}/{cfg.optim.epochs}: "
+                          f"val loss {val:.4f}{' (best)' if is_best else ''}", flush=True)
+                epoch, start = epoch + 1, 0
+                if epoch == cfg.optim.epochs:  # recorded before the last save, so a resume keeps it
+                    seconds = time.perf_counter() - stage_t0
+                    self.summary.append({"stage": stage, "n": n, "gamma": gamma, "epochs": cfg.optim.epochs,
+                                         "best_val_loss": best_val, "best": str(stage_dir / "best.pt"),
+                                         "seconds": round(seconds, 1),
+                                         "images_per_s": round(images_seen / seconds, 1) if images_seen else None})
+                self._save(self.out / "last.pt", state(epoch, 0))
+                if stopped:  # the signal came at the epoch's last step
+                    if ctx.main:
+                        print(f"adam pretrain: stopped by {stopper.signal or 'max_steps'} after stage {stage} "
+                              f"epoch {epoch}; continue with --resume", flush=True)
+                    return False
+        return True
+
+    def _global_step(self, stage: int, step: int) -> int:
+        return stage * self.cfg.optim.epochs * self.steps_per_epoch + step
+
+    def _flush(self, stage, n, epoch, losses, pruned, steps, t0, bar, stopper) -> bool:
+        """Reduces a window of steps across ranks, checks the losses, logs; True to stop (signal)."""
+        ctx = self.ctx
+        flag = 1.0 if stopper.signal is not None else 0.0
+        packed = torch.cat([torch.stack(losses), torch.stack(pruned), torch.tensor([flag], device=losses[0].device)])
+        if ctx.distributed:
+            dist.all_reduce(packed)
+            packed[:-1] /= ctx.world
+        packed = packed.cpu().tolist()
+        k = len(losses)
+        seconds = time.perf_counter() - t0
+        rate = k * self.global_batch / seconds if seconds > 0 else float("nan")
+        for (step, lr), loss, frac in zip(steps, packed[:k], packed[k : 2 * k]):
+            if not math.isfinite(loss):
+                last = self.out / "last.pt"
+                kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+                raise NonFiniteLossError(f"loss is {loss} at stage {stage} (n={n}) epoch {epoch + 1} step {step}; "
+                                         f"training stopped; {kept}")
+            row = {"stage": stage, "n": n, "epoch": epoch + 1, "step": step, "loss": loss, "lr": lr,
+                   "pruned_fraction": frac, "images_per_s": rate}
+            self.metrics.log(row, {"train/loss": loss, "train/lr": lr, "train/pruned_fraction": frac,
+                                   "train/images_per_s": rate}, self._global_step(stage, step))
+        if bar is not None:
+            bar.set_postfix(loss=f"{packed[k - 1]:.4f}", lr=f"{steps[-1][1]:.3g}", pruned=f"{packed[2 * k - 1]:.3f}",
+                            img_s=f"{rate:.1f}")
+        if packed[-1] > 0 and stopper.signal is None:
+            stopper.signal = "a signal on another rank"
+        return packed[-1] > 0
+
+    @torch.no_grad()
+    def _validate(self, stage: int, gamma) -> float:
+        net = self.model
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for im_q, im_k in self._loader(stage, 0, 0, train=False):
+            with self._autocast():
+                out = net.validation_loss(self._to_device(im_q), self._to_device(im_k), gamma=gamma)
+            total[0] += out["loss"].double() * im_q.shape[0]
+            total[1] += im_q.shape[0]
+        if self.ctx.distributed:
+            dist.all_reduce(total)
+        return (total[0] / total[1].clamp_min(1)).item()
+
+    # -- the whole run -----------------------------------------------------------------------------
+
+    def run(self, resume_path=None) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        stage, resume = 0, None
+        if resume_path is not None:
+            ckpt = load_checkpoint(resume_path)
+            _check_resumable(ckpt, cfg, resume_path)
+            self.model.load_state_dict(ckpt["model"])
+            self.summary = list(ckpt.get("summary", []))
+            stage = ckpt["stage"]["index"]
+            if ckpt["epoch"] >= cfg.optim.epochs:  # that stage had finished
+                _set_rng_state(ckpt["rng"])
+                stage, resume = stage + 1, None
+                if stage < len(cfg.stages):
+                    self._load_best(stage - 1)
+                self.metrics.truncate_after(stage - 1, ckpt["step"])
+            else:
+                resume = ckpt
+                self.metrics.truncate_after(stage, ckpt["step"])
+            if ctx.main:
+                print(f"adam pretrain: resuming from {resume_path} (stage {ckpt['stage']['index']}, "
+                      f"step {ckpt['step']})", flush=True)
+        interrupted = False
+        while stage < len(cfg.stages):
+            if not self.run_stage(stage, resume):
+                interrupted = True
+                break
+            resume = None
+            stage += 1
+            if stage < len(cfg.stages):
+                self._load_best(stage - 1)
+        self.metrics.close()
+        return self._finish(interrupted)
+
+    def _load_best(self, stage: int) -> None:
+        """The next stage starts from this stage's best weights and queue."""
+        best = torch.load(self._stage_dir(stage) / "best.pt", map_location="cpu", weights_only=True)
+        self.model.load_state_dict(best["model"])
+
+    def _finish(self, interrupted: bool) -> dict:
+        summary = {"interrupted": interrupted, "stages": self.summary, "out": str(self.out),
+                   "config": str(self.out / "config.yaml")}
+        if self.ctx.main and not interrupted:
+            last_best = self._stage_dir(len(self.cfg.stages) - 1) / "best.pt"
+            best = torch.load(last_best, map_location="cpu", weights_only=True)
+            atomic_save(self._checkpoint(best), self.out / "best.pt")
+            summary["best"] = str(self.out / "best.pt")
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            from .report import write_report
+
+            summary["report"] = str(write_report(self.out))
+        self.ctx.barrier()
+        return summary
+
+
+def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
+    """Runs Adam pretraining as configured (all stages), in this process or as one torchrun rank.
+
+    Args:
+        cfg: the configuration (see :mod:`adam_ext.config`).
+        resume: a ``last.pt`` to continue from, ``"auto"`` (the run folder's ``last.pt`` if it
+            exists), or None to start afresh.
+        progress: show a tqdm bar per epoch on rank 0.
+
+    Returns:
+        dict: ``interrupted`` (stopped by a signal or ``max_steps``), ``stages`` (per stage: n,
+        gamma, best validation loss, seconds, images/s), ``best`` (the final weights' path),
+        ``report``.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (names the step; no checkpoint holds it).
+        ResumeError: the resume file is missing, foreign or from another configuration.
+        ValueError: a configuration that cannot run (e.g. a batch larger than the data set).
+    """
+    if not cfg.data.root:
+        raise ValueError("data.root must name the folder of training images, got ''")
+    ctx = _Context(cfg)
+    failed = True
+    try:
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        out = Path(cfg.out)
+        if resume == "auto":
+            resume = out / "last.pt" if (out / "last.pt").is_file() else None
+        if ctx.main:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume is None and (out / "last.pt").is_file():
+                raise ValueError(f"out folder {str(out)!r} already holds a run (last.pt); pass --resume to "
+                                 f"continue it or choose another out")
+            (out / "config.yaml").write_text(dump_config(cfg))
+            if resume is None:
+                (out / "metrics.jsonl").write_text("")
+        _ensure_synthetic(cfg, ctx)
+        summary = _Trainer(cfg, ctx, progress).run(resume)
+        failed = False
+        return summary
+    except Exception as exc:
+        if ctx.distributed and not isinstance(exc, (NonFiniteLossError, ResumeError)):
+            raise RuntimeError(f"rank {ctx.rank}/{ctx.world} stopped: {type(exc).__name__}: {exc}. If another "
+                               f"rank crashed, its own error explains why; ranks give up waiting after "
+                               f"dist_timeout={cfg.dist_timeout:g} s") from exc
+        raise
+    finally:
+        if not failed:  # after a failure, peers may be gone: tearing the group down could block
+            ctx.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "pretrain", help="Adam pretraining (stages n = 0, 2, 4) on a folder of images or a known data set",
+        description="Adam pretraining. Configuration: defaults (the paper's protocol), then --preset, then "
+                    "--config YAML, then the flags below, then KEY=VALUE overrides (e.g. optim.epochs=50).",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, values in YAML")
+    p.add_argument("--config", help="YAML file of settings")
+    p.add_argument("--preset", help="named starting point: demo")
+    p.add_argument("--data", dest="root", help="data.root: folder of images")
+    p.add_argument("--dataset", help="data.dataset (default folder)")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--stages", help="comma-separated decomposer grids, e.g. 0,2,4")
+    p.add_argument("--epochs", type=int, help="optim.epochs of each stage")
+    p.add_argument("--batch-size", type=int, help="optim.batch_size (global)")
+    p.add_argument("--backbone", help="model.backbone")
+    p.add_argument("--resume", nargs="?", const="auto", help="continue from LAST.pt (default: OUT/last.pt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args) -> int:
+    overrides = []
+    for flag, key in (("root", "data.root"), ("dataset", "data.dataset"), ("out", "out"), ("epochs", "optim.epochs"),
+                      ("batch_size", "optim.batch_size"), ("backbone", "model.backbone")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.stages is not None:
+        overrides.append(f"stages=[{args.stages}]")
+    cfg = load_config(args.config, overrides + list(args.overrides), preset=args.preset)
+    try:
+        summary = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
+    except (NonFiniteLossError, ResumeError, RuntimeError) as exc:
+        print(f"adam pretrain: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    if summary["interrupted"]:
+        return
+    print("adam pretrain: done")
+    for s in summary["stages"]:
+        print(f"  stage {s['stage']} n={s['n']} gamma={s['gamma']}: best val loss {s['best_val_loss']:.4f}, "
+              f"{s['seconds']:.0f} s, {s['images_per_s']} images/s")
+    print(f"  weights: {summary['best']}  (export: adam export {summary['best']} --format torchvision OUT.pth)")
+    print(f"  report:  {summary['report']}")

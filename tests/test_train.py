@@ -1,0 +1,401 @@
+"""The pretraining engine on CPU: configuration, stages, exact resume, SIGTERM, NaN, ranks.
+
+Runs are tiny (resnet18 at 32 px, batch 4, K = 16) so the file stays within a few minutes; what
+they check does not depend on size: bit-identical weights after a resume, queues identical across
+ranks, a crashed rank stopping the others, the loss check before every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from adam_ext import train as train_mod
+from adam_ext.config import PRESETS, PretrainConfig, load_config, parse_override
+from adam_ext.data.synthetic import generate
+from adam_ext.models import MoCo
+from adam_ext.train import EpochBatches, NonFiniteLossError, ResumeError, pretrain, sample_seed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("synth") / "data", 32, size=64, seed=3, workers=1, progress=False)
+
+
+def tiny(data, out, **overrides) -> PretrainConfig:
+    values = {
+        "data": {"dataset": "synthetic", "root": str(data), "view_size": 32, "workers": 0},
+        "model": {"backbone": "resnet18", "K": 16, "dim": 8, "mlp_hidden": 16},
+        "optim": {"batch_size": 4, "epochs": 2},
+        "stages": [0, 2], "out": str(out), "log_every": 2, "tensorboard": False, "checkpoint_every": 0,
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            values[section] = dict(values[section], **{field: value})
+        else:
+            values[key] = value
+    return PretrainConfig.from_dict(values)
+
+
+def steps_per_epoch(data, batch=4):
+    from adam_ext.data import open_dataset
+
+    return len(open_dataset("synthetic", data, split="train")) // batch
+
+
+def model_state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def train_rows(out):
+    rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def reference_run(data, tmp_path_factory):
+    """One uninterrupted two-stage run, the yardstick of the resume tests. ``entry`` holds the
+    model's state as each stage began."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    entry = {}
+    original = train_mod._Trainer.run_stage
+
+    def run_stage(self, stage, resume):
+        entry[stage] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return original(self, stage, resume)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_mod._Trainer, "run_stage", run_stage)
+        summary = pretrain(tiny(data, out), progress=False)
+    return out, summary, entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+def test_defaults_are_the_papers_protocol():
+    cfg = PretrainConfig()
+    assert (cfg.model.backbone, cfg.model.K, cfg.model.m, cfg.model.T, cfg.model.dim) == ("resnet50", 65536, 0.999, 0.2, 128)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.batch_size, cfg.optim.epochs) == \
+        (0.03, 0.9, 1e-4, 256, 200)
+    assert cfg.stages == [0, 2, 4] and cfg.gamma == 0.8 and cfg.gamma_n0 is None
+    assert [cfg.gamma_for(n) for n in (0, 2, 4)] == [None, 0.8, 0.8]
+    assert cfg.data.val_fraction == 0.1 and cfg.data.view_size == 224
+
+
+def test_yaml_then_overrides_then_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  epochs: 7\n  lr: 0.06\nmodel:\n  backbone: resnet18\nstages: [0, 2]\n")
+    cfg = load_config(path, ["optim.lr=0.1", "gamma=null", "data.options={size: 128}"], preset="demo")
+    assert cfg.optim.epochs == 7 and cfg.optim.lr == 0.1 and cfg.model.backbone == "resnet18"
+    assert cfg.gamma is None and cfg.stages == [0, 2] and cfg.data.options == {"size": 128}
+    assert cfg.model.K == PRESETS["demo"]["model"]["K"]  # the preset below the file
+    assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+@pytest.mark.parametrize("override, name", [
+    ("optim.lr=-1", "optim.lr"), ("optim.batch_size=1", "optim.batch_size"), ("model.backbone=vgg", "model.backbone"),
+    ("stages=[0, -2]", "stages"), ("gamma=1.5", "gamma"), ("amp=fp8", "amp"), ("data.dataset=imagenet", "data.dataset"),
+    ("model.K=0", "model.K"), ("optim.warmup_epochs=500", "optim.warmup_epochs"), ("device=tpu", "device"),
+])
+def test_bad_values_name_the_field(override, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        load_config(None, [override])
+
+
+def test_unknown_keys_and_malformed_overrides(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'optim.lrr'"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(FileNotFoundError, match="config file"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ValueError, match="preset must be one of"):
+        load_config(None, preset="huge")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def test_epoch_batches_partition_the_epoch_and_resume_mid_epoch():
+    full = [list(b) for b in EpochBatches(10, 4, 1, 0, seed=1, stage=0, epoch=3)]
+    assert len(full) == 2 and len({i for b in full for i, _ in b}) == 8  # tail dropped, no repeats
+    assert [list(b) for b in EpochBatches(10, 4, 1, 0, seed=1, stage=0, epoch=3, start=1)] == full[1:]
+    ranks = [list(EpochBatches(10, 4, 2, r, seed=1, stage=0, epoch=3)) for r in range(2)]
+    assert [ranks[0][s] + ranks[1][s] for s in range(2)] == full  # ranks split each global batch
+    assert list(EpochBatches(10, 4, 1, 0, seed=1, stage=0, epoch=4)) != full
+    val = [list(EpochBatches(5, 4, 2, r, seed=1, stage=0, epoch=e, shuffle=False)) for r in range(2) for e in (0, 9)]
+    assert val[0] == val[1] and sorted(i for b in val[0] + val[2] for i, _ in b) == list(range(5))
+    assert sample_seed(1, 2, 3) != sample_seed(1, 3, 2) and 0 <= sample_seed(2**70, 5) < 2**63
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def test_run_writes_everything(data, reference_run):
+    out, summary, _ = reference_run
+    assert not summary["interrupted"] and [s["n"] for s in summary["stages"]] == [0, 2]
+    assert [s["gamma"] for s in summary["stages"]] == [None, 0.8]
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "report.md", "loss.png",
+                 "pruned.png", "stage0_n0/best.pt", "stage1_n2/best.pt"):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    rows = train_rows(out)
+    steps_per_stage = 2 * steps_per_epoch(data)
+    assert steps_per_stage >= 10
+    assert [r["step"] for r in rows if r["stage"] == 0] == list(range(steps_per_stage))
+    assert all(r["pruned_fraction"] == 0 for r in rows if r["stage"] == 0)
+    assert any(r["pruned_fraction"] > 0 for r in rows if r["stage"] == 1)  # γ = 0.8 at n = 2
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["kind"] == "adam_ext.pretrain" and ckpt["config"]["stages"] == [0, 2] and "torch" in ckpt["versions"]
+    assert_same_state(ckpt["model"], model_state(out / "stage1_n2/best.pt"))
+
+
+def test_next_stage_starts_from_previous_best_weights_and_queue(reference_run):
+    out, _, entry = reference_run
+    best0 = model_state(out / "stage0_n0/best.pt")
+    assert_same_state(entry[1], best0)
+    assert not torch.equal(entry[0]["queue"], best0["queue"])  # stage 0 did train and enqueue
+
+
+def test_killed_and_resumed_run_ends_with_identical_weights(data, reference_run, tmp_path):
+    ref_out = reference_run[0]
+    out = tmp_path / "run"
+    first = pretrain(tiny(data, out, max_steps=5), progress=False)  # stops mid-epoch of stage 0
+    assert first["interrupted"]
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
+    second = pretrain(tiny(data, out), resume=out / "last.pt", progress=False)
+    assert not second["interrupted"] and len(second["stages"]) == 2
+    assert_same_state(model_state(out / "last.pt"), model_state(ref_out / "last.pt"))
+    assert_same_state(model_state(out / "best.pt"), model_state(ref_out / "best.pt"))
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]
+
+    assert strip(train_rows(out)) == strip(train_rows(ref_out))  # no step logged twice, same losses
+
+
+def test_resume_at_a_stage_boundary(data, reference_run, tmp_path):
+    ref_out = reference_run[0]
+    out = tmp_path / "run"
+    pretrain(tiny(data, out, max_steps=2 * steps_per_epoch(data)), progress=False)  # stage 0's last step
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["stage"]["index"] == 0 and ckpt["epoch"] == 2
+    pretrain(tiny(data, out), resume="auto", progress=False)
+    assert_same_state(model_state(out / "best.pt"), model_state(ref_out / "best.pt"))
+    assert json.loads((out / "summary.json").read_text())["stages"][0]["n"] == 0
+
+
+def test_sigterm_saves_and_resume_matches(data, reference_run, tmp_path):
+    ref_out = reference_run[0]
+    out = tmp_path / "run"
+    cfg = tiny(data, out, log_every=1)
+    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict()))
+    proc = subprocess.Popen([sys.executable, "-m", "adam_ext.cli", "pretrain", "--config", str(tmp_path / "c.yaml"),
+                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "metrics.jsonl").is_file() or len(train_rows(out)) < 3:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "stopped by SIGTERM" in output and "--resume" in output
+    step = torch.load(out / "last.pt", weights_only=True)["step"]
+    assert 3 <= step < 2 * steps_per_epoch(data)
+    summary = pretrain(tiny(data, out), resume="auto", progress=False)
+    assert not summary["interrupted"]
+    torch.testing.assert_close(model_state(out / "best.pt"), model_state(ref_out / "best.pt"), rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = MoCo._loss
+
+    def poisoned(self, q, k, gamma):
+        out = original(self, q, k, gamma)
+        calls["n"] += 1
+        if calls["n"] == 4:  # the 4th training step, index 3
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(MoCo, "_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at stage 0 \(n=0\) epoch 1 step 3;.*last good checkpoint"):
+        pretrain(tiny(data, out, checkpoint_every=2, log_every=2), progress=False)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_resume_errors(data, reference_run, tmp_path):
+    ref_out = reference_run[0]
+    with pytest.raises(ResumeError, match="does not exist"):
+        pretrain(tiny(data, tmp_path / "a"), resume=tmp_path / "nothing.pt", progress=False)
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ResumeError, match="not an adam_ext pretraining checkpoint"):
+        pretrain(tiny(data, tmp_path / "b"), resume=tmp_path / "foreign.pt", progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ResumeError, match="cannot be read"):
+        pretrain(tiny(data, tmp_path / "c"), resume=tmp_path / "junk.pt", progress=False)
+    with pytest.raises(ResumeError, match=r"different configuration \(model.dim: checkpoint 8 vs now 16"):
+        pretrain(tiny(data, tmp_path / "d", model__dim=16), resume=ref_out / "last.pt", progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        pretrain(tiny(data, ref_out), progress=False)
+
+
+def test_bad_setups_are_clear_errors(data, tmp_path):
+    with pytest.raises(ValueError, match="optim.batch_size=64 exceeds the"):
+        pretrain(tiny(data, tmp_path / "a", optim__batch_size=64), progress=False)
+    with pytest.raises(ValueError, match="data.root must name"):
+        pretrain(tiny(data, tmp_path / "b", data__root=""), progress=False)
+
+
+def test_cli_pretrain_errors_exit_2(tmp_path, capsys):
+    from adam_ext.cli import main
+
+    assert main(["pretrain", "optim.lr=-3", "--out", str(tmp_path / "r")]) == 2
+    assert "optim.lr must be > 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes (gloo on loopback)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+RANK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from adam_ext import models, train
+    from adam_ext.config import PretrainConfig
+
+    cfg = PretrainConfig.from_dict(json.loads(sys.argv[1]))
+    fail_rank, dump = int(sys.argv[2]), sys.argv[3]
+    rank = int(os.environ["RANK"])
+    if rank == fail_rank:
+        forward, calls = models.MoCo.forward, [0]
+        def failing(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 3:
+                raise RuntimeError("injected failure on rank %d" % rank)
+            return forward(self, *args, **kwargs)
+        models.MoCo.forward = failing
+    run = train._Trainer.run
+    def run_and_dump(self, *args, **kwargs):
+        summary = run(self, *args, **kwargs)
+        torch.save(self.model.state_dict(), os.path.join(dump, "rank%d.pt" % rank))
+        return summary
+    train._Trainer.run = run_and_dump
+    train.pretrain(cfg, progress=False)
+    """
+)
+
+
+def launch_ranks(tmp_path, cfg, fail_rank=-1, timeout=150):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), json.dumps(cfg.to_dict()), str(fail_rank), str(tmp_path)],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    t0 = time.time()
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [p.returncode for p in procs], outputs, time.time() - t0
+
+
+def test_two_gloo_ranks_keep_identical_queues_and_weights(data, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny(data, out, stages=[2], optim__epochs=1, checkpoint_every=3)
+    codes, outputs, _ = launch_ranks(tmp_path, cfg)
+    assert codes == [0, 0], outputs
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert torch.equal(r0["queue"], r1["queue"]) and torch.equal(r0["queue_ptr"], r1["queue_ptr"])
+    spe = steps_per_epoch(data)
+    assert r0["queue_ptr"].item() == (spe * 4) % 16
+    for name in r0:  # gradients were averaged: the trained weights agree on both ranks
+        if name.startswith("encoder_q.") and "running" not in name and "num_batches" not in name:
+            torch.testing.assert_close(r0[name], r1[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert [r["step"] for r in train_rows(out)] == list(range(spe))  # one writer: no duplicated rows
+    assert "stage 1/1" in outputs[0] and "stage 1/1" not in outputs[1]  # only rank 0 speaks
+
+
+def test_a_crashing_rank_stops_the_other_within_the_timeout(data, tmp_path):
+    cfg = tiny(data, tmp_path / "run", stages=[0], optim__epochs=1, dist_timeout=30)
+    codes, outputs, seconds = launch_ranks(tmp_path, cfg, fail_rank=1)
+    assert codes[0] != 0 and codes[1] != 0, outputs
+    assert "injected failure on rank 1" in outputs[1]
+    assert "rank 0/2 stopped" in outputs[0] and "dist_timeout=30" in outputs[0]
+    assert seconds < 100
+
+
+def test_torchrun_two_nodes_on_loopback(data, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny(data, out, stages=[0], optim__epochs=1)
+    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict()))
+    port = free_port()
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    procs = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(r),
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "t",
+                               "-m", "adam_ext.cli", "pretrain", "--config", str(tmp_path / "c.yaml"), "--no-progress"],
+                              cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    try:
+        outputs = [p.communicate(timeout=150)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "(2 rank(s) on cpu)" in "".join(outputs)
+    assert (out / "best.pt").is_file() and len(train_rows(out)) == steps_per_epoch(data)
+
+
+def test_official_adam_checkpoint_initialises_a_run(data, tmp_path):
+    moco = MoCo("resnet18", dim=8, K=16, mlp_hidden=16)
+    official = {"module." + k: (v.t() if k == "queue" else v) for k, v in moco.state_dict().items()}
+    torch.save({"epoch": 200, "arch": "resnet18", "state_dict": official, "optimizer": {}}, tmp_path / "official.pth")
+    out = tmp_path / "run"
+    pretrain(tiny(data, out, stages=[0], optim__epochs=1, max_steps=1, model__weights=str(tmp_path / "official.pth")),
+             progress=False)
+    started = MoCo("resnet18", dim=8, K=16, mlp_hidden=16, weights=tmp_path / "official.pth")
+    trunk = {k: v for k, v in moco.encoder_q.state_dict().items() if not k.startswith("fc.")}
+    for name, value in trunk.items():
+        assert torch.equal(started.encoder_q.state_dict()[name], value), name
+    assert (out / "last.pt").is_file()
