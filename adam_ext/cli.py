@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "pretrain": "adam_ext.train",
     "export": "adam_ext.export",
     "report": "adam_ext.report",
+    "finetune": "adam_ext.downstream.cli",
+    "compare": "adam_ext.downstream.compare",
 }
 
 

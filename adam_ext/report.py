@@ -106,6 +106,10 @@ def write_report(run) -> Path:
     lines += ["", "## Loss", "", "![loss](loss.png)", "", "## Purposive pruner", "",
               "Fraction of the queue's keys at least γ similar to the query, removed from the negatives "
               "(0 where the pruner is off).", "", "![pruned](pruned.png)", ""]
+    for table in sorted(run.glob("*/compare.md")):  # downstream comparisons run into the folder (make demo)
+        lines += [f"## Downstream: `{table.parent.name}`", "", table.read_text().strip(), ""]
+        if (table.parent / "curves.png").is_file():
+            lines += [f"![{table.parent.name} curves]({table.parent.name}/curves.png)", ""]
     config = run / "config.yaml"
     if config.is_file():
         lines += ["## Configuration", "", "```yaml", config.read_text().rstrip(), "```", ""]

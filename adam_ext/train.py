@@ -397,7 +397,7 @@ class _Trainer:
         self.model = MoCo(m.backbone, dim=m.dim, K=m.K, m=m.m, T=m.T, weights=m.weights, mlp_hidden=m.mlp_hidden,
                           shuffle_bn_groups=m.shuffle_bn_groups, sync_bn=m.sync_bn and ctx.distributed)
         self.model.to(self.device)
-        if self.gpu and cfg.channels_last:
+        if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.metrics = _Metrics(self.out, ctx.main, cfg.tensorboard)
         self.summary: list[dict] = []
@@ -433,7 +433,7 @@ class _Trainer:
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.gpu and self.cfg.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def _autocast(self):
         if self.amp_dtype is None:

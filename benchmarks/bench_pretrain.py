@@ -5,7 +5,9 @@ decoded synthetic radiographs held in memory), both encoders, the loss, backward
 and the queue update. Providers, on the same MoCo encoders (same seed, same shuffle-BN):
 
 * ``ours``            adam_ext.models.MoCo.forward: fused adam_ext.pruned_info_nce (no B×K logits),
-                      ``_foreach`` momentum update, ring-buffer enqueue.
+                      ``_foreach`` momentum update, ring-buffer enqueue; encoders and images in the
+                      channels-last memory format, as ``adam pretrain`` runs them (``--no-channels-last``
+                      to compare the loss and bookkeeping alone).
 * ``official-style``  the loss as the official Adam code builds it
                       (adam_ext.reference.official_loop_pruned_info_nce: einsum l_pos / l_neg over a
                       clone of the whole queue, then one masked cross-entropy per query in a Python
@@ -67,6 +69,7 @@ class Config:
     n: int = 2
     images: int = 64
     image_side: int = 256
+    channels_last: bool = True  # ours only: the official code keeps the default layout
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -75,8 +78,10 @@ class Config:
 class ViewBatches:
     """Batches of Adam view pairs from decoded synthetic radiographs kept in memory."""
 
-    def __init__(self, images: list[torch.Tensor], cfg: Config, device: torch.device, seed: int):
+    def __init__(self, images: list[torch.Tensor], cfg: Config, device: torch.device, seed: int,
+                 channels_last: bool = False):
         self.images, self.batch, self.device = images, cfg.batch, device
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
         self.views = TwoViews(cfg.size, n=cfg.n, seed=seed)
         self.next = 0
 
@@ -85,8 +90,8 @@ class ViewBatches:
         for _ in range(self.batch):
             pairs.append(self.views(self.images[self.next % len(self.images)]))
             self.next += 1
-        im_q = torch.stack([q for q, _ in pairs]).to(self.device)
-        im_k = torch.stack([k for _, k in pairs]).to(self.device)
+        im_q = torch.stack([q for q, _ in pairs]).to(self.device).contiguous(memory_format=self.format)
+        im_k = torch.stack([k for _, k in pairs]).to(self.device).contiguous(memory_format=self.format)
         return im_q, im_k
 
 
@@ -99,9 +104,11 @@ def decoded_synthetic_images(cfg: Config, seed: int) -> list[torch.Tensor]:
         return [torch.from_numpy(dataset.load_image(key)) for key in dataset.image_keys()]
 
 
-def build(cfg: Config, device: torch.device, seed: int):
+def build(cfg: Config, device: torch.device, seed: int, channels_last: bool = False):
     torch.manual_seed(seed)
     model = MoCo(cfg.arch, cfg.dim, cfg.K, cfg.m, cfg.T, cfg.gamma).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.03 * cfg.batch / 256, momentum=0.9,
                                 weight_decay=1e-4)
     return model, optimizer
@@ -216,9 +223,10 @@ def measure(cfg: Config, args, device: torch.device) -> tuple[dict, dict]:
     images = decoded_synthetic_images(cfg, args.seed)
     runners = {}
     for name, step in (("ours", ours_step), ("official-style", official_step)):
-        model, optimizer = build(cfg, device, args.seed)
+        channels_last = cfg.channels_last and name == "ours"
+        model, optimizer = build(cfg, device, args.seed, channels_last)
         model.train()
-        data = ViewBatches(images, cfg, device, args.seed)
+        data = ViewBatches(images, cfg, device, args.seed, channels_last)
         runners[name] = functools.partial(step, model, optimizer, data, cfg.gamma, device)
 
     for name, run in runners.items():
@@ -304,7 +312,8 @@ def report(cfg: Config, args, device, rates, phases) -> tuple[str, bool]:
         f"torchvision {torchvision.__version__}",
         f"- adam_ext commit {commit()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- config: {cfg.arch}, {cfg.size} px views, batch {cfg.batch}, K = {cfg.K}, dim {cfg.dim}, "
-        f"γ = {cfg.gamma}, τ = {cfg.T}, m = {cfg.m}, fp32, SGD (momentum 0.9, wd 1e-4); views from "
+        f"γ = {cfg.gamma}, τ = {cfg.T}, m = {cfg.m}, fp32, SGD (momentum 0.9, wd 1e-4); ours in "
+        f"{'channels-last' if cfg.channels_last else 'the default'} memory format; views from "
         f"TwoViews + AnatomyDecomposer(n = {cfg.n}) on {cfg.images} synthetic {cfg.image_side}-px "
         f"radiographs (adam_ext.data.synthetic.generate), decoded once, augmented in the step",
         f"- method: images/s = median over {args.rounds} rounds of {args.steps} step(s) per provider, "
@@ -371,6 +380,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1, help="timed steps per provider and round")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps per provider")
     p.add_argument("--breakdown-steps", type=int, default=1, help="instrumented steps per provider and round")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="run ours in the default memory format too")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
@@ -390,7 +401,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = Config(arch=args.arch, size=args.size, batch=args.batch, K=args.K, dim=args.dim,
-                 gamma=args.gamma, images=args.images, image_side=args.image_side)
+                 gamma=args.gamma, images=args.images, image_side=args.image_side, channels_last=args.channels_last)
     print(f"bench_pretrain on {machine(device)}; torch {torch.__version__}; {cfg}", flush=True)
 
     rates, phases = measure(cfg, args, device)

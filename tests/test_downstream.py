@@ -1,0 +1,262 @@
+"""Downstream fine-tuning: initialisations, splits and few-shot subsets, tiny end-to-end runs on CPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+import torchvision
+
+from adam_ext.data.synthetic import generate
+from adam_ext.downstream import FinetuneConfig, few_shot, finetune, holdout, load_encoder, open_splits
+from adam_ext.downstream.cli import add_compare_parser, add_parser
+from adam_ext.downstream.protocol import load_finetune_config
+from adam_ext.downstream.segmentation import SegmentationTask
+from adam_ext.models import MoCo, build_backbone
+
+SCR_MASKS = ["heart", "left clavicle", "right clavicle"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the machine's 2 cores are shared, and 2 contended threads are 40x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """24 synthetic 64-px radiographs: ChestX-ray14 layout at the root, SCR layout under scr/."""
+    return generate(tmp_path_factory.mktemp("synth"), 24, size=64, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """One resnet18 file per layout: torchvision, adam_ext pretraining, official Adam-v1."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(1)
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(tv, folder / "tv.pth")
+    moco = MoCo("resnet18", dim=8, K=16).state_dict()
+    torch.save({"kind": "adam_ext.pretrain", "version": 1, "model": moco,
+                "config": {"model": {"backbone": "resnet18", "dim": 8, "K": 16}}}, folder / "adam.pt")
+    official = {"module." + k: (v.t().contiguous() if k == "queue" else v) for k, v in moco.items()}
+    torch.save({"epoch": 3, "arch": "resnet18", "state_dict": official}, folder / "official.pth.tar")
+    torch.save({"foo": torch.zeros(3)}, folder / "nothing.pt")
+    return {"tv": (folder / "tv.pth", tv), "adam": (folder / "adam.pt", moco),
+            "official": (folder / "official.pth.tar", moco), "nothing": folder / "nothing.pt"}
+
+
+def _trunk_equal(encoder, reference: dict, prefix: str = "") -> bool:
+    own = encoder.state_dict()
+    return all(torch.equal(own[k], reference[prefix + k]) for k in own)
+
+
+# ------------------------------------------------------------------------------------ initialisations
+
+
+def test_random_init_loads_nothing():
+    trunk, _ = build_backbone("resnet18")
+    report = load_encoder(trunk, "random", "resnet18")
+    assert report.kind == "random" and report.loaded == [] and "random" in report.summary()
+
+
+@pytest.mark.parametrize("layout, spec", [("tv", "imagenet:{}"), ("tv", "{}"), ("adam", "{}"), ("official", "{}")])
+def test_each_checkpoint_layout_loads_the_whole_trunk(checkpoints, layout, spec):
+    path, reference = checkpoints[layout]
+    trunk, _ = build_backbone("resnet18")
+    report = load_encoder(trunk, spec.format(path), "resnet18")
+    prefix = "" if layout == "tv" else "encoder_q."
+    assert _trunk_equal(trunk, reference, prefix)
+    assert report.missing == [] and len(report.loaded) == len(trunk.state_dict())
+    assert report.source == {"tv": "torchvision", "adam": "adam_ext", "official": "official"}[layout]
+    if layout != "tv":  # head, key encoder and queue are reported as not used
+        assert any(k.startswith("encoder_k.") for k in report.unused) and "queue" in report.unused
+    assert f"loaded {len(report.loaded)}/{len(report.loaded)} encoder tensors" in report.summary()
+
+
+def test_checkpoint_loads_into_the_unet_encoder(checkpoints, synth):
+    from adam_ext.data.registry import open_dataset
+
+    path, moco = checkpoints["official"]
+    task = SegmentationTask(open_dataset("scr", synth / "scr"), "resnet18", 64, SCR_MASKS)
+    model, encoder = task.build_model()
+    load_encoder(encoder, str(path), "resnet18")
+    assert encoder is model.encoder and _trunk_equal(encoder, moco, "encoder_q.")
+
+
+def test_bad_initialisations_are_errors_not_random_starts(checkpoints):
+    trunk, _ = build_backbone("resnet18")
+    with pytest.raises(ValueError, match="init .*nothing.pt.* cannot be loaded: .*no recognisable keys"):
+        load_encoder(trunk, str(checkpoints["nothing"]), "resnet18")
+    with pytest.raises(ValueError, match="holds a resnet18 encoder, but arch is resnet34"):
+        load_encoder(build_backbone("resnet34")[0], str(checkpoints["adam"][0]), "resnet34")
+    with pytest.raises(ValueError, match="must be a torchvision ImageNet state dict, got a adam_ext checkpoint"):
+        load_encoder(trunk, f"imagenet:{checkpoints['adam'][0]}", "resnet18")
+    with pytest.raises(FileNotFoundError):
+        load_encoder(trunk, "/nonexistent/weights.pt", "resnet18")
+    with pytest.raises(ValueError, match="imagenet:PATH"):
+        load_encoder(trunk, "imagenet:", "resnet18")
+
+
+# ------------------------------------------------------------------------------------ splits
+
+
+def test_holdout_and_few_shot_are_seeded_and_disjoint():
+    kept, held = holdout(50, 0.1, seed=3)
+    assert len(held) == 5 and sorted(kept + held) == list(range(50))
+    assert holdout(50, 0.1, seed=3) == (kept, held) and holdout(50, 0.1, seed=4) != (kept, held)
+    shots = few_shot(kept, 8, seed=3)
+    assert shots == few_shot(list(reversed(kept)), 8, seed=3)  # independent of the pool's order
+    assert set(shots) <= set(kept) and not set(shots) & set(held)
+    assert few_shot(kept, 8, seed=4) != shots
+    with pytest.raises(ValueError, match="shots must be at most the 45"):
+        few_shot(kept, 46, seed=0)
+
+
+@pytest.mark.parametrize("dataset, sub", [("scr", "scr"), ("synthetic", "")])
+def test_few_shot_subsets_are_disjoint_from_validation_and_test(synth, dataset, sub):
+    cfg = FinetuneConfig(task="seg" if dataset == "scr" else "cls", dataset=dataset, root=str(synth / sub),
+                         shots=4, out="unused").resolved()
+    a, b, c = open_splits(cfg, 0), open_splits(cfg, 0), open_splits(cfg, 1)
+    assert a.train_idx == b.train_idx and a.val_idx == b.val_idx and len(a.train_idx) == 4
+    assert (a.train_idx, a.val_idx) != (c.train_idx, c.val_idx)
+    train = {a.train.image_keys()[i] for i in a.train_idx}
+    val = {a.val.image_keys()[i] for i in a.val_idx}
+    test = set(a.test.image_keys())
+    assert train and val and test and not train & val and not train & test and not val & test
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="lr must be > 0 or null, got -1"):
+        load_finetune_config(None, ["lr=-1", "root=x"])
+    with pytest.raises(ValueError, match="unknown config key 'learning_rate'"):
+        load_finetune_config(None, ["learning_rate=0.1"])
+    with pytest.raises(ValueError, match="size must be a multiple of 32"):
+        SegmentationTask(_FakeReader(), "resnet18", 48)
+    with pytest.raises(ValueError, match=r"masks must be a non-empty subset of \('heart',\)"):
+        SegmentationTask(_FakeReader(), "resnet18", 64, ["lungs"])
+
+
+class _FakeReader:
+    mask_names = ("heart",)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_classification_end_to_end_loss_decreases(synth, tmp_path):
+    cfg = FinetuneConfig(task="cls", dataset="synthetic", root=str(synth), arch="resnet18", size=32, epochs=3,
+                         batch_size=8, workers=0, lr=1e-3, out=str(tmp_path / "cls"))
+    result = finetune(cfg, progress=False)
+    run = result["runs"][0]
+    losses = [h["train_loss"] for h in run["history"]]
+    assert losses[-1] < losses[0]
+    assert set(run["test"]) >= {"mean_auc", "auc/Cardiomegaly"}
+    assert run["n_train"] + run["n_val"] == 21 and run["n_test"] == 3
+    body = _strict_json(tmp_path / "cls" / "results.json")
+    assert body["summary"]["mean_auc"]["n"] in (0, 1) and body["config"]["size"] == 32
+    assert (tmp_path / "cls" / "curves.png").stat().st_size > 0
+    assert "| mean_auc |" in (tmp_path / "cls" / "results.md").read_text()
+    saved = torch.load(tmp_path / "cls" / "seed0" / "best.pt", weights_only=True)
+    assert saved["kind"] == "adam_ext.finetune" and saved["epoch"] == run["best_epoch"]
+    rows = [json.loads(line) for line in (tmp_path / "cls" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_segmentation_end_to_end_loss_decreases(synth, tmp_path, checkpoints):
+    cfg = FinetuneConfig(task="seg", dataset="scr", root=str(synth / "scr"), arch="resnet18", size=32, epochs=3,
+                         batch_size=4, workers=0, lr=1e-3, masks=SCR_MASKS, init=str(checkpoints["adam"][0]),
+                         out=str(tmp_path / "seg"), save_weights=False)
+    result = finetune(cfg, progress=False)
+    run = result["runs"][0]
+    losses = [h["train_loss"] for h in run["history"]]
+    assert losses[-1] < losses[0]
+    assert run["init"]["source"] == "adam_ext" and run["init"]["n_loaded"] == 120
+    assert 0 <= run["test"]["mean_dice"] <= 1 and set(run["test"]) >= {"dice/heart", "iou/right clavicle"}
+    assert run["checkpoint"] is None
+
+
+def test_multiclass_segmentation_targets_and_loss(synth):
+    from adam_ext.data.registry import open_dataset
+
+    task = SegmentationTask(open_dataset("scr", synth / "scr"), "resnet18", 32, SCR_MASKS, mode="multiclass")
+    image, label = task.dataset(open_dataset("scr", synth / "scr"), [0], train=True, seed=0)[0]
+    assert image.shape == (3, 32, 32) and label.dtype == torch.int64 and int(label.max()) <= 3
+    onehot = torch.nn.functional.one_hot(label[None], 4).permute(0, 3, 1, 2).float() * 20 - 10
+    assert task.loss(onehot, label[None]).item() < 0.1  # confident correct logits: ~0 loss
+    assert task.metrics(task.collect(onehot, label[None]))["mean_dice"] == 1.0
+
+
+def test_compare_cli_reports_p_values(synth, tmp_path, checkpoints):
+    parser = argparse.ArgumentParser(prog="adam")
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    add_compare_parser(sub)
+    out = tmp_path / "cmp"
+    args = parser.parse_args([
+        "compare", "seg", "--data", str(synth / "scr"), "--masks", ",".join(SCR_MASKS), "--init", "random",
+        "--init", str(checkpoints["official"][0]), "--arch", "resnet18", "--size", "32", "--epochs", "1",
+        "--runs", "2", "--batch-size", "4", "--workers", "0", "--shots", "4", "--out", str(out), "--no-progress",
+        "save_weights=false", "lr=1e-3",  # YAML 1.1 reads 1e-3 as a string: coerced
+    ])
+    assert args.func(args) == 0
+    body = _strict_json(out / "compare.json")
+    assert body["labels"] == ["random", "official"] and body["seeds"] == [0, 1]
+    test = body["metrics"]["mean_dice"]["tests"]["official"]
+    assert 0 <= test["p"] <= 1 and math.isfinite(test["t"])
+    assert body["metrics"]["mean_dice"]["random"]["n"] == 2
+    assert "p (official vs random)" in (out / "compare.md").read_text()
+    assert (out / "random" / "results.json").is_file() and (out / "official" / "curves.png").is_file()
+    args = parser.parse_args(["finetune", "seg", "--data", str(synth / "scr"), "--init", str(checkpoints["nothing"])])
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        args.func(args)
+
+
+def test_torchrun_two_gloo_ranks_evaluate_the_whole_test_set(synth, tmp_path):
+    """2 CPU ranks (gloo, 127.0.0.1): the reported test Dice is that of the whole fold2, not of one shard."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from adam_ext.downstream import evaluate_checkpoint
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import argparse, sys\n"
+        "from adam_ext.downstream.cli import add_parser\n"
+        "parser = argparse.ArgumentParser(prog='adam'); add_parser(parser.add_subparsers(dest='command'))\n"
+        "args = parser.parse_args(sys.argv[1:]); sys.exit(args.func(args))\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+        "finetune", "seg", "--data", str(synth / "scr"), "--masks", "heart", "--arch", "resnet18", "--size", "32",
+        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--shots", "4", "--device", "cpu",
+        "--out", str(out), "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("adam finetune seg: test mean_dice") == 1  # rank 0 reports
+    run = _strict_json(out / "results.json")["runs"][0]
+    assert run["n_test"] == 12
+    whole = evaluate_checkpoint(out / "seed0" / "best.pt", device="cpu")
+    assert run["test"]["mean_dice"] == pytest.approx(whole["mean_dice"], abs=1e-6)
