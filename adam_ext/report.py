@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 __all__ = ["read_metrics", "write_report"]
 
@@ -88,14 +89,19 @@ def write_report(run) -> Path:
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"stages": []}
     lines = [f"# Adam pretraining report: `{run}`", ""]
+    config_values = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    pruned_val = bool((config_values or {}).get("val_pruning", False))
     if summary["stages"]:
         lines += ["| stage | n | γ | epochs | best validation loss | time (s) | images/s |",
                   "|---|---|---|---|---|---|---|"]
         for s in summary["stages"]:
             best = "n/a" if s["best_val_loss"] is None else f"{s['best_val_loss']:.4f}"
-            lines.append(f"| {s['stage']} | {s['n']} | {s['gamma']} | {s['epochs']} | {best} | {s['seconds']} | "
-                         f"{s['images_per_s']} |")
-        lines.append("")
+            collapse = " (collapse warning)" if s.get("collapse_warning") else ""
+            lines.append(f"| {s['stage']} | {s['n']} | {s['gamma']}{collapse} | {s['epochs']} | {best} | "
+                         f"{s['seconds']} | {s['images_per_s']} |")
+        lines += ["", f"Validation loss: InfoNCE of held-out images against the queue, "
+                      f"{'with the stage’s pruning' if pruned_val else 'without pruning (val_pruning: false)'}; "
+                      f"each stage keeps its lowest.", ""]
     for stage in sorted({r["stage"] for r in train}):
         rows = [r for r in train if r["stage"] == stage]
         first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10) :]

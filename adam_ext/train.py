@@ -51,6 +51,8 @@ from .models import MoCo, check_queue_size
 
 __all__ = ["pretrain", "NonFiniteLossError", "ResumeError", "sample_seed", "EpochBatches", "PretrainViews"]
 
+# Mean fraction of the queue pruned over a logging window above which the run warns of a collapse.
+COLLAPSE_PRUNED = 0.95
 CHECKPOINT_KIND = "adam_ext.pretrain"
 CHECKPOINT_VERSION = 1
 # Fields that may differ between a checkpoint's config and the resuming run's.
@@ -401,6 +403,7 @@ class _Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.metrics = _Metrics(self.out, ctx.main, cfg.tensorboard)
         self.summary: list[dict] = []
+        self.collapsed: set[int] = set()  # stages whose pruner removed (nearly) the whole queue
 
     # -- per stage ------------------------------------------------------------------------------
 
@@ -539,7 +542,7 @@ class _Trainer:
                         print(f"adam pretrain: stopped by {why} at stage {stage} step {epoch * spe + step_in_epoch}; "
                               f"checkpoint {self.out / 'last.pt'}; continue with --resume", flush=True)
                     return False
-                val = self._validate(stage, gamma)
+                val = self._validate(stage, gamma if cfg.val_pruning else None)
                 is_best = math.isfinite(val) and (best_val is None or val < best_val)
                 if is_best:
                     best_val = val
@@ -556,6 +559,7 @@ class _Trainer:
                     seconds = time.perf_counter() - stage_t0
                     self.summary.append({"stage": stage, "n": n, "gamma": gamma, "epochs": cfg.optim.epochs,
                                          "best_val_loss": best_val, "best": str(stage_dir / "best.pt"),
+                                         "collapse_warning": stage in self.collapsed,
                                          "seconds": round(seconds, 1),
                                          "images_per_s": round(images_seen / seconds, 1) if images_seen else None})
                 self._save(self.out / "last.pt", state(epoch, 0))
@@ -591,6 +595,15 @@ class _Trainer:
                    "pruned_fraction": frac, "images_per_s": rate}
             self.metrics.log(row, {"train/loss": loss, "train/lr": lr, "train/pruned_fraction": frac,
                                    "train/images_per_s": rate}, self._global_step(stage, step))
+        mean_pruned = sum(packed[k : 2 * k]) / k
+        if mean_pruned > COLLAPSE_PRUNED and stage not in self.collapsed:
+            self.collapsed.add(stage)
+            if ctx.main:
+                print(f"adam pretrain: warning: at stage {stage} (n={n}) step {steps[-1][0]} the pruner removed "
+                      f"{100 * mean_pruned:.1f}% of the queue: (nearly) every key is at least gamma similar to every "
+                      f"query, the loss tends to 0 and its gradient vanishes (representation collapse). Lower gamma, "
+                      f"or train the previous stage longer; the best checkpoint is chosen by the unpruned validation "
+                      f"loss unless val_pruning is set.", file=sys.stderr, flush=True)
         if bar is not None:
             bar.set_postfix(loss=f"{packed[k - 1]:.4f}", lr=f"{steps[-1][1]:.3g}", pruned=f"{packed[2 * k - 1]:.3f}",
                             img_s=f"{rate:.1f}")
@@ -694,6 +707,8 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
+        elif ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed view size: let cuDNN pick its fastest kernels
         out = Path(cfg.out)
         if resume == "auto":
             resume = out / "last.pt" if (out / "last.pt").is_file() else None

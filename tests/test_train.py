@@ -112,6 +112,7 @@ def test_yaml_then_overrides_then_round_trip(tmp_path):
     assert cfg.model.K == PRESETS["demo"]["model"]["K"]  # the preset below the file
     assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
     assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+    assert parse_override("optim.lr=1e-3") == {"optim": {"lr": 0.001}}  # YAML 1.1 alone gives a string
 
 
 @pytest.mark.parametrize("override, name", [
@@ -399,3 +400,21 @@ def test_official_adam_checkpoint_initialises_a_run(data, tmp_path):
     for name, value in trunk.items():
         assert torch.equal(started.encoder_q.state_dict()[name], value), name
     assert (out / "last.pt").is_file()
+
+
+def test_collapse_is_flagged_and_validation_is_unpruned(data, tmp_path, monkeypatch, capsys):
+    gammas = []
+    original = MoCo.validation_loss
+
+    def spy(self, im_q, im_k, gamma=None):
+        gammas.append(gamma)
+        return original(self, im_q, im_k, gamma=gamma)
+
+    monkeypatch.setattr(MoCo, "validation_loss", spy)
+    out = tmp_path / "run"
+    summary = pretrain(tiny(data, out, stages=[2], gamma=-1.0, optim__epochs=1), progress=False)  # γ = -1 prunes all
+    assert "representation collapse" in capsys.readouterr().err
+    assert summary["stages"][0]["collapse_warning"] and set(gammas) == {None}
+    assert summary["stages"][0]["best_val_loss"] > 1  # unpruned: not the trivial 0 of an all-pruned loss
+    assert all(r["pruned_fraction"] == 1.0 for r in train_rows(out))
+    assert "(collapse warning)" in (out / "report.md").read_text()

@@ -71,6 +71,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Subset
 
+from ..config import _check, _is_int, _is_num, layered_values
 from .init import load_encoder, parse_init
 from .metrics import summarize, ttest
 
@@ -189,19 +190,6 @@ class FinetuneConfig:
         return cfg
 
 
-def _check(ok: bool, name: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def validate(cfg: FinetuneConfig) -> None:
     """Raises ValueError naming the first field out of range."""
     from adam_ext.models import BACKBONES
@@ -254,20 +242,7 @@ def load_finetune_config(path=None, overrides=(), base: dict | None = None) -> F
     Returns:
         FinetuneConfig, validated (``None`` defaults kept; see :meth:`FinetuneConfig.resolved`).
     """
-    from adam_ext.config import _merge, parse_override
-
-    values: dict = dict(base or {})
-    if path is not None:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path!r} does not exist")
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path!r} must hold a mapping, got {type(loaded).__name__}")
-        values = _merge(values, loaded)
-    for text in overrides:
-        values = _merge(values, parse_override(text))
+    values = layered_values(base, path, overrides)
     names = {f.name for f in dataclasses.fields(FinetuneConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -727,6 +702,8 @@ def _label(spec: str) -> str:
     if kind == "random":
         return "random"
     stem = Path(path).name.split(".")[0] or "checkpoint"
+    if stem in ("best", "last") and Path(path).parent.name:  # runs/cxr/best.pt -> "cxr"
+        stem = Path(path).parent.name
     return f"imagenet-{stem}" if kind == "imagenet" else stem
 
 
