@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import math
 import os
 import re
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import adam_ext
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_scripts import ROOT, load  # the scripts are loaded by path, as there
 
-
-def load(path):
-    """The script at ``path`` (relative to the repository) as a module, like tests/test_scripts.py does."""
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 TINY = ["--arch", "resnet18", "--size", "32", "--moco-k", "64", "--batch-size", "4", "--fake-images", "16",
         "--workers", "0", "--device", "cpu"]
