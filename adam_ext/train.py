@@ -377,7 +377,6 @@ class _Trainer:
         if self.global_batch % ctx.world:
             raise ValueError(f"optim.batch_size must be divisible by the world size {ctx.world}, "
                              f"got {self.global_batch}")
-        self.local_batch = self.global_batch // ctx.world
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if self.gpu else None
         if cfg.amp != "none" and not self.gpu:
             warnings.warn(f"amp={cfg.amp!r} applies on GPU only; training in float32 on {self.device}", stacklevel=2)
@@ -486,7 +485,8 @@ class _Trainer:
             return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": _rng_state(),
                     "stage": {"index": stage, "n": n}, "epoch": epoch_, "step_in_epoch": step_in_epoch,
-                    "step": epoch_ * spe + step_in_epoch, "best_val": best_val, "summary": list(self.summary)}
+                    "step": epoch_ * spe + step_in_epoch, "best_val": best_val, "summary": list(self.summary),
+                    "collapsed": sorted(self.collapsed)}
 
         with _Stopper() as stopper:
             while epoch < cfg.optim.epochs:
@@ -634,6 +634,7 @@ class _Trainer:
             _check_resumable(ckpt, cfg, resume_path)
             self.model.load_state_dict(ckpt["model"])
             self.summary = list(ckpt.get("summary", []))
+            self.collapsed = set(ckpt.get("collapsed", []))
             stage = ckpt["stage"]["index"]
             if ckpt["epoch"] >= cfg.optim.epochs:  # that stage had finished
                 _set_rng_state(ckpt["rng"])
