@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
@@ -47,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from . import __version__
 from .checkpoint import atomic_save
 from .config import PretrainConfig, dump_config, load_config
+from .distributed import ProcessContext
 from .models import MoCo, check_queue_size
 
 __all__ = ["pretrain", "NonFiniteLossError", "ResumeError", "sample_seed", "EpochBatches", "PretrainViews"]
@@ -143,52 +143,6 @@ class EpochBatches(Sampler):
             yield [(i, sample_seed(self.seed, self.stage, self.epoch, i)) for i in order[at : at + self.local]]
 
 
-def _worker_init(_):
-    import cv2
-
-    cv2.setNumThreads(0)  # 0, never 1: opencv 5.0.0 can hang after fork with 1
-    torch.set_num_threads(1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Process group and device
-
-
-class _Context:
-    """Rank, world size and device of this process."""
-
-    def __init__(self, cfg: PretrainConfig):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device must be cpu or auto on a machine without CUDA, got 'cuda'")
-        self.device = torch.device("cuda", self.local_rank) if want_cuda else torch.device("cpu")
-        if want_cuda:
-            torch.cuda.set_device(self.device)
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(
-                backend="nccl" if want_cuda else "gloo",
-                timeout=datetime.timedelta(seconds=cfg.dist_timeout),
-                device_id=self.device if want_cuda else None,
-            )
-            self.owns_group = True
-        if dist.is_initialized():
-            self.world, self.rank = dist.get_world_size(), dist.get_rank()
-        self.distributed = self.world > 1
-        self.main = self.rank == 0
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -255,7 +209,7 @@ def _set_rng_state(state: dict) -> None:
 # Data
 
 
-def _ensure_synthetic(cfg: PretrainConfig, ctx: _Context) -> None:
+def _ensure_synthetic(cfg: PretrainConfig, ctx: ProcessContext) -> None:
     root = Path(cfg.data.root)
     if cfg.data.dataset != "synthetic" or (root / "Data_Entry_2017.csv").is_file():
         return
@@ -368,7 +322,7 @@ class _Stopper:
 
 
 class _Trainer:
-    def __init__(self, cfg: PretrainConfig, ctx: _Context, progress: bool):
+    def __init__(self, cfg: PretrainConfig, ctx: ProcessContext, progress: bool):
         self.cfg, self.ctx, self.progress = cfg, ctx, progress and ctx.main
         self.out = Path(cfg.out)
         self.device = ctx.device
@@ -420,7 +374,7 @@ class _Trainer:
         return optimizer, scheduler
 
     def _loader(self, stage: int, epoch: int, start: int, train: bool) -> DataLoader:
-        from .data.views import TwoViews
+        from .data.views import TwoViews, worker_init
 
         n = self.cfg.stages[stage]
         views = TwoViews(self.cfg.data.view_size, n)
@@ -429,7 +383,7 @@ class _Trainer:
                                stage, epoch, start, shuffle=train)
         workers = self.cfg.data.workers
         return DataLoader(PretrainViews(reader, indices, views), batch_sampler=sampler, num_workers=workers,
-                          worker_init_fn=_worker_init if workers else None, pin_memory=self.gpu,
+                          worker_init_fn=worker_init if workers else None, pin_memory=self.gpu,
                           generator=torch.Generator().manual_seed(self.cfg.seed),  # leaves the global RNG alone
                           persistent_workers=False)
 
@@ -702,7 +656,7 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
     """
     if not cfg.data.root:
         raise ValueError("data.root must name the folder of training images, got ''")
-    ctx = _Context(cfg)
+    ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     failed = True
     try:
         if cfg.deterministic:

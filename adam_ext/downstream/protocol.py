@@ -56,7 +56,6 @@ drive             training      test        10% of training, seeded
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -72,6 +71,8 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 
 from ..config import _check, _is_int, _is_num, layered_values
+from ..data.views import worker_init
+from ..distributed import ProcessContext
 from .init import load_encoder, parse_init
 from .metrics import summarize, ttest
 
@@ -346,45 +347,6 @@ def open_splits(cfg: FinetuneConfig, seed: int) -> Splits:
 
 
 # ----------------------------------------------------------------------------------------------
-# Process group and device
-
-
-class _Context:
-    """Rank, world size and device (torchrun's WORLD_SIZE / RANK / LOCAL_RANK)."""
-
-    def __init__(self, device: str, timeout: float):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device must be cpu or auto on a machine without CUDA, got 'cuda'")
-        want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda", self.local_rank) if want_cuda else torch.device("cpu")
-        if want_cuda:
-            torch.cuda.set_device(self.device)
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if want_cuda else "gloo",
-                                    timeout=datetime.timedelta(seconds=timeout))
-            self.owns_group = True
-        if dist.is_initialized():
-            self.world, self.rank = dist.get_world_size(), dist.get_rank()
-        self.distributed = self.world > 1
-        self.main = self.rank == 0
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _worker_init(_):
-    import cv2
-
-    cv2.setNumThreads(0)  # 0, never 1: opencv 5.0.0 can hang after fork with 1 (see data.views)
-    torch.set_num_threads(1)
-
-
-# ----------------------------------------------------------------------------------------------
 # One run
 
 
@@ -415,7 +377,7 @@ def _evaluate(model, task, dataset, cfg, ctx) -> tuple[dict, float]:
             dist.broadcast(buffer, 0)
     mine = list(range(ctx.rank, len(dataset), ctx.world))
     loader = DataLoader(Subset(dataset, mine), batch_size=max(1, cfg.batch_size // ctx.world), shuffle=False,
-                        num_workers=cfg.workers, worker_init_fn=_worker_init)
+                        num_workers=cfg.workers, worker_init_fn=worker_init)
     parts: dict[str, list] = {}
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     model.eval()
@@ -450,7 +412,7 @@ def _all_sum(ctx, *values: torch.Tensor) -> list[float]:
 
 
 def finetune_run(cfg: FinetuneConfig, seed: int, *, label: str | None = None, progress: bool = False,
-                 log=None, ctx: _Context | None = None) -> dict:
+                 log=None, ctx: ProcessContext | None = None) -> dict:
     """One fine-tuning run (see the module docstring), evaluated on the test set.
 
     Args:
@@ -468,7 +430,7 @@ def finetune_run(cfg: FinetuneConfig, seed: int, *, label: str | None = None, pr
     """
     cfg = cfg.resolved()
     own_ctx = ctx is None
-    ctx = ctx or _Context(cfg.device, cfg.dist_timeout)
+    ctx = ctx or ProcessContext(cfg.device, cfg.dist_timeout)
     try:
         return _run(cfg, seed, label or cfg.init, progress, log, ctx)
     finally:
@@ -496,7 +458,7 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
         sampler = torch.utils.data.DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=seed)
     loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None, sampler=sampler,
                         generator=torch.Generator().manual_seed(seed), num_workers=cfg.workers,
-                        worker_init_fn=_worker_init, pin_memory=ctx.device.type == "cuda")
+                        worker_init_fn=worker_init, pin_memory=ctx.device.type == "cuda")
     optimizer = _optimizer(cfg, model.parameters())
     total = cfg.epochs * len(loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -571,7 +533,7 @@ def evaluate_checkpoint(path, *, split: str | None = None, device: str = "auto",
     task = _make_task(cfg, reader)
     model, _ = task.build_model()
     model.load_state_dict(ckpt["model"])
-    ctx = _Context(cfg.device, cfg.dist_timeout)
+    ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     try:
         model.to(ctx.device)
         metrics, _ = _evaluate(model, task, task.dataset(reader, range(len(reader)), False, 0), cfg, ctx)
@@ -660,7 +622,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, *, label: str | None = 
         ``primary`` and the paths ``results_json``, ``results_md``, ``curves``.
     """
     cfg = cfg.resolved()
-    ctx = _Context(cfg.device, cfg.dist_timeout)
+    ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     try:
         return _finetune(cfg, progress, label or _label(cfg.init), ctx)
     finally:
@@ -799,7 +761,7 @@ def compare(cfg: FinetuneConfig, inits, progress: bool = True) -> dict:
         raise ValueError(f"init must be given at least twice to compare, got {inits}")
     cfg = cfg.resolved()
     labels = _unique_labels(inits)
-    ctx = _Context(cfg.device, cfg.dist_timeout)
+    ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     main = ctx.main
     try:
         results = {}
