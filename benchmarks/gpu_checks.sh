@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The checks a session with a GPU runs, in one go and within a few minutes of device time:
+# build the extension for the card, the operator's tests on CUDA, the loss benchmark (fp32 and bf16),
+# the pretraining-step benchmark, and a short pretraining run with bf16 autocast.
+#
+#   bash benchmarks/gpu_checks.sh OUTDIR
+#
+# Each step has its own time limit and a failing step does not stop the next; OUTDIR receives
+# log.txt (everything printed), the benchmark tables and pytest's summary. Uses the python3 on the
+# PATH (a GPU image's own torch); builds in place, so nothing is installed.
+set -u
+OUT=${1:?usage: gpu_checks.sh OUTDIR}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PY:-python3}
+step() { echo; echo "=== $(date +%T) $*"; }
+run() { local limit=$1; shift; timeout "$limit" "$@"; local rc=$?; echo "--- rc=$rc ($*)"; return 0; }
+
+step machine
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+
+step build
+if [ -z "${CUDA_HOME:-}" ]; then
+  nvcc_path=$(command -v nvcc || true)
+  export CUDA_HOME=${nvcc_path:+$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")}
+  : "${CUDA_HOME:=/usr/local/cuda}"
+fi
+cc=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$cc} MAX_JOBS=${MAX_JOBS:-16} ADAM_EXT_CUDA=1
+rm -f adam_ext/_C*.so
+run 240 $PY setup.py -q build_ext --inplace
+$PY -c "import adam_ext, json; print(json.dumps(adam_ext.build_info()))" || { echo "extension did not load"; exit 1; }
+
+step operator tests on CUDA
+run 200 $PY -m pytest -q -p no:cacheprovider -k cuda tests/test_pruned_info_nce.py tests/test_bad_inputs.py \
+  tests/test_op_registration.py -rfE --junitxml="$OUT/pytest_cuda.xml"
+
+step loss benchmark headline fp32 and bf16
+run 120 $PY benchmarks/bench_loss.py --device cuda --headline --out "$OUT/bench_loss_cuda_headline.md"
+run 60 $PY benchmarks/bench_loss.py --device cuda --headline --dtype bfloat16 --providers fused,eager,floor \
+  --out "$OUT/bench_loss_cuda_bf16.md"
+
+step loss benchmark sweep
+run 90 $PY benchmarks/bench_loss.py --device cuda --providers fused,eager,floor --min-run-time 0.3 \
+  --out "$OUT/bench_loss_cuda.md"
+
+step pretraining step benchmark
+run 120 $PY benchmarks/bench_pretrain.py --device cuda --arch resnet50 --size 224 --batch 256 --images 256 \
+  --rounds 3 --out "$OUT/bench_pretrain_cuda.md"
+
+step short pretraining with bf16 autocast
+# (adam_ext.train's own parser: the command works even where other subcommands' packages are absent)
+run 100 $PY -c "import argparse, sys; from adam_ext import train; p = argparse.ArgumentParser(); s = p.add_subparsers()
+train.add_parser(s); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))" pretrain --preset demo --out /tmp/gpu_demo --epochs 1 --no-progress \
+  device=cuda amp=bf16 data.workers=8
+echo "=== $(date +%T) done"
