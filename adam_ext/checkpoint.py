@@ -1,13 +1,15 @@
-"""Atomic checkpoint writes, shared by the trainer and ``adam export``."""
+"""Atomic file writes (checkpoints, results), shared by the trainer, ``adam export`` and the analyses."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 
 import torch
 
-__all__ = ["atomic_save"]
+__all__ = ["atomic_save", "atomic_write_json", "atomic_write_text", "json_safe"]
 
 
 def atomic_save(obj, out) -> None:
@@ -16,6 +18,34 @@ def atomic_save(obj, out) -> None:
     A crash at any moment leaves either the old file or the new one, never a truncated file
     (what resuming relies on). The parent folder is created when missing.
     """
+    _atomic_write(out, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(out, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``out`` as :func:`atomic_save` writes checkpoints."""
+    _atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+
+
+def json_safe(value):
+    """``value`` with NaN / inf as None (strict JSON), tuples as lists and numpy / torch scalars as
+    numbers, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return json_safe(value.item())
+    return value
+
+
+def atomic_write_json(out, obj) -> None:
+    """Writes ``json_safe(obj)`` as indented JSON, atomically (see :func:`atomic_save`)."""
+    atomic_write_text(out, json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def _atomic_write(out, write) -> None:
     out = os.fspath(out)
     directory = os.path.dirname(os.path.abspath(out))
     os.makedirs(directory, exist_ok=True)
@@ -26,7 +56,7 @@ def atomic_save(obj, out) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)

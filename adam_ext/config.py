@@ -25,9 +25,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import yaml
 
-__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "PRESETS", "load_config"]
+__all__ = ["PRESETS", "DataConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "load_config"]
 
 
 @dataclass
@@ -151,7 +152,7 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "PretrainConfig":
+    def from_dict(cls, values: dict) -> PretrainConfig:
         """Builds a config from a nested dict; unknown keys are errors naming the key."""
         return _build(cls, values or {}, "")
 
@@ -186,7 +187,7 @@ def _check(ok: bool, name: str, expected: str, value: Any) -> None:
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _is_num(v) -> bool:
@@ -270,6 +271,25 @@ def parse_override(text: str) -> dict:
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
+
+
+def config_differences(saved: dict, now: dict, ignored=()) -> dict[str, tuple]:
+    """``{dotted key: (saved value, now value)}`` where two configuration dicts differ, by key.
+
+    Nested sections are compared key by key (``optim.lr``; a reader's ``options`` mapping as one
+    value); keys in ``ignored`` are left out. Empty when they agree.
+    """
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict) and key != "options":
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    a, b = flat(saved), flat(now)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in ignored}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides=(), preset: str | None = None) -> PretrainConfig:

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import __version__
 from .checkpoint import atomic_save
-from .config import PretrainConfig, dump_config, load_config
+from .config import PretrainConfig, config_differences, dump_config, load_config
 from .distributed import ProcessContext
 from .models import MoCo, check_queue_size
 
@@ -169,21 +169,10 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and key != "options":
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_resumable(ckpt: dict, cfg: PretrainConfig, path) -> None:
-    saved, now = _flatten(ckpt["config"]), _flatten(cfg.to_dict())
-    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUMABLE_CHANGES)
+    differ = config_differences(ckpt["config"], cfg.to_dict(), _RESUMABLE_CHANGES)
     if differ:
-        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in differ[:6])
+        details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in list(differ.items())[:6])
         raise ResumeError(f"resume file {str(path)!r} was written by a different configuration ({details}); "
                           f"resume with the run's own config.yaml or start a new run folder")
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: devices, seeds and inputs with planted near-duplicate keys."""
+"""Shared fixtures: devices, seeds, inputs with planted near-duplicate keys, one-thread modules and
+the small synthetic data set of the Eve tests."""
 
 from __future__ import annotations
 
@@ -16,6 +17,33 @@ PLANTED_SIMILARITIES = (0.3, 0.55, 0.7, 0.9, 0.97, 0.99)
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the
+    CI machine's 2 cores are shared, and 2 contended threads run convolutions many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def eve_data(tmp_path_factory):
+    """8 synthetic 64-px films with landmarks and boxes, and a torchvision resnet18 state dict
+    (seeded random weights): ``(data root, weights path)``."""
+    import torchvision
+
+    from adam_ext.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("eve_data")
+    generate(root / "data", 8, size=64, workers=1, progress=False)
+    weights = root / "tv_resnet18.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    return root / "data", weights
 
 
 @pytest.fixture

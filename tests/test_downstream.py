@@ -20,13 +20,7 @@ from adam_ext.models import MoCo, build_backbone
 SCR_MASKS = ["heart", "left clavicle", "right clavicle"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the machine's 2 cores are shared, and 2 contended threads are 40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

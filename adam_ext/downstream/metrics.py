@@ -29,6 +29,7 @@ __all__ = [
     "auc_per_class",
     "classification_metrics",
     "dice_iou",
+    "format_summary",
     "segmentation_metrics",
     "summarize",
     "ttest",
@@ -172,6 +173,13 @@ def summarize(values) -> dict:
         return {"mean": math.nan, "std": math.nan, "n": 0}
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
     return {"mean": float(arr.mean()), "std": std, "n": int(arr.size)}
+
+
+def format_summary(summary: dict) -> str:
+    """``"0.8123 ± 0.0211"`` for a :func:`summarize` result; ``"n/a"`` when no value is defined."""
+    if summary["n"] == 0 or math.isnan(summary["mean"]):
+        return "n/a"
+    return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
 
 
 def ttest(a, b) -> dict:

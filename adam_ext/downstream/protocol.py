@@ -70,11 +70,12 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Subset
 
+from ..checkpoint import atomic_write_json, atomic_write_text, json_safe
 from ..config import _check, _is_int, _is_num, layered_values
 from ..data.views import worker_init
 from ..distributed import ProcessContext
 from .init import load_encoder, parse_init
-from .metrics import summarize, ttest
+from .metrics import format_summary, summarize, ttest
 
 __all__ = [
     "FUNDUS",
@@ -580,29 +581,6 @@ def _train_epoch(net, task, loader, optimizer, schedule, cfg, ctx, desc) -> floa
 # Repeated runs, comparison, reports
 
 
-def _json_safe(value):
-    """NaN / inf -> None (strict JSON), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _fmt(summary: dict) -> str:
-    if summary["n"] == 0 or math.isnan(summary["mean"]):
-        return "n/a"
-    return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
-
-
 def _metric_order(names, primary: str) -> list[str]:
     head = [m for m in (primary, "mean_iou", "accuracy") if m in names]
     return head + sorted(m for m in names if m not in head)
@@ -633,12 +611,12 @@ def _finetune(cfg, progress, label, ctx) -> dict:
     out = Path(cfg.out)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         (out / "metrics.jsonl").write_text("")
 
     def log(row):
         with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_json_safe(row)) + "\n")
+            f.write(json.dumps(json_safe(row)) + "\n")
 
     runs = []
     for i in range(cfg.runs):
@@ -674,8 +652,8 @@ def _write_results(out: Path, result: dict) -> dict:
              "curves": str(out / "curves.png")}
     body = {k: v for k, v in result.items()}
     body["runs"] = [{k: v for k, v in r.items() if k != "init_summary"} for r in result["runs"]]
-    _write_text(out / "results.json", json.dumps(_json_safe(body), indent=2) + "\n")
-    _write_text(out / "results.md", results_markdown(result))
+    atomic_write_json(out / "results.json", body)
+    atomic_write_text(out / "results.md", results_markdown(result))
     plot_curves({result["label"]: result["runs"]}, out / "curves.png", result["primary"])
     return paths
 
@@ -698,7 +676,7 @@ def results_markdown(result: dict) -> str:
     ]
     summary = result["summary"]
     for m in _metric_order(summary, result["primary"]):
-        lines.append(f"| {m} | {_fmt(summary[m])} | {summary[m]['n']} |")
+        lines.append(f"| {m} | {format_summary(summary[m])} | {summary[m]['n']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -787,8 +765,8 @@ def compare(cfg: FinetuneConfig, inits, progress: bool = True) -> dict:
         folder = Path(cfg.out)
         body = {k: v for k, v in out.items() if k != "results"}
         body["results"] = {lab: results[lab].get("results_json") for lab in labels}
-        _write_text(folder / "compare.json", json.dumps(_json_safe(body), indent=2) + "\n")
-        _write_text(folder / "compare.md", compare_markdown(out, cfg))
+        atomic_write_json(folder / "compare.json", body)
+        atomic_write_text(folder / "compare.md", compare_markdown(out, cfg))
         plot_curves({lab: results[lab]["runs"] for lab in labels}, folder / "curves.png", out["primary"])
         out.update(compare_json=str(folder / "compare.json"), compare_md=str(folder / "compare.md"),
                    curves=str(folder / "curves.png"))
@@ -821,7 +799,7 @@ def compare_markdown(result: dict, cfg: FinetuneConfig) -> str:
         "|---|" + "---|" * (len(labels) + len(others)),
     ]
     for m, entry in result["metrics"].items():
-        cells = [_fmt(entry[lab]) for lab in labels]
+        cells = [format_summary(entry[lab]) for lab in labels]
         cells += ["n/a" if math.isnan(entry["tests"][o]["p"]) else f"{entry['tests'][o]['p']:.3g}" for o in others]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Initialisations: " + "; ".join(f"`{lab}` = `{spec}`" for lab, spec in result["inits"].items())]
