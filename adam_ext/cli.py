@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "report": "adam_ext.report",
     "finetune": "adam_ext.downstream.cli",
     "compare": "adam_ext.downstream.compare",
+    "embed": "adam_ext.eve.embed",
+    "eve": "adam_ext.eve.cli",
 }
 
 

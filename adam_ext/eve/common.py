@@ -1,0 +1,125 @@
+"""What the Eve analyses share: the ``--ckpt NAME=SPEC`` list of encoders compared side by side,
+their common command-line arguments, and the writing of tables and JSON under the output folder."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write_json
+
+__all__ = ["add_common_arguments", "add_data_arguments", "markdown_table", "open_data", "parse_checkpoints",
+           "resolve_device", "write_json"]
+
+
+def parse_checkpoints(values, *, flag: str = "ckpt", name_of=None) -> list[tuple[str, str]]:
+    """``["adam=runs/a/best.pt", "random"]`` → ``[("adam", "runs/a/best.pt"), ("random", "random")]``.
+
+    Each value is ``NAME=SPEC`` or a bare ``SPEC`` (``random``, ``imagenet:PATH`` or a checkpoint
+    PATH), named then by ``name_of(SPEC)`` (default: after the file, ``runs/cxr/best.pt`` →
+    ``cxr``). Names must be unique.
+
+    Args:
+        values: the ``--ckpt`` (or ``--model``) strings, or ``(name, spec)`` pairs, or a {name: spec} dict.
+        flag: the option's name, used in error messages.
+        name_of: names a bare SPEC.
+
+    Raises:
+        ValueError: no value, an empty name or spec, or a repeated name.
+    """
+    from ..downstream.protocol import _label
+
+    name_of = name_of or _label
+    if isinstance(values, dict):
+        values = list(values.items())
+    if isinstance(values, str):
+        values = [values]
+    if not values:
+        raise ValueError(f"{flag}: give at least one (--{flag} NAME=SPEC or SPEC)")
+    out, seen = [], set()
+    for value in values:
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            value = f"{value[0]}={value[1]}"
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{flag} must be NAME=SPEC or SPEC, got {value!r}")
+        name, sep, spec = value.partition("=")
+        if not sep:
+            name, spec = name_of(value.strip()), value.strip()
+        name, spec = name.strip(), spec.strip()
+        if not name or not spec:
+            raise ValueError(f"{flag} must be NAME=SPEC with both parts non-empty, got {value!r}")
+        if name in seen:
+            raise ValueError(f"{flag} names must be unique, {name!r} is given twice (use NAME=SPEC)")
+        seen.add(name)
+        out.append((name, spec))
+    return out
+
+
+def resolve_device(device) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda`` → a torch.device.
+
+    Raises:
+        ValueError: another value, or cuda without a GPU.
+    """
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device) not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if str(device) == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device is cuda but no GPU is available")
+    return torch.device(device)
+
+
+def add_data_arguments(p: argparse.ArgumentParser, *, default_split: str = "test") -> None:
+    """``--data``, ``--dataset`` (default synthetic), ``--split`` (default: test, images pretraining did not see)."""
+    p.add_argument("--data", required=True, help="root of the data set (e.g. an `adam synth` output folder)")
+    p.add_argument("--dataset", default="synthetic", help="data set layout of --data (default synthetic)")
+    p.add_argument("--split", default=default_split,
+                   help=f"split to read (default {default_split}; 'all' for every image of a synthetic set)")
+
+
+def open_data(args):
+    """The data set named by ``--dataset`` / ``--data`` / ``--split``."""
+    from ..data import open_dataset
+
+    root = Path(args.data)
+    if not root.exists():
+        raise FileNotFoundError(f"data: {str(root)!r} does not exist")
+    return open_dataset(args.dataset, root, split=args.split)
+
+
+def add_common_arguments(p: argparse.ArgumentParser, *, default_size: int = 224) -> None:
+    """``--ckpt`` (repeatable), ``--arch``, ``--size``, ``--device``, ``--seed``, ``--out``, ``--no-progress``."""
+    p.add_argument("--ckpt", action="append", required=True, metavar="NAME=SPEC",
+                   help="encoder to analyse, repeat to compare side by side; SPEC: random, imagenet:PATH or a "
+                        "checkpoint PATH (ours, official Adam-v1, torchvision)")
+    p.add_argument("--arch", default=None, help="ResNet name for random encoders (others take their checkpoint's)")
+    p.add_argument("--size", type=int, default=default_size, help=f"encoder input side (default {default_size})")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling (and of random encoders)")
+    p.add_argument("--out", required=True, help="output folder (e.g. RUN/eve/<analysis>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table; floats with 3 decimals, NaN as ``n/a``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Writes ``obj`` as indented JSON atomically (NaN/inf as null, numpy scalars as numbers)."""
+    path = Path(path)
+    atomic_write_json(path, obj)
+    return path

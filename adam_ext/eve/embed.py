@@ -1,0 +1,267 @@
+"""Global and dense embeddings of images from a pretrained encoder (``adam embed``).
+
+An :class:`Embedder` holds a torchvision ResNet trunk initialised from a checkpoint spec
+(``random``, ``imagenet:PATH`` or a checkpoint PATH in any layout that
+:func:`adam_ext.export.load_pretrained` reads: ours, official Adam-v1/MoCo, torchvision). From
+an image batch it returns
+
+* **global** embeddings: the last stage's feature map average-pooled, Tensor[N, C] (C = 512 for
+  resnet18/34, 2048 for resnet50/101): what pretraining's projection head sees;
+* **dense** embeddings: per-pixel feature vectors, a *hypercolumn* of the chosen stages
+  (default ``layer3`` + ``layer4``): each stage's map L2-normalised over channels, bilinearly
+  upsampled to a common size (by default the input's) and concatenated, Tensor[N, C', H, W].
+
+Images go in as the data readers give them (uint8, 1 or 3 channels, any size); they are resized
+to ``size`` × ``size`` and normalised like pretraining's views (grey → 3 channels, ImageNet mean
+and std). Evaluation mode, no gradients, deterministic for a given input.
+
+Example::
+
+    from adam_ext.eve import Embedder
+    emb = Embedder("runs/demo/best.pt", size=224)
+    g = emb.global_embeddings(batch_uint8)            # (N, 512)
+    d = emb.dense_embeddings(batch_uint8)             # (N, 768, 224, 224)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from ..data.views import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedRGB
+from ..models import BACKBONES, build_backbone
+from .common import resolve_device
+
+__all__ = ["STAGES", "Embedder", "add_parser", "embed_dataset", "resolve_arch"]
+
+#: the ResNet stages whose maps dense embeddings can use, with their strides
+STAGES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
+def resolve_arch(spec: str, arch: str | None) -> str:
+    """The encoder architecture for ``spec``: the checkpoint's own, or ``arch`` for random init.
+
+    Raises:
+        ValueError: ``random`` without ``arch``, an unknown ``arch``, or an ``arch`` that differs
+            from the checkpoint's.
+    """
+    from ..downstream.init import parse_init
+
+    if arch is not None and arch not in BACKBONES:
+        raise ValueError(f"arch must be one of {', '.join(BACKBONES)}, got {arch!r}")
+    kind, path = parse_init(spec)
+    if kind == "random":
+        if arch is None:
+            raise ValueError("arch is required for a random encoder (e.g. arch='resnet18')")
+        return arch
+    from ..export import load_pretrained
+
+    found = load_pretrained(path).arch
+    if arch is not None and arch != found:
+        raise ValueError(f"checkpoint {path!r} holds a {found} encoder, but arch is {arch}")
+    return found
+
+
+class Embedder(nn.Module):
+    """A pretrained ResNet trunk that maps images to global and dense embeddings.
+
+    Args:
+        spec: ``random``, ``imagenet:PATH`` or a checkpoint PATH (see
+            :func:`adam_ext.downstream.init.parse_init`).
+        arch: the ResNet name; taken from the checkpoint when None (required for ``random``).
+        size: side in pixels the images are resized to (default 224, the paper's).
+        layers: stages whose maps make the dense hypercolumn (subset of :data:`STAGES`).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        seed: seed of the random initialisation (``random`` only), so random baselines repeat.
+
+    Attributes:
+        report: the :class:`~adam_ext.downstream.init.InitReport` of what was loaded.
+        dim: global embedding width; ``dense_dim``: hypercolumn width.
+    """
+
+    def __init__(self, spec: str = "random", *, arch: str | None = None, size: int = 224,
+                 layers: Sequence[str] = ("layer3", "layer4"), device="auto", seed: int = 0):
+        super().__init__()
+        from ..downstream.init import load_encoder
+
+        if not isinstance(size, int) or isinstance(size, bool) or size < 32:
+            raise ValueError(f"size must be an integer >= 32 (pixels), got {size!r}")
+        layers = tuple(layers)
+        if not layers or any(layer not in STAGES for layer in layers):
+            raise ValueError(f"layers must be a non-empty subset of {list(STAGES)}, got {list(layers)}")
+        self.spec, self.size, self.layers = spec, size, tuple(sorted(layers, key=list(STAGES).index))
+        self.arch = resolve_arch(spec, arch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            trunk, self.dim = build_backbone(self.arch)
+        self.report = load_encoder(trunk, spec, self.arch)
+        self.trunk = trunk
+        widths = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+        factor = 1 if BACKBONES[self.arch] == 512 else 4
+        self.dense_dim = sum(widths[layer] * factor for layer in self.layers)
+        self.normalize = ToNormalizedRGB(IMAGENET_MEAN, IMAGENET_STD)
+        self.device = resolve_device(device)
+        self.eval().to(self.device)
+
+    def train(self, mode: bool = True):  # always evaluation mode: BN uses its running statistics
+        return super().train(False)
+
+    def prepare(self, images) -> torch.Tensor:
+        """uint8 images (Tensor[N, C, H, W], or a list of Tensor[C, H, W] of any sizes; C = 1 or 3)
+        → normalised float32 Tensor[N, 3, size, size] on the embedder's device."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() == 3:
+                images = images.unsqueeze(0)
+            if images.dim() != 4:
+                raise ValueError(f"images must be Tensor[N, C, H, W] or a list of Tensor[C, H, W], "
+                                 f"got shape {tuple(images.shape)}")
+            images = list(images)
+        if not images:
+            raise ValueError("images is empty")
+        out = []
+        for i, image in enumerate(images):
+            if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] not in (1, 3):
+                raise ValueError(f"images[{i}] must be a Tensor[C, H, W] with C = 1 or 3, got "
+                                 f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+            if image.dtype != torch.uint8:
+                raise ValueError(f"images[{i}] must be uint8 (0-255) as the data readers give, got {image.dtype}")
+            if tuple(image.shape[1:]) != (self.size, self.size):
+                image = TF.resize(image, [self.size, self.size], antialias=True)
+            out.append(self.normalize(image))
+        return torch.stack(out).to(self.device)
+
+    def _stages(self, x: torch.Tensor, wanted: Sequence[str]) -> dict[str, torch.Tensor]:
+        t = self.trunk
+        x = t.maxpool(t.relu(t.bn1(t.conv1(x))))
+        maps = {}
+        last = max(list(STAGES).index(w) for w in wanted)
+        for name in list(STAGES)[: last + 1]:
+            x = getattr(t, name)(x)
+            if name in wanted:
+                maps[name] = x
+        return maps
+
+    @torch.no_grad()
+    def feature_maps(self, images, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The raw maps of ``layers`` (default: the embedder's), {stage: Tensor[N, C, H/s, W/s]}."""
+        return self._stages(self.prepare(images), tuple(layers or self.layers))
+
+    @torch.no_grad()
+    def global_embeddings(self, images) -> torch.Tensor:
+        """Average-pooled last-stage features, float32 Tensor[N, dim] (not normalised)."""
+        return self._stages(self.prepare(images), ("layer4",))["layer4"].mean(dim=(2, 3)).float()
+
+    @torch.no_grad()
+    def dense_embeddings(self, images, out_size: int | None = None) -> torch.Tensor:
+        """Hypercolumns, float32 Tensor[N, dense_dim, S, S] with S = ``out_size`` (default: ``size``).
+
+        Each stage's map is L2-normalised over channels before upsampling (bilinear), so every
+        stage weighs the same (a pixel's vector has norm at most sqrt(len(layers)); less between
+        feature-map cells, where bilinear interpolation mixes unit vectors).
+        """
+        out_size = self.size if out_size is None else out_size
+        if not isinstance(out_size, int) or out_size < 1:
+            raise ValueError(f"out_size must be a positive integer, got {out_size!r}")
+        maps = self._stages(self.prepare(images), self.layers)
+        parts = [F.interpolate(F.normalize(maps[name].float(), dim=1), size=(out_size, out_size),
+                               mode="bilinear", align_corners=False) for name in self.layers]
+        return torch.cat(parts, dim=1)
+
+
+def embed_dataset(embedder: Embedder, dataset, *, batch_size: int = 32, dense: bool = False,
+                  dense_size: int | None = None, progress: bool = True) -> dict:
+    """Embeds every image of ``dataset`` (items with ``image``, optionally ``path``) in batches.
+
+    Returns:
+        dict with ``global`` float32 ndarray[N, dim], ``paths`` (list of str, "" where unknown)
+        and, when ``dense``, ``dense`` float16 ndarray[N, dense_dim, S, S] (S = ``dense_size``,
+        default size / 4: a full-resolution hypercolumn of every image would rarely fit in memory).
+    """
+    from tqdm import tqdm
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the data set holds no images")
+    dense_size = dense_size or max(1, embedder.size // 4)
+    glob, dens, paths = [], [], []
+    bar = tqdm(total=n, desc="embed", unit="img", disable=not progress)
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        images = [item["image"] for item in items]
+        paths += [str(item.get("path", "")) for item in items]
+        glob.append(embedder.global_embeddings(images).cpu().numpy())
+        if dense:
+            dens.append(embedder.dense_embeddings(images, dense_size).half().cpu().numpy())
+        bar.update(len(items))
+    bar.close()
+    out = {"global": np.concatenate(glob), "paths": paths}
+    if dense:
+        out["dense"] = np.concatenate(dens)
+    return out
+
+
+def _run(args) -> int:
+    from ..data import open_dataset
+
+    root = Path(args.images)
+    if not root.exists():
+        raise FileNotFoundError(f"IMAGES {str(root)!r} does not exist")
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+    embedder = Embedder(args.checkpoint, arch=args.arch, size=args.size, layers=layers, device=args.device)
+    print(embedder.report.summary())
+    split = args.split or ("all" if args.dataset == "folder" else None)
+    dataset = open_dataset(args.dataset, root, split=split) if split else open_dataset(args.dataset, root)
+    if args.limit:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    result = embed_dataset(embedder, dataset, batch_size=args.batch_size, dense=args.dense,
+                           dense_size=args.dense_size, progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "global.npy", result["global"])
+    if args.dense:
+        np.save(out / "dense.npy", result["dense"])
+    (out / "paths.txt").write_text("".join(p + "\n" for p in result["paths"]))
+    meta = {"checkpoint": args.checkpoint, "arch": embedder.arch, "size": args.size, "layers": list(embedder.layers),
+            "dataset": args.dataset, "images": os.fspath(root), "split": getattr(dataset, "split", split), "n": len(result["paths"]),
+            "global_shape": list(result["global"].shape),
+            "dense_shape": list(result["dense"].shape) if args.dense else None, "init": embedder.report.to_dict()}
+    (out / "embed.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {out}/global.npy {tuple(result['global'].shape)}"
+          + (f" and dense.npy {tuple(result['dense'].shape)} (float16)" if args.dense else ""))
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "embed", help="global (and dense) embeddings of images from a pretrained encoder",
+        description="Embeds every image of a folder or data set with a pretrained encoder; writes "
+                    "OUT/global.npy (N x C), OUT/dense.npy with --dense (N x C' x S x S, float16), "
+                    "OUT/paths.txt and OUT/embed.json.")
+    p.add_argument("checkpoint", help="random, imagenet:PATH or a checkpoint PATH (ours, official Adam-v1, torchvision)")
+    p.add_argument("images", help="folder of images, or a data set's root with --dataset")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--dataset", default="folder", help="data set layout of IMAGES (default: any folder of images)")
+    p.add_argument("--split", default=None,
+                   help="split of the data set (default: all images of a folder, the reader's default split otherwise)")
+    p.add_argument("--arch", default=None, help="ResNet name (from the checkpoint when omitted; needed for random)")
+    p.add_argument("--size", type=int, default=224, help="image side fed to the encoder (default 224)")
+    p.add_argument("--dense", action="store_true", help="also save dense hypercolumn embeddings")
+    p.add_argument("--dense-size", type=int, default=None, help="side of the saved dense maps (default size/4)")
+    p.add_argument("--layers", default="layer3,layer4", help="stages of the dense hypercolumn (default layer3,layer4)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=0, help="embed only the first N images (0: all)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run)
+    return p
