@@ -39,13 +39,18 @@ bench: $(VENV)/.built
 # Pretraining stages n = 0, 2, 4 on synthetic radiographs (generated into data/synthetic once), sized
 # by the `demo` preset (adam_ext/config.py) for 2 cores; then few-shot heart and clavicle
 # segmentation on the synthetic SCR layout from the Adam encoder and from random initialisation
-# (3 runs each, same seeds, t-tests); writes runs/demo/report.md. About 20 minutes on the 2-core CI
+# (3 runs each, same seeds, t-tests); then the Eve analyses of locality (landmark patches at three
+# scales, t-SNE) and correspondence (landmark transfer across views and subjects), Adam vs random;
+# writes runs/demo/report.md. About 20 minutes on the 2-core CI
 # machine. Run again after an interruption and the pretraining resumes.
 DEMO_SEG := --data data/synthetic/scr --masks "heart,left clavicle,right clavicle" --arch resnet18 \
 	--size 128 --shots 16 --runs 3 --epochs 15 --patience 5 --batch-size 8 --lr 1e-3 --workers 1
+DEMO_EVE := --ckpt adam=runs/demo/best.pt --ckpt random --arch resnet18 --data data/synthetic --size 128
 demo: $(VENV)/.built
 	$(VENV)/bin/adam pretrain --preset demo $(if $(wildcard runs/demo/last.pt),--resume)
 	$(VENV)/bin/adam compare seg $(DEMO_SEG) --init random --init runs/demo/best.pt --out runs/demo/fewshot_seg
+	$(VENV)/bin/adam eve locality $(DEMO_EVE) --images 40 --out runs/demo/eve/locality
+	$(VENV)/bin/adam eve correspondence $(DEMO_EVE) --pairs 8 --out runs/demo/eve/correspondence
 	$(VENV)/bin/adam report runs/demo
 
 clean:

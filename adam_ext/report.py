@@ -116,6 +116,16 @@ def write_report(run) -> Path:
         lines += [f"## Downstream: `{table.parent.name}`", "", table.read_text().strip(), ""]
         if (table.parent / "curves.png").is_file():
             lines += [f"![{table.parent.name} curves]({table.parent.name}/curves.png)", ""]
+    for folder in sorted(p for p in run.glob("eve/*") if p.is_dir()):  # adam eve ANALYSIS --out RUN/eve/ANALYSIS
+        table = folder / f"{folder.name}.md"
+        if not table.is_file():
+            continue
+        text = table.read_text().strip()
+        if text.startswith("# "):  # the analysis' own title: the section heading replaces it
+            text = text.split("\n", 1)[1].strip() if "\n" in text else ""
+        lines += [f"## Eve: {folder.name}", "", text, ""]
+        for picture in sorted(folder.glob("*.png")):
+            lines += [f"![{folder.name}: {picture.stem}](eve/{folder.name}/{picture.name})", ""]
     config = run / "config.yaml"
     if config.is_file():
         lines += ["## Configuration", "", "```yaml", config.read_text().rstrip(), "```", ""]

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The checks a session with a GPU runs, in one go and within a few minutes of device time:
 # build the extension for the card, the operator's tests on CUDA, the loss benchmark (fp32 and bf16),
-# the pretraining-step benchmark, and a short pretraining run with bf16 autocast.
+# the pretraining-step benchmark, a short pretraining run with bf16 autocast, then fine-tuning
+# (classification and segmentation, bf16) and the Eve analyses on CUDA.
 #
 #   bash benchmarks/gpu_checks.sh OUTDIR
 #
 # Each step has its own time limit and a failing step does not stop the next; OUTDIR receives
 # log.txt (everything printed), the benchmark tables and pytest's summary. Uses the python3 on the
-# PATH (a GPU image's own torch); builds in place, so nothing is installed.
+# PATH (a GPU image's own torch); builds in place, so nothing is installed. The last section needs
+# segmentation-models-pytorch, albumentations and grad-cam importable (on a machine without a package
+# index, pip-install their wheels into a folder on PYTHONPATH first); it is skipped otherwise.
 set -u
 OUT=${1:?usage: gpu_checks.sh OUTDIR}
 mkdir -p "$OUT"
@@ -55,4 +58,22 @@ step short pretraining with bf16 autocast
 run 100 $PY -c "import argparse, sys; from adam_ext import train; p = argparse.ArgumentParser(); s = p.add_subparsers()
 train.add_parser(s); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))" pretrain --preset demo --out /tmp/gpu_demo --epochs 1 --no-progress \
   device=cuda amp=bf16 data.workers=8
+
+step fine-tuning and Eve on CUDA
+if $PY -c "import segmentation_models_pytorch, albumentations, pytorch_grad_cam" 2>/dev/null; then
+  A="$PY -m adam_ext.cli"; S=/tmp/gpu_synth
+  run 60 $A synth --out $S --n 64 --size 128 --workers 8
+  run 90 $A finetune cls --dataset synthetic --data $S --init random --arch resnet18 --size 128 --epochs 2 \
+    --runs 1 --batch-size 16 --workers 4 --device cuda --out /tmp/gpu_cls --no-progress amp=bf16
+  run 90 $A finetune seg --data $S/scr --masks "heart,left clavicle,right clavicle" --arch resnet18 --size 128 \
+    --shots 8 --runs 1 --epochs 2 --batch-size 8 --workers 4 --device cuda --out /tmp/gpu_seg --no-progress amp=bf16
+  run 60 $A eve gradcam --model a=/tmp/gpu_cls/seed0/best.pt --device cuda --out /tmp/gpu_eve/gradcam --no-progress
+  E="--ckpt random --arch resnet18 --data $S --split all --size 128 --device cuda --no-progress"
+  run 60 $A eve locality $E --images 8 --out /tmp/gpu_eve/locality
+  run 60 $A eve correspondence $E --pairs 4 --out /tmp/gpu_eve/correspondence
+  run 60 $A eve compositionality $E --patches 16 --out /tmp/gpu_eve/compositionality
+  run 60 $A embed random $S/images /tmp/gpu_eve/embed --arch resnet18 --dense --device cuda --limit 16 --no-progress
+else
+  echo "skipped: segmentation-models-pytorch, albumentations or grad-cam is not importable"
+fi
 echo "=== $(date +%T) done"

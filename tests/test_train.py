@@ -178,6 +178,25 @@ def test_run_writes_everything(data, reference_run):
     assert_same_state(ckpt["model"], model_state(out / "stage1_n2/best.pt"))
 
 
+def test_report_gathers_eve_analyses(reference_run, tmp_path):
+    """adam report adds every RUN/eve/ANALYSIS folder's table and pictures (what make demo shows)."""
+    from adam_ext.report import write_report
+
+    out, _, _ = reference_run
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("metrics.jsonl", "config.yaml", "summary.json"):
+        (run / name).write_bytes((out / name).read_bytes())
+    eve = run / "eve" / "locality"
+    eve.mkdir(parents=True)
+    (eve / "locality.md").write_text("# Locality\n\n| encoder | 1-NN |\n|---|---|\n| adam | 0.9 |\n")
+    (eve / "tsne.png").write_bytes(b"png")
+    (run / "eve" / "empty").mkdir()  # an analysis that wrote nothing yet is left out
+    text = write_report(run).read_text()
+    assert "## Eve: locality" in text and "| adam | 0.9 |" in text and "# Locality" not in text
+    assert "![locality: tsne](eve/locality/tsne.png)" in text and "Eve: empty" not in text
+
+
 def test_next_stage_starts_from_previous_best_weights_and_queue(reference_run):
     out, _, entry = reference_run
     best0 = model_state(out / "stage0_n0/best.pt")
