@@ -42,6 +42,7 @@ import yaml
 from adam_ext.checkpoint import atomic_write_json
 from adam_ext.config import PretrainConfig, config_differences, load_config
 from adam_ext.downstream import FinetuneConfig, finetune, load_finetune_config, parse_init, summarize, ttest
+from adam_ext.downstream.cli import add_recipe_arguments, recipe_values
 from adam_ext.downstream.metrics import format_summary
 from adam_ext.report import read_metrics
 from adam_ext.train import NonFiniteLossError, ResumeError, pretrain
@@ -53,10 +54,6 @@ REUSABLE_CHANGES = {"out", "device", "log_every", "checkpoint_every", "tensorboa
 #: Fine-tuning fields whose change does not change the results.
 FINETUNE_REUSABLE = {"out", "device", "workers", "dist_timeout"}
 # flag dest -> FinetuneConfig field (None values are not passed), as in ``adam finetune``.
-_FINETUNE_FLAGS = ("dataset", "root", "arch", "size", "epochs", "batch_size", "lr", "optimizer", "patience",
-                   "shots", "runs", "seed", "workers", "device", "seg_mode", "train_split", "test_split")
-
-
 class AblationError(RuntimeError):
     """A run folder that cannot be used as it is (another configuration, an unfinished pretraining)."""
 
@@ -114,23 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pretraining override, value in YAML (repeatable), e.g. optim.epochs=5")
     down = p.add_argument_group("downstream (as adam finetune)")
     down.add_argument("--task", required=True, choices=("seg", "cls"), help="segmentation (Dice) or classification (AUC)")
-    down.add_argument("--data", dest="root", required=True, help="the downstream data set's folder")
-    down.add_argument("--dataset", help="downstream data set name (default scr for seg, chestxray14 for cls)")
-    down.add_argument("--masks", help="seg: comma-separated mask names (default: all of the data set's)")
-    down.add_argument("--seg-mode", choices=("multilabel", "multiclass"), help="seg: default multilabel")
-    down.add_argument("--arch", help="encoder ResNet (default: the pretraining backbone, which it must match)")
-    down.add_argument("--size", type=int, help="input side in px (default 224)")
-    down.add_argument("--shots", type=int, help="few-shot: training images per run, drawn per seed")
-    down.add_argument("--runs", type=int, help="runs per initialisation, seeds seed .. seed+runs-1 (default 1)")
-    down.add_argument("--seed", type=int, help="first downstream seed (default 0)")
-    down.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
-    down.add_argument("--patience", type=int, help="early-stopping patience (default 10; 0: off)")
-    down.add_argument("--batch-size", type=int, help="global batch (default 32)")
-    down.add_argument("--lr", type=float, help="learning rate (default: the paper's per task)")
-    down.add_argument("--optimizer", choices=("adamw", "adam"), help="default adamw")
-    down.add_argument("--train-split", help="override the data set's training split")
-    down.add_argument("--test-split", help="override the data set's test split")
-    down.add_argument("--workers", type=int, help="DataLoader workers (default 4)")
+    add_recipe_arguments(down, task=None)  # --data (required here), --arch (must be the pretraining backbone), ...
     down.add_argument("--finetune-config", help="YAML file of FinetuneConfig fields")
     down.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                       help="fine-tuning override, value in YAML (repeatable), e.g. val_fraction=0.2")
@@ -177,16 +158,13 @@ def finetune_base(args, backbone: str) -> FinetuneConfig:
     Raises:
         ValueError: naming the option (``--data``, ``--arch``, ``--masks``, ``--baseline``, ...).
     """
-    if not Path(args.root).is_dir():
+    if args.root is None or not Path(args.root).is_dir():
         raise ValueError(f"--data must be an existing folder, got {args.root!r}")
     if args.arch is not None and args.arch != backbone:
         raise ValueError(f"--arch must match the pretraining backbone (model.backbone={backbone!r}), got {args.arch!r}")
     if args.task != "seg" and (args.masks or args.seg_mode):
         raise ValueError("--masks and --seg-mode apply to --task seg only")
-    base = {"task": args.task, "arch": backbone, "out": str(Path(args.out) / "downstream")}
-    base.update({key: getattr(args, key) for key in _FINETUNE_FLAGS if getattr(args, key, None) is not None})
-    if args.masks:
-        base["masks"] = [m.strip() for m in args.masks.split(",") if m.strip()]
+    base = {"task": args.task, "arch": backbone, **recipe_values(args), "out": str(Path(args.out) / "downstream")}
     cfg = load_finetune_config(args.finetune_config, args.finetune_set, base=base).resolved()
     if args.baseline is not None:
         _, path = parse_init(args.baseline)

@@ -21,7 +21,7 @@ import sys
 
 from .protocol import compare, finetune, load_finetune_config
 
-__all__ = ["add_compare_parser", "add_parser"]
+__all__ = ["add_compare_parser", "add_parser", "add_recipe_arguments", "recipe_values"]
 
 # flag dest -> config field (None values are not passed)
 _FLAGS = {
@@ -32,16 +32,20 @@ _FLAGS = {
 }
 
 
-def _common(parser: argparse.ArgumentParser, task: str, multi_init: bool) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, values in YAML")
-    parser.add_argument("--config", help="YAML file of FinetuneConfig fields")
-    parser.add_argument("--dataset", help=f"data set name (default {'chestxray14' if task == 'cls' else 'scr'})")
+def add_recipe_arguments(parser, task: str | None) -> None:
+    """The flags of the fine-tuning recipe: data set, encoder, schedule, few-shot and runs.
+
+    Shared by ``adam finetune`` / ``adam compare`` and programs built on them
+    (``python/gamma_ablation.py``); :func:`recipe_values` reads them back.
+
+    Args:
+        parser: an ``argparse`` parser or argument group.
+        task: ``cls``, ``seg`` (adds ``--masks`` and ``--seg-mode``), or None for a program that
+            takes the task as a flag of its own (adds them too).
+    """
+    default_dataset = {"cls": "chestxray14", "seg": "scr"}.get(task, "scr for seg, chestxray14 for cls")
+    parser.add_argument("--dataset", help=f"data set name (default {default_dataset})")
     parser.add_argument("--data", dest="root", help="the data set's folder")
-    if multi_init:
-        parser.add_argument("--init", action="append", required=True, metavar="INIT",
-                            help="an initialisation, given twice or more; the first is the baseline of the t-tests")
-    else:
-        parser.add_argument("--init", help="random (default), imagenet:PATH or a pretraining checkpoint PATH")
     parser.add_argument("--arch", help="ResNet of the encoder (default resnet50)")
     parser.add_argument("--size", type=int, help="input side in px (default 224; 512 for fundus)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
@@ -55,22 +59,36 @@ def _common(parser: argparse.ArgumentParser, task: str, multi_init: bool) -> Non
     parser.add_argument("--train-split", help="override the data set's training split")
     parser.add_argument("--test-split", help="override the data set's test split")
     parser.add_argument("--workers", type=int, help="DataLoader workers per process (default 4)")
+    if task != "cls":
+        parser.add_argument("--masks", help="seg: comma-separated mask names (default: all of the data set's)")
+        parser.add_argument("--seg-mode", choices=("multilabel", "multiclass"), help="seg: default multilabel")
+
+
+def recipe_values(args) -> dict:
+    """The :class:`~.protocol.FinetuneConfig` fields given on the command line (flags left out are
+    not included): those of :func:`add_recipe_arguments` and ``--out`` / ``--device`` where present."""
+    values = {key: getattr(args, dest) for dest, key in _FLAGS.items() if getattr(args, dest, None) is not None}
+    if getattr(args, "masks", None):
+        values["masks"] = [m.strip() for m in args.masks.split(",") if m.strip()]
+    return values
+
+
+def _common(parser: argparse.ArgumentParser, task: str, multi_init: bool) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, values in YAML")
+    parser.add_argument("--config", help="YAML file of FinetuneConfig fields")
+    if multi_init:
+        parser.add_argument("--init", action="append", required=True, metavar="INIT",
+                            help="an initialisation, given twice or more; the first is the baseline of the t-tests")
+    else:
+        parser.add_argument("--init", help="random (default), imagenet:PATH or a pretraining checkpoint PATH")
+    add_recipe_arguments(parser, task)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     parser.add_argument("--out", help="output folder (default runs/finetune)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    if task == "seg":
-        parser.add_argument("--masks", help="comma-separated mask names (default: all of the data set's)")
-        parser.add_argument("--seg-mode", choices=("multilabel", "multiclass"), help="default multilabel")
 
 
 def _config(args, task: str):
-    base = {"task": task}
-    for dest, key in _FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            base[key] = value
-    if getattr(args, "masks", None):
-        base["masks"] = [m.strip() for m in args.masks.split(",") if m.strip()]
+    base = {"task": task, **recipe_values(args)}
     if isinstance(getattr(args, "init", None), str):
         base["init"] = args.init
     return load_finetune_config(args.config, args.overrides, base=base)
