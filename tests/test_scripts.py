@@ -40,3 +40,13 @@ def test_bench_loss_skips_what_does_not_fit(tmp_path):
 def test_loss_quickstart(capsys):
     assert load("python/loss_quickstart.py").main(["--batch", "8", "--queue", "300", "--dim", "16"]) == 0
     assert "gamma=0.8: loss" in capsys.readouterr().out
+
+
+def test_gpu_checks_script_parses_and_refuses_no_outdir():
+    """benchmarks/gpu_checks.sh runs only on a GPU machine; here: its syntax, and its usage error."""
+    import subprocess
+
+    script = os.path.join(ROOT, "benchmarks", "gpu_checks.sh")
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    done = subprocess.run(["bash", script], capture_output=True, text=True)
+    assert done.returncode != 0 and "usage: gpu_checks.sh OUTDIR" in done.stderr
