@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from adam_ext.checkpoint import atomic_write_json
@@ -200,24 +202,44 @@ def run_pretraining(cfg: PretrainConfig, progress: bool) -> str:
     return status
 
 
+def weights_digest(state: dict) -> str:
+    """A short SHA-256 of a state dict's tensors (names and bytes): equal digests, equal weights."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().contiguous().cpu().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def pretraining_summary(run: Path) -> dict:
-    """Per-stage results of a finished run and the pruner's state at the end of pretraining.
+    """Per-stage results of a finished run, where its best weights come from, and the pruner's state.
 
     Returns:
-        dict: ``stages`` (summary.json), ``collapse_warning`` (any stage), ``pruned_fraction``:
-        the mean fraction of the queue pruned per query over the last epoch of the last stage
-        (None when no training row was logged).
+        dict: ``stages`` (summary.json), ``collapse_warning`` (any stage), ``pruned_fraction``: the
+        mean fraction of the queue pruned per query over the last epoch of the last stage (None when
+        no training row was logged); ``best`` {``stage``, ``n``, ``epoch``, ``pruned_fraction`` (mean
+        over the chosen epoch's steps), ``digest`` (of the weights, :func:`weights_digest`)}, None
+        without best.pt.
     """
     stages = json.loads((run / "summary.json").read_text())["stages"] if (run / "summary.json").is_file() else []
     rows, _ = read_metrics(run)
+
+    def mean_pruned(stage, epoch):
+        values = [r["pruned_fraction"] for r in rows if r["stage"] == stage and r["epoch"] == epoch]
+        return sum(values) / len(values) if values else None
+
     pruned = None
     if rows:
         stage = max(r["stage"] for r in rows)
-        epoch = max(r["epoch"] for r in rows if r["stage"] == stage)
-        last = [r["pruned_fraction"] for r in rows if r["stage"] == stage and r["epoch"] == epoch]
-        pruned = sum(last) / len(last)
+        pruned = mean_pruned(stage, max(r["epoch"] for r in rows if r["stage"] == stage))
+    best = None
+    if (run / "best.pt").is_file():
+        ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+        index, epoch = ckpt["stage"]["index"], ckpt["epoch"]
+        best = {"stage": index, "n": ckpt["stage"]["n"], "epoch": epoch,
+                "pruned_fraction": mean_pruned(index, epoch), "digest": weights_digest(ckpt["model"])}
     return {"stages": stages, "collapse_warning": any(s.get("collapse_warning") for s in stages),
-            "pruned_fraction": pruned}
+            "pruned_fraction": pruned, "best": best}
 
 
 def run_downstream(base: FinetuneConfig, init: str, label: str, progress: bool, reuse: bool) -> dict:
@@ -285,17 +307,28 @@ def ablation_markdown(result: dict) -> str:
          "t-test (scipy.stats.ttest_ind) against no pruning; n/a: undefined (fewer than 2 runs, or no variance). "
          "Pruned: mean fraction of the queue pruned per query over the last pretraining epoch."),
         "",
-        f"| γ | {primary} | runs | p vs no pruning | pruned | pretraining |",
-        "|---|---|---|---|---|---|",
+        f"| γ | {primary} | runs | p vs no pruning | pruned at the end | best weights (pruned then) | pretraining |",
+        "|---|---|---|---|---|---|---|",
     ]
+    fraction = lambda v: "—" if v is None else f"{v:.3f}"
     for e in entries:
         s = e["downstream"]["summary"].get(primary, summarize([]))
-        pruned = "—" if e.get("pretrain") is None or e["pretrain"]["pruned_fraction"] is None \
-            else f"{e['pretrain']['pruned_fraction']:.3f}"
-        status = "—" if e.get("pretrain") is None else e["pretrain"]["status"] + \
-            (", collapse warning" if e["pretrain"]["collapse_warning"] else "")
+        pre_e = e.get("pretrain")
+        best = (pre_e or {}).get("best")
+        where = "—" if best is None else (f"n={best['n']} epoch {best['epoch']}/{pre['epochs']} "
+                                          f"({fraction(best['pruned_fraction'])})")
+        status = "—" if pre_e is None else pre_e["status"] + (", collapse warning" if pre_e["collapse_warning"] else "")
         lines.append(f"| {_name(e)} | {format_summary(s)} | {s['n']} | {_p(e['tests'].get(primary)) if e['tests'] else '—'} "
-                     f"| {pruned} | {status} |")
+                     f"| {fraction(None if pre_e is None else pre_e['pruned_fraction'])} | {where} | {status} |")
+    same: dict[str, list[str]] = {}
+    for e in entries:
+        best = (e.get("pretrain") or {}).get("best")
+        if best is not None:
+            same.setdefault(best["digest"], []).append(_name(e))
+    for names in (n for n in same.values() if len(n) > 1):
+        lines += ["", (f"γ = {', '.join(names)}: bit-identical best weights. Their pretraining runs are the same "
+                      "until the pruner first removes a key, and validation chose an epoch before that; γ "
+                      "cannot change their downstream results.")]
     metrics = list(entries[0]["downstream"]["summary"]) if entries else []
     metrics = [primary] + sorted(m for m in metrics if m != primary)
     lines += ["", "## All test metrics", "", "| metric | " + " | ".join(_name(e) for e in entries) + " |",

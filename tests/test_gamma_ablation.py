@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 from test_scripts import load  # the scripts are loaded by path, as there
 
 from adam_ext.data.synthetic import generate
@@ -80,6 +81,15 @@ def test_missing_data_folder(ablation, tmp_path, capsys):
     assert "pretraining data.root must name the training images" in capsys.readouterr().err
 
 
+def test_weights_digest(ablation):
+    state = {"a": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.tensor(3), "c": torch.ones(2).bfloat16()}
+    digest = ablation.weights_digest(state)
+    assert digest == ablation.weights_digest({k: v.clone() for k, v in reversed(state.items())})
+    changed = dict(state, a=state["a"].clone().index_put_((torch.tensor([0]), torch.tensor([0])), torch.tensor(1e-7)))
+    assert ablation.weights_digest(changed) != digest
+    assert ablation.weights_digest({"x": state["a"]}) != digest
+
+
 def test_interrupted_resumed_and_rerun(ablation, synth, tmp_path, capsys, monkeypatch):
     out = tmp_path / "abl"
     # An interrupted pretraining is reported (exit 1) and leaves last.pt behind.
@@ -103,8 +113,13 @@ def test_interrupted_resumed_and_rerun(ablation, synth, tmp_path, capsys, monkey
     assert 0 <= entries["gamma_0.9"]["tests"]["mean_dice"]["p"] <= 1
     assert entries["gamma_none"]["pretrain"]["pruned_fraction"] == 0
     assert 0 <= entries["gamma_0.9"]["pretrain"]["pruned_fraction"] <= 1
+    for key in ("gamma_0.9", "gamma_none"):
+        best = entries[key]["pretrain"]["best"]
+        assert best["n"] == 2 and best["epoch"] == 1 and len(best["digest"]) == 16
     md = (out / "ablation.md").read_text()
-    assert "| γ | mean_dice | runs | p vs no pruning | pruned | pretraining |" in md
+    assert "| γ | mean_dice | runs | p vs no pruning | pruned at the end | best weights (pruned then) |" in md
+    identical = entries["gamma_0.9"]["pretrain"]["best"]["digest"] == entries["gamma_none"]["pretrain"]["best"]["digest"]
+    assert ("γ = 0.9, no pruning: bit-identical best weights" in md) == identical
     assert "| 0.9 | " in md and "| no pruning | " in md and "| random init | " in md
     assert (out / "ablation.png").stat().st_size > 0
 
