@@ -8,12 +8,10 @@ import math
 
 import pytest
 import torch
-import torchvision
 from torchvision.transforms.v2 import functional as TF
 
 from adam_ext.cli import main
 from adam_ext.data import open_dataset
-from adam_ext.data.synthetic import generate
 from adam_ext.eve import Embedder
 from adam_ext.eve.correspondence import (
     CorrespondenceConfig,
@@ -47,15 +45,10 @@ def _centroid(image: torch.Tensor) -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    """Six 64 px synthetic films with landmarks (several patients) and a torchvision resnet18 file."""
-    root = tmp_path_factory.mktemp("corr")
-    generate(root / "data", 6, size=64, workers=1, progress=False)
-    weights = root / "tv_resnet18.pt"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    return root
+def synth(eve_data):
+    """The shared 8 synthetic 64-px films with landmarks (several patients) and a resnet18 file."""
+    data, weights = eve_data
+    return data, weights
 
 
 # --------------------------------------------------------------------------- geometry
@@ -99,7 +92,7 @@ def test_identity_on_a_constructed_map_is_exact(seed):
 
 
 def test_identity_with_the_real_embedder_is_exact(synth):
-    item = open_dataset("synthetic", synth / "data", "all")[0]
+    item = open_dataset("synthetic", synth[0], "all")[0]
     embedder = Embedder("random", arch="resnet18", size=64, device="cpu")
     dense = embedder.dense_embeddings([item["image"]], out_size=32)[0]
     assert torch.equal(dense, embedder.dense_embeddings([item["image"]], out_size=32)[0])
@@ -136,7 +129,7 @@ def test_subpixel_points_on_a_smooth_map_land_on_a_neighbouring_pixel():
 def test_an_unchanged_view_lands_every_landmark_on_its_nearest_map_pixel(synth, tmp_path):
     """degrees 0, crop 1: the view is the image, so the frames (image, input, map) must agree; the
     maps have 2 pixels per 64 px image pixel, the nearest lies within sqrt(2)/4 of the truth."""
-    dataset = open_dataset("synthetic", synth / "data", "all")
+    dataset = open_dataset("synthetic", synth[0], "all")
     result = correspondence_analysis([("a", "random")], dataset, tmp_path, arch="resnet18", size=128,
                                      dense_size=128, degrees=0.0, crop=1.0, pairs=2, lines=5, grid=8, progress=False)
     view = result["encoders"]["a"]["view"]
@@ -205,8 +198,8 @@ def test_unusable_data_names_the_argument(tmp_path, landmarks, message):
 
 def test_command_end_to_end_compares_two_encoders(synth, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["eve", "correspondence", "--ckpt", "a=random", "--ckpt", f"b={synth / 'tv_resnet18.pt'}",
-            "--arch", "resnet18", "--data", str(synth / "data"), "--split", "all", "--size", "64",
+    argv = ["eve", "correspondence", "--ckpt", "a=random", "--ckpt", f"b={synth[1]}",
+            "--arch", "resnet18", "--data", str(synth[0]), "--split", "all", "--size", "64",
             "--pairs", "2", "--lines", "5", "--grid", "8", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     for name in ("correspondence.md", "correspondence.json", "correspondence_error.png", "matches_view.png",

@@ -12,7 +12,7 @@ from PIL import Image
 
 from adam_ext.cli import main
 from adam_ext.eve import Embedder, embed_dataset
-from adam_ext.eve.common import markdown_table, parse_checkpoints, write_json
+from adam_ext.eve.common import markdown_table, parse_checkpoints, write_result
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,5 +157,7 @@ def test_common_helpers(tmp_path):
             parse_checkpoints(bad)
     assert markdown_table(["a", "b"], [["x", float("nan")], ["y", 0.12345]]).splitlines() == [
         "| a | b |", "|---|---|", "| x | n/a |", "| y | 0.123 |"]
-    path = write_json(tmp_path / "sub" / "r.json", {"v": np.float32(0.5), "n": float("inf"), "l": (1, 2)})
-    assert json.loads(path.read_text()) == {"v": 0.5, "n": None, "l": [1, 2]}
+    write_result(tmp_path / "sub", "r", {"v": np.float32(0.5), "n": float("inf"), "l": (1, 2)}, "| t |\n")
+    assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"v": 0.5, "n": None, "l": [1, 2]}
+    assert (tmp_path / "sub" / "r.md").read_text() == "| t |\n"
+    assert not [p for p in (tmp_path / "sub").iterdir() if p.name.startswith(".")]  # no temp file left

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
+from ..checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = ["add_common_arguments", "add_data_arguments", "markdown_table", "open_data", "parse_checkpoints",
-           "resolve_device", "write_json"]
+           "resolve_device", "write_result"]
 
 
 def parse_checkpoints(values, *, flag: str = "ckpt", name_of=None) -> list[tuple[str, str]]:
@@ -118,8 +118,10 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Writes ``obj`` as indented JSON atomically (NaN/inf as null, numpy scalars as numbers)."""
-    path = Path(path)
-    atomic_write_json(path, obj)
-    return path
+def write_result(out: str | os.PathLike, name: str, result: dict, markdown: str) -> None:
+    """Writes an analysis' ``OUT/<name>.md`` (its table, what ``adam report`` shows) and
+    ``OUT/<name>.json`` (``result``), atomically; creates ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.md", markdown)
+    atomic_write_json(out / f"{name}.json", result)

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import atomic_write_text
 from ..config import _is_int
 from .common import (
     add_common_arguments,
@@ -28,7 +27,7 @@ from .common import (
     markdown_table,
     open_data,
     parse_checkpoints,
-    write_json,
+    write_result,
 )
 from .locality import (
     embed_in_batches,
@@ -293,8 +292,7 @@ def compositionality_analysis(checkpoints, dataset, out, *, config: Compositiona
     result = {"config": asdict(cfg), "patch_side": [int(min(sides)), int(max(sides))], "encoders": encoders,
               "files": {"table": str(out / "compositionality.md"), "json": str(out / "compositionality.json"),
                         "plot": str(out / "compositionality.png")}}
-    atomic_write_text(out / "compositionality.md", compositionality_markdown(result))
-    write_json(out / "compositionality.json", result)
+    write_result(out, "compositionality", result, compositionality_markdown(result))
     return result
 
 

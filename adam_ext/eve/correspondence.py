@@ -51,7 +51,7 @@ from .common import (
     markdown_table,
     open_data,
     parse_checkpoints,
-    write_json,
+    write_result,
 )
 
 __all__ = ["HELP", "CorrespondenceConfig", "add_arguments", "correspondence_analysis", "make_view",
@@ -498,14 +498,12 @@ def _table(result: dict, cfg: CorrespondenceConfig) -> str:
 
 
 def _write_outputs(out: Path, result: dict, pairs: dict, drawn: dict, cfg: CorrespondenceConfig) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "correspondence.json", result)
     text = ("# Dense correspondence\n\nLandmark transfer error in pixels of the target image "
             f"({len(pairs['view'])} view pairs: ±{cfg.degrees:g}° and a {cfg.crop:g} crop; "
             f"{len(pairs['subject'])} pairs of different subjects; encoder input {cfg.size} px, maps "
             f"{cfg.dense_size} px). PCK: share within {cfg.tolerance:g} x the image side. MNN precision: share "
             f"of the {cfg.lines} strongest mutual matches per view pair within that tolerance.\n\n")
-    (out / "correspondence.md").write_text(text + _table(result, cfg))
+    write_result(out, "correspondence", result, text + _table(result, cfg))
     _error_figure(out / "correspondence_error.png", result)
     for kind in KINDS:
         _match_figure(out / f"matches_{kind}.png", kind, pairs[kind][0], drawn, cfg)

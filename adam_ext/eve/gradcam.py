@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_text
-from .common import markdown_table, parse_checkpoints, resolve_device, write_json
+from .common import markdown_table, parse_checkpoints, resolve_device, write_result
 
 __all__ = [
     "HELP",
@@ -664,12 +663,11 @@ def _write_outputs(out: Path, result: dict, overlay_rows: list[dict]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"gradcam_md": str(out / "gradcam.md"), "gradcam_png": str(out / "gradcam.png"),
              "gradcam_json": str(out / "gradcam.json"), "overlays_png": None}
-    atomic_write_text(out / "gradcam.md", gradcam_markdown(result))
     _plot_bars(result, out / "gradcam.png")
     if overlay_rows:
         _plot_overlays(overlay_rows, list(result["models"]), result["threshold"], out / "overlays.png")
         paths["overlays_png"] = str(out / "overlays.png")
-    write_json(out / "gradcam.json", {**result, **paths})
+    write_result(out, "gradcam", {**result, **paths}, gradcam_markdown(result))
     return paths
 
 

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import atomic_write_text
 from ..config import _is_int
 from .common import (
     add_common_arguments,
@@ -38,7 +37,7 @@ from .common import (
     markdown_table,
     open_data,
     parse_checkpoints,
-    write_json,
+    write_result,
 )
 
 __all__ = ["HELP", "LandmarkPatches", "LocalityConfig", "add_arguments", 
@@ -528,8 +527,7 @@ def locality_analysis(checkpoints, dataset, out, *, config: LocalityConfig | Non
               "perplexity": min(30.0, (len(lp.patches) - 1) / 3), "encoders": encoders,
               "files": {"table": str(out / "locality.md"), "json": str(out / "locality.json"),
                         "tsne": str(out / "tsne.png")}}
-    atomic_write_text(out / "locality.md", locality_markdown(result))
-    write_json(out / "locality.json", result)
+    write_result(out, "locality", result, locality_markdown(result))
     return result
 
 
