@@ -33,10 +33,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import PIL
-from PIL import Image
 import torch
 import torchvision
+from PIL import Image
 
+from adam_ext._provenance import cpu_model
 from adam_ext.data.cache import ImageCache
 from adam_ext.data.views import OfficialTwoViews, TwoViews
 
@@ -94,17 +95,6 @@ def time_rounds(pipelines: dict, items: int, pairs: int, rounds: int, warmup: in
                 run((r * pairs + i) % items)
             rates[name].append(pairs / (time.perf_counter() - start))
     return rates
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(rates: dict[str, list[float]], decode: dict[str, float], args, file_kib: float) -> str:

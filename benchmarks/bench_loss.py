@@ -29,10 +29,8 @@ import dataclasses
 import datetime
 import gc
 import os
-import platform
-import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +38,7 @@ from torch.utils import benchmark as tbench
 
 import adam_ext
 from adam_ext import reference
+from adam_ext._provenance import git_commit, machine
 
 TEMPERATURE = 0.2
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -284,26 +283,6 @@ def official_case(case: Case, device: str, args) -> list[Result]:
 # ----------------------------------------------------------------------------- reporting
 
 
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def table(results: list[Result]) -> str:
     by_case: dict[Case, dict[str, Result]] = {}
     for r in results:
@@ -377,7 +356,7 @@ def main(argv=None) -> int:
         f"# bench_loss: {args.device}, {args.dtype}",
         "",
         f"- machine: {machine(args.device)}",
-        f"- torch {torch.__version__}, adam_ext commit {commit()}, {stamp}",
+        f"- torch {torch.__version__}, adam_ext commit {git_commit()}, {stamp}",
         f"- forward + backward (gradients of q and k), τ = {TEMPERATURE}, median after warm-up",
         f"- command: `python benchmarks/bench_loss.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",

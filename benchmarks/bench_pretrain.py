@@ -34,17 +34,17 @@ import functools
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from adam_ext._provenance import git_commit, machine
 from adam_ext.data.synthetic import SyntheticDataset, generate
 from adam_ext.data.views import TwoViews
 from adam_ext.models import BACKBONES, MoCo
@@ -258,31 +258,6 @@ def measure(cfg: Config, args, device: torch.device) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------- reporting
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
-
-
-def commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=here)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=here)
-    except OSError:
-        return "unknown"
-    suffix = " (with uncommitted changes)" if dirty.stdout.strip() else ""
-    return (head.stdout.strip() or "unknown") + suffix
-
-
 def _load() -> float:
     """The 1-minute load average (NaN where the OS has none)."""
     try:
@@ -310,7 +285,7 @@ def report(cfg: Config, args, device, rates, phases) -> tuple[str, bool]:
         f"- machine: {machine(device)}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}",
-        f"- adam_ext commit {commit()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- adam_ext commit {git_commit()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- config: {cfg.arch}, {cfg.size} px views, batch {cfg.batch}, K = {cfg.K}, dim {cfg.dim}, "
         f"γ = {cfg.gamma}, τ = {cfg.T}, m = {cfg.m}, fp32, SGD (momentum 0.9, wd 1e-4); ours in "
         f"{'channels-last' if cfg.channels_last else 'the default'} memory format; views from "

@@ -1,0 +1,48 @@
+"""Where a measurement was made: the processor or GPU and the git commit of this checkout.
+
+Shared by the benchmark scripts, which print both at the top of every results file.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+import torch
+
+__all__ = ["cpu_model", "git_commit", "machine"]
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device) -> str:
+    """The GPU's name for a CUDA device; else the CPU model, its logical cores and torch's threads."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+
+
+def git_commit() -> str:
+    """Short hash of this checkout's HEAD, with " (with uncommitted changes)" when tracked files differ;
+    ``unknown`` outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here,
+                              check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=here, check=False)
+    except OSError:
+        return "unknown"
+    suffix = " (with uncommitted changes)" if dirty.stdout.strip() else ""
+    return (head.stdout.strip() or "unknown") + suffix
