@@ -72,6 +72,17 @@ def test_deterministic_and_grey_equals_rgb(tv_file):
     assert torch.equal(r1, r2) and not torch.equal(r1, r3)
 
 
+def test_checkpoint_is_read_once(tv_file, monkeypatch):
+    """The architecture and the weights come from one read of the file."""
+    import adam_ext.export as export
+
+    calls = []
+    real = export.load_pretrained
+    monkeypatch.setattr(export, "load_pretrained", lambda path: calls.append(path) or real(path))
+    emb = Embedder(str(tv_file), size=64, device="cpu")
+    assert calls == [str(tv_file)] and emb.report.kind == "checkpoint" and len(emb.report.loaded) > 0
+
+
 def test_pretraining_checkpoint_layouts(tmp_path, tv_file):
     """An official-layout checkpoint (module.encoder_q.*) gives the same embeddings as its torchvision trunk."""
     state = torch.load(tv_file, weights_only=True)

@@ -105,7 +105,7 @@ def _groups(keys) -> str:
     return ", ".join(f"{k}{'.*' if n > 1 or '.' in k else ''} ({n})" for k, n in counts.items()) or "none"
 
 
-def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = True) -> InitReport:
+def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = True, pretrained=None) -> InitReport:
     """Initialises ``encoder`` (torchvision ResNet key names, no ``fc``) from ``spec``.
 
     Args:
@@ -115,6 +115,8 @@ def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = Tru
         arch: the encoder's ResNet name; the file's must be the same.
         strict: every encoder tensor must come from the file (the default). False loads what
             matches and reports the rest as missing; a file that matches nothing is still an error.
+        pretrained: ``spec``'s file as :func:`adam_ext.export.load_pretrained` already returned it
+            (it is then not read again); None reads it.
 
     Returns:
         InitReport: which keys loaded, which stayed random, which the file had in excess.
@@ -130,7 +132,7 @@ def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = Tru
     if kind == "random":
         return InitReport(spec=spec, kind=kind)
     try:
-        pre = load_pretrained(path)
+        pre = load_pretrained(path) if pretrained is None else pretrained
     except ValueError as err:
         raise ValueError(f"init {spec!r} cannot be loaded: {err}") from err
     if kind == "imagenet" and pre.source != "torchvision":

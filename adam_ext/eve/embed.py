@@ -41,18 +41,24 @@ from ..data.views import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedRGB
 from ..models import BACKBONES, build_backbone
 from .common import resolve_device
 
-__all__ = ["STAGES", "Embedder", "add_parser", "embed_dataset", "resolve_arch"]
+__all__ = ["STAGES", "Embedder", "add_parser", "embed_dataset", "open_encoder_spec"]
 
 #: the ResNet stages whose maps dense embeddings can use, with their strides
 STAGES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 
-def resolve_arch(spec: str, arch: str | None) -> str:
-    """The encoder architecture for ``spec``: the checkpoint's own, or ``arch`` for random init.
+def open_encoder_spec(spec: str, arch: str | None):
+    """The encoder architecture for ``spec`` and the file behind it, read once.
+
+    Returns:
+        ``(arch, pretrained)``: the checkpoint's architecture (or ``arch`` for ``random``) and its
+        :class:`~adam_ext.export.Pretrained` (None for ``random``), which
+        :func:`~adam_ext.downstream.init.load_encoder` then loads without reading the file again.
 
     Raises:
-        ValueError: ``random`` without ``arch``, an unknown ``arch``, or an ``arch`` that differs
-            from the checkpoint's.
+        FileNotFoundError: no such file.
+        ValueError: ``random`` without ``arch``, an unknown ``arch``, an unreadable file, or an
+            ``arch`` that differs from the checkpoint's.
     """
     from ..downstream.init import parse_init
 
@@ -62,13 +68,13 @@ def resolve_arch(spec: str, arch: str | None) -> str:
     if kind == "random":
         if arch is None:
             raise ValueError("arch is required for a random encoder (e.g. arch='resnet18')")
-        return arch
+        return arch, None
     from ..export import load_pretrained
 
-    found = load_pretrained(path).arch
-    if arch is not None and arch != found:
-        raise ValueError(f"checkpoint {path!r} holds a {found} encoder, but arch is {arch}")
-    return found
+    pretrained = load_pretrained(path)
+    if arch is not None and arch != pretrained.arch:
+        raise ValueError(f"checkpoint {path!r} holds a {pretrained.arch} encoder, but arch is {arch}")
+    return pretrained.arch, pretrained
 
 
 class Embedder(nn.Module):
@@ -99,11 +105,11 @@ class Embedder(nn.Module):
         if not layers or any(layer not in STAGES for layer in layers):
             raise ValueError(f"layers must be a non-empty subset of {list(STAGES)}, got {list(layers)}")
         self.spec, self.size, self.layers = spec, size, tuple(sorted(layers, key=list(STAGES).index))
-        self.arch = resolve_arch(spec, arch)
+        self.arch, pretrained = open_encoder_spec(spec, arch)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             trunk, self.dim = build_backbone(self.arch)
-        self.report = load_encoder(trunk, spec, self.arch)
+        self.report = load_encoder(trunk, spec, self.arch, pretrained=pretrained)
         self.trunk = trunk
         widths = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
         factor = 1 if BACKBONES[self.arch] == 512 else 4
