@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-__all__ = ["PRESETS", "DataConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "load_config"]
+__all__ = ["PRESETS", "DataConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig", "load_config"]
 
 
 @dataclass
@@ -45,6 +45,9 @@ class DataConfig:
             a seeded ``val_fraction`` of ``train_split`` is held out.
         val_fraction: the held-out share when the reader has no validation split.
         view_size: side of the two views in pixels (224 in the paper).
+        views: other fields of :class:`adam_ext.data.views.ViewConfig` (``scale``, ``degrees``,
+            ``blur_sigma``...). Unset sizes in pixels (``blur_sigma``, ``blur_kernel``) scale with
+            ``view_size`` from the paper's values at 224 px.
         workers: DataLoader worker processes per rank (0: load in the training process).
         synthetic_n / synthetic_size: images and their side when ``synthetic`` data is generated.
     """
@@ -57,9 +60,14 @@ class DataConfig:
     val_split: str | None = "val"
     val_fraction: float = 0.1
     view_size: int = 224
+    views: dict = field(default_factory=dict)
     workers: int = 4
     synthetic_n: int = 1000
     synthetic_size: int = 256
+
+    def view_options(self) -> dict:
+        """``views`` as keyword arguments of :class:`adam_ext.data.views.TwoViews` (YAML lists as tuples)."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.views.items()}
 
 
 @dataclass
@@ -97,6 +105,29 @@ class OptimConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """Representation monitors (:class:`adam_ext.monitors.RepresentationMonitor`), computed on the
+    validation images at the end of every epoch (and every ``every`` steps if > 0).
+
+    Attributes:
+        enabled: compute them at all.
+        every: also every this many steps (0: at the end of epochs only).
+        images: at most this many validation images (their two views of the validation pass) feed
+            the label-free monitors, which cost no extra forward pass.
+        knn_images: training images the k-NN is fitted on, and validation images it is scored on
+            (the k-NN's forwards are the monitors' only cost).
+        k, temperature: the weighted k-NN's neighbours and vote temperature (solo-learn's 20 and 0.07).
+    """
+
+    enabled: bool = True
+    every: int = 0
+    images: int = 1024
+    knn_images: int = 64
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass
 class PretrainConfig:
     """Everything an ``adam pretrain`` run needs.
 
@@ -123,11 +154,15 @@ class PretrainConfig:
         deterministic: ``torch.use_deterministic_algorithms(True)`` (exact resume on GPU too).
         tensorboard: write TensorBoard event files.
         max_steps: stop every stage after this many steps (0: no limit); for smoke runs.
+        snapshots: also keep the weights at the end of every epoch as
+            ``snapshots/stage<i>_n<n>_epoch<e>.pt`` (what ``adam export`` and fine-tuning read), for
+            learning curves.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     stages: list = field(default_factory=lambda: [0, 2, 4])
     gamma: float | None = 0.8
     gamma_n0: float | None = None
@@ -143,6 +178,7 @@ class PretrainConfig:
     deterministic: bool = False
     tensorboard: bool = True
     max_steps: int = 0
+    snapshots: bool = False
 
     def __post_init__(self):
         validate(self)
@@ -166,14 +202,23 @@ PRESETS: dict[str, dict] = {
     # Sized for the 2-core demo machine: about 10 minutes for stages 0, 2, 4 (README, `make demo`);
     # m = 0.99 and lr 0.3 per 256 because a few hundred steps a stage are too few for the paper's
     # m = 0.999 (the key encoder would keep ~75% of its random initialisation) and lr 0.03.
+    # Images at 256 px so that a cell of the n = 4 grid (64 px) fills a 64-px view without upsampling.
+    # Views: crops of 50-100% of the anchor, rotation up to 10 degrees, no colour jitter. Measured
+    # (README, "What the demo learns"): with the paper's views (20-100%, 30 degrees, jitter 0.4 at
+    # p = 0.8) the loss of stage n = 0 fell for two epochs, then rose back to log(K + 1) as the
+    # representation collapsed; with jitter 0.2 it learned little (validation loss 5.0 after 10
+    # epochs); without jitter 4.4, and 3.5 at the end of stage n = 4.
     "demo": {
         "data": {"dataset": "synthetic", "root": "data/synthetic", "view_size": 64, "workers": 1,
-                 "synthetic_n": 800, "synthetic_size": 192, "options": {"size": 128}},
+                 "synthetic_n": 800, "synthetic_size": 256,
+                 "views": {"scale": [0.5, 1.0], "degrees": 10, "jitter_p": 0.0}},
         "model": {"backbone": "resnet18", "K": 256, "dim": 64, "mlp_hidden": 256, "m": 0.99},
         # The synthetic phantoms differ far less than patients do: at γ = 0.8 the pruner removed
         # every negative late in stage n = 2 (a collapse); 0.9 is the paper's ablation value.
         "gamma": 0.9,
         "optim": {"batch_size": 32, "epochs": 10, "lr": 0.3, "warmup_epochs": 1},
+        # k-NN on 8 training and 8 validation images' landmark patches: 208 forwards at 64 px
+        "monitor": {"knn_images": 8},
         "out": "runs/demo",
         "checkpoint_every": 0,
         "log_every": 4,
@@ -207,6 +252,13 @@ def validate(cfg: PretrainConfig) -> None:
     for name in ("view_size", "synthetic_n", "synthetic_size"):
         _check(_is_int(getattr(d, name)) and getattr(d, name) > 0, f"data.{name}", "a positive int", getattr(d, name))
     _check(_is_int(d.workers) and d.workers >= 0, "data.workers", "an int >= 0", d.workers)
+    _check(isinstance(d.views, dict), "data.views", "a mapping of ViewConfig fields", d.views)
+    from .data.views import ViewConfig
+
+    try:
+        ViewConfig(size=d.view_size, **d.view_options())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"data.views must hold valid ViewConfig fields, got {d.views!r}: {exc}") from None
     _check(m.backbone in BACKBONES, "model.backbone", f"one of {list(BACKBONES)}", m.backbone)
     for name in ("dim", "K", "shuffle_bn_groups"):
         _check(_is_int(getattr(m, name)) and getattr(m, name) > 0, f"model.{name}", "a positive int", getattr(m, name))
@@ -235,6 +287,15 @@ def validate(cfg: PretrainConfig) -> None:
         _check(_is_int(getattr(cfg, name)) and getattr(cfg, name) >= 0, name, "an int >= 0", getattr(cfg, name))
     _check(_is_int(cfg.log_every) and cfg.log_every > 0, "log_every", "a positive int", cfg.log_every)
     _check(_is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
+    _check(isinstance(cfg.snapshots, bool), "snapshots", "true or false", cfg.snapshots)
+    mon = cfg.monitor
+    _check(isinstance(mon.enabled, bool), "monitor.enabled", "true or false", mon.enabled)
+    for name in ("every", "images", "knn_images", "k"):
+        low = 0 if name == "every" else 1
+        _check(_is_int(getattr(mon, name)) and getattr(mon, name) >= low, f"monitor.{name}", f"an int >= {low}",
+               getattr(mon, name))
+    _check(mon.images >= 2, "monitor.images", "an int >= 2", mon.images)
+    _check(_is_num(mon.temperature) and mon.temperature > 0, "monitor.temperature", "> 0", mon.temperature)
 
 
 def _build(cls, values: dict, prefix: str):
@@ -245,7 +306,8 @@ def _build(cls, values: dict, prefix: str):
     for key, value in values.items():
         if key not in fields:
             raise ValueError(f"unknown config key '{prefix}{key}'; expected one of {sorted(fields)}")
-        sub = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig}.get(key) if cls is PretrainConfig else None
+        sub = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
+               "monitor": MonitorConfig}.get(key) if cls is PretrainConfig else None
         kwargs[key] = _build(sub, value, f"{prefix}{key}.") if sub else value
     return cls(**kwargs)
 

@@ -6,6 +6,8 @@
     RUN/report.md            summary table, configuration, the figures
     RUN/loss.png             training loss per step (and its moving average), validation loss per epoch
     RUN/pruned.png           fraction of the queue removed by the purposive pruner per step
+    RUN/monitors.png         the representation monitors (RankMe, collapse indicator, alignment,
+                             uniformity, k-NN) per stage, when the run logged them
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-__all__ = ["read_metrics", "write_report"]
+__all__ = ["read_metrics", "read_monitors", "write_report"]
+
+#: monitor name -> (axis label, what a healthy trend looks like)
+MONITORS = {
+    "knn_landmark": ("landmark k-NN accuracy", "higher is better"),
+    "knn_auc": ("k-NN mean AUC", "higher is better"),
+    "knn_accuracy": ("k-NN accuracy", "higher is better"),
+    "rankme": ("RankMe (pooled features)", "higher: more dimensions used"),
+    "collapse_std": ("std of normalised head outputs", "about 1/sqrt(dim) healthy, 0 collapsed"),
+    "alignment": ("alignment (views)", "lower: views agree"),
+    "uniformity": ("uniformity", "lower: spread on the sphere"),
+}
 
 
 def read_metrics(run) -> tuple[list[dict], list[dict]]:
@@ -27,6 +40,66 @@ def read_metrics(run) -> tuple[list[dict], list[dict]]:
         raise FileNotFoundError(f"run must be a pretraining run folder holding metrics.jsonl, got {str(run)!r}")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+def read_monitors(run) -> list[dict]:
+    """The monitor rows of ``run/metrics.jsonl`` (``{"stage", "n", "epoch", "step", "monitor": {...}}``)."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "monitor" in r]
+
+
+def _plot_monitors(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m for m in MONITORS if any(m in r["monitor"] for r in rows)]
+    cols = min(3, len(names))
+    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4.2 * cols, 3.0 * -(-len(names) // cols)),
+                             dpi=100, squeeze=False)
+    stages = sorted({r["stage"] for r in rows})
+    offsets, offset = {}, 0
+    for stage in stages:  # stages one after the other, as in loss.png
+        offsets[stage] = offset
+        offset += max(r["step"] for r in rows if r["stage"] == stage) + 1
+    for ax, name in zip(axes.flat, names):
+        for stage in stages:
+            mine = [r for r in rows if r["stage"] == stage and name in r["monitor"]]
+            ax.plot([r["step"] + offsets[stage] for r in mine], [r["monitor"][name] for r in mine], "o-", ms=3,
+                    label=f"stage {stage} (n={mine[0]['n']})" if mine else None)
+        if name == "collapse_std" and "collapse_std_healthy" in rows[-1]["monitor"]:
+            ax.axhline(rows[-1]["monitor"]["collapse_std_healthy"], color="grey", ls=":", lw=1)
+        label, hint = MONITORS[name]
+        ax.set_title(f"{label}\n({hint})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("step (stages one after the other)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _monitor_lines(rows: list[dict]) -> list[str]:
+    names = [m for m in MONITORS if any(m in r["monitor"] for r in rows)]
+    lines = ["## Representation monitors", "",
+             "Measured on validation images in eval mode at each stage's start and after every epoch "
+             "(`adam_ext.monitors`); the first row of stage 0 is the random initialisation.", "",
+             "| stage | n | | " + " | ".join(MONITORS[m][0] for m in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for stage in sorted({r["stage"] for r in rows}):
+        mine = [r for r in rows if r["stage"] == stage]
+        for what, r in (("start", mine[0]), ("end", mine[-1])):
+            cells = [f"{r['monitor'][m]:.4g}" if m in r["monitor"] else "" for m in names]
+            lines.append(f"| {stage} | {r['n']} | {what} (step {r['step']}) | " + " | ".join(cells) + " |")
+    return lines + ["", "![monitors](monitors.png)", ""]
 
 
 def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
@@ -109,7 +182,12 @@ def write_report(run) -> Path:
         lines.append(f"- stage {stage} (n={rows[0]['n']}): training loss {mean(first, 'loss'):.3f} → "
                      f"{mean(last, 'loss'):.3f} (first and last 10% of steps), queue pruned "
                      f"{100 * mean(rows, 'pruned_fraction'):.2f}% on average")
-    lines += ["", "## Loss", "", "![loss](loss.png)", "", "## Purposive pruner", "",
+    lines += ["", "## Loss", "", "![loss](loss.png)", ""]
+    monitors = read_monitors(run)
+    if monitors:
+        _plot_monitors(monitors, run / "monitors.png")
+        lines += _monitor_lines(monitors)
+    lines += ["## Purposive pruner", "",
               "Fraction of the queue's keys at least γ similar to the query, removed from the negatives "
               "(0 where the pruner is off).", "", "![pruned](pruned.png)", ""]
     for table in sorted(run.glob("*/compare.md")):  # downstream comparisons run into the folder (make demo)

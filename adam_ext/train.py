@@ -56,8 +56,13 @@ COLLAPSE_PRUNED = 0.95
 CHECKPOINT_KIND = "adam_ext.pretrain"
 CHECKPOINT_VERSION = 1
 # Fields that may differ between a checkpoint's config and the resuming run's.
-_RESUMABLE_CHANGES = {"out", "log_every", "checkpoint_every", "tensorboard", "dist_timeout", "max_steps",
-                      "data.workers", "data.root", "data.cache"}
+_RESUMABLE_CHANGES = {"out", "log_every", "checkpoint_every", "tensorboard", "dist_timeout", "max_steps", "snapshots",
+                      "data.workers", "data.root", "data.cache", "monitor.enabled", "monitor.every",
+                      "monitor.images", "monitor.knn_images", "monitor.k", "monitor.temperature"}
+# A monitor whose collapse indicator falls below this fraction of its healthy value (1/sqrt(dim)),
+# or whose RankMe falls below MONITOR_MIN_RANK, makes the run warn of a collapse.
+MONITOR_COLLAPSE_STD = 0.2
+MONITOR_MIN_RANK = 2.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -199,14 +204,24 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _ensure_synthetic(cfg: PretrainConfig, ctx: ProcessContext) -> None:
+    """Generates the synthetic data set when missing, or when ``synthetic.json`` says an older
+    generator made it (its phantoms differ; settings such as n and size are the folder's own)."""
+    from .data.synthetic import GENERATOR_VERSION
+
     root = Path(cfg.data.root)
-    if cfg.data.dataset != "synthetic" or (root / "Data_Entry_2017.csv").is_file():
+    if cfg.data.dataset != "synthetic":
         return
+    made = None
+    if (root / "synthetic.json").is_file():
+        made = json.loads((root / "synthetic.json").read_text()).get("version")
+    if (root / "Data_Entry_2017.csv").is_file() and made in (None, GENERATOR_VERSION):
+        return  # current, or a data set in this layout that we did not make: used as it is
     if ctx.main:
         from .data.synthetic import generate
 
+        why = f" (it held version {made} of the phantoms, now {GENERATOR_VERSION})" if made else " (once)"
         print(f"adam pretrain: generating {cfg.data.synthetic_n} synthetic radiographs of "
-              f"{cfg.data.synthetic_size} px in {root} (once)", flush=True)
+              f"{cfg.data.synthetic_size} px in {root}{why}", flush=True)
         generate(root, cfg.data.synthetic_n, size=cfg.data.synthetic_size, seed=cfg.seed, workers=None)
     ctx.barrier()
 
@@ -346,6 +361,9 @@ class _Trainer:
         self.metrics = _Metrics(self.out, ctx.main, cfg.tensorboard)
         self.summary: list[dict] = []
         self.collapsed: set[int] = set()  # stages whose pruner removed (nearly) the whole queue
+        self.monitor_collapsed: set[int] = set()  # stages whose monitors signalled a collapse
+        self.monitor = None  # the stage's RepresentationMonitor (rank 0 only)
+        self.monitor_value: str | None = None  # the latest headline monitor, for the progress bar
 
     # -- per stage ------------------------------------------------------------------------------
 
@@ -366,7 +384,7 @@ class _Trainer:
         from .data.views import TwoViews, worker_init
 
         n = self.cfg.stages[stage]
-        views = TwoViews(self.cfg.data.view_size, n)
+        views = TwoViews(self.cfg.data.view_size, n, **self.cfg.data.view_options())
         reader, indices = (self.train_reader, self.train_idx) if train else (self.val_reader, self.val_idx)
         sampler = EpochBatches(len(indices), self.global_batch, self.ctx.world, self.ctx.rank, self.cfg.seed,
                                stage, epoch, start, shuffle=train)
@@ -393,6 +411,48 @@ class _Trainer:
         if self.ctx.main:
             atomic_save(self._checkpoint(state), path)
         self.ctx.barrier()
+
+    def _new_monitor(self, stage: int):
+        from .data.views import TwoViews
+        from .monitors import RepresentationMonitor
+
+        cfg, n = self.cfg, self.cfg.stages[stage]
+        mon = cfg.monitor
+        if not (mon.enabled and self.ctx.main):
+            return None
+        views = TwoViews(cfg.data.view_size, n, **cfg.data.view_options())
+        return RepresentationMonitor(views.config.size, views.normalize, self.train_reader, self.train_idx,
+                                     self.val_reader, self.val_idx, n=n, seed=cfg.seed, images=mon.images,
+                                     knn_images=mon.knn_images, k=mon.k, temperature=mon.temperature)
+
+    def _measure(self, stage: int, epoch: int, step: int, gamma, warn: bool = True) -> tuple[float, dict | None]:
+        """The validation loss and, on rank 0, the monitors (logged); changes nothing of the training
+        state. ``warn``: warn of a collapse (not at a stage's start: a random ResNet's head outputs
+        are themselves nearly collinear, per-dimension std about 0.02 against a healthy 1/sqrt(dim))."""
+        if self.monitor is None:
+            return self._validate(stage, gamma), None
+        n = self.cfg.stages[stage]
+        with self.monitor.collector(self.model.encoder_q) as collected:
+            val = self._validate(stage, gamma, collected)
+        t0 = time.perf_counter()
+        values = {**self.monitor.label_free(collected),
+                  **self.monitor.knn_monitor(self.model.encoder_q, self.device, self.cfg.channels_last)}
+        values["seconds"] = round(time.perf_counter() - t0, 3)
+        self.metrics.log({"stage": stage, "n": n, "epoch": epoch, "step": step, "monitor": values},
+                         {f"monitor/{k}": v for k, v in values.items() if k != "seconds"},
+                         self._global_step(stage, step))
+        head = next((k for k in ("knn_landmark", "knn_auc", "knn_accuracy") if k in values), "rankme")
+        self.monitor_value = f"{head}={values[head]:.3g}"
+        healthy = values["collapse_std_healthy"]
+        if warn and (values["collapse_std"] < MONITOR_COLLAPSE_STD * healthy or values["rankme"] < MONITOR_MIN_RANK) \
+                and stage not in self.monitor_collapsed:  # NaN (one validation image) never warns
+            self.monitor_collapsed.add(stage)
+            print(f"adam pretrain: warning: at stage {stage} (n={n}) step {step} the representation collapsed: "
+                  f"per-dimension std of the normalised embeddings {values['collapse_std']:.4f} (healthy about "
+                  f"{healthy:.4f}), RankMe {values['rankme']:.2f}. The loss will sit at log(K + 1); check the "
+                  f"views (do two views of an image share more than two images do?), lower optim.lr or raise "
+                  f"model.m.", file=sys.stderr, flush=True)
+        return val, values
 
     def run_stage(self, stage: int, resume: dict | None) -> bool:
         """Trains one stage; returns False when stopped by a signal."""
@@ -421,6 +481,12 @@ class _Trainer:
                   f"({ctx.world} rank(s) on {self.device.type}); queue K={cfg.model.K} holds at most "
                   f"{self.effective_queue} distinct training images", flush=True)
         spe = self.steps_per_epoch
+        self.monitor = self._new_monitor(stage)
+        val_gamma = gamma if cfg.val_pruning else None
+        if epoch == 0 and start == 0 and cfg.monitor.enabled:  # where the stage starts (stage 0: random init)
+            val, _ = self._measure(stage, 0, 0, val_gamma, warn=False)
+            self.metrics.log({"stage": stage, "n": n, "epoch": 0, "step": 0, "val_loss": val, "best": False},
+                             {"val/loss": val}, self._global_step(stage, 0))
         stage_t0 = time.perf_counter()
         images_seen = 0
 
@@ -429,8 +495,9 @@ class _Trainer:
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": _rng_state(),
                     "stage": {"index": stage, "n": n}, "epoch": epoch_, "step_in_epoch": step_in_epoch,
                     "step": epoch_ * spe + step_in_epoch, "best_val": best_val, "summary": list(self.summary),
-                    "collapsed": sorted(self.collapsed)}
+                    "collapsed": sorted(self.collapsed), "monitor_collapsed": sorted(self.monitor_collapsed)}
 
+        last_monitor = None
         with _Stopper() as stopper:
             while epoch < cfg.optim.epochs:
                 net.train()
@@ -462,6 +529,9 @@ class _Trainer:
                     images_seen += self.global_batch
                     if bar is not None:
                         bar.update(1)
+                    if cfg.monitor.every and (step + 1) % cfg.monitor.every == 0 and step_in_epoch < spe:
+                        self._measure(stage, epoch + 1, step + 1, val_gamma)
+                        net.train()
                     limit_hit = cfg.max_steps and step + 1 >= cfg.max_steps
                     due_ckpt = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
                     flush = (len(window_loss) >= cfg.log_every or due_ckpt or step_in_epoch == spe or limit_hit
@@ -485,24 +555,35 @@ class _Trainer:
                         print(f"adam pretrain: stopped by {why} at stage {stage} step {epoch * spe + step_in_epoch}; "
                               f"checkpoint {self.out / 'last.pt'}; continue with --resume", flush=True)
                     return False
-                val = self._validate(stage, gamma if cfg.val_pruning else None)
+                val, values = self._measure(stage, epoch + 1, (epoch + 1) * spe, val_gamma)
                 is_best = math.isfinite(val) and (best_val is None or val < best_val)
                 if is_best:
                     best_val = val
                     self._save(stage_dir / "best.pt", {"model": net.state_dict(), "stage": {"index": stage, "n": n},
                                                        "epoch": epoch + 1, "step": (epoch + 1) * spe, "val_loss": val})
+                if cfg.snapshots:
+                    self._save(self.out / "snapshots" / f"{stage_dir.name}_epoch{epoch + 1}.pt",
+                               {"model": net.state_dict(), "stage": {"index": stage, "n": n}, "epoch": epoch + 1,
+                                "step": (epoch + 1) * spe, "val_loss": val})
                 row = {"stage": stage, "n": n, "epoch": epoch + 1, "step": (epoch + 1) * spe, "val_loss": val,
                        "best": is_best}
                 self.metrics.log(row, {"val/loss": val}, self._global_step(stage, (epoch + 1) * spe))
+                if values is not None:
+                    last_monitor = values
                 if ctx.main:
+                    shown = "".join(f", {k} {values[k]:.3g}" for k in ("knn_landmark", "knn_auc", "knn_accuracy",
+                                                                      "rankme", "alignment", "uniformity")
+                                    if values and k in values)
                     print(f"adam pretrain: stage {stage} n={n} epoch {epoch + 1}/{cfg.optim.epochs}: "
-                          f"val loss {val:.4f}{' (best)' if is_best else ''}", flush=True)
+                          f"val loss {val:.4f}{' (best)' if is_best else ''}{shown}", flush=True)
                 epoch, start = epoch + 1, 0
                 if epoch == cfg.optim.epochs:  # recorded before the last save, so a resume keeps it
                     seconds = time.perf_counter() - stage_t0
                     self.summary.append({"stage": stage, "n": n, "gamma": gamma, "epochs": cfg.optim.epochs,
                                          "best_val_loss": best_val, "best": str(stage_dir / "best.pt"),
                                          "collapse_warning": stage in self.collapsed,
+                                         "monitor_collapse_warning": stage in self.monitor_collapsed,
+                                         "monitor": last_monitor,
                                          "seconds": round(seconds, 1),
                                          "images_per_s": round(images_seen / seconds, 1) if images_seen else None})
                 self._save(self.out / "last.pt", state(epoch, 0))
@@ -549,18 +630,21 @@ class _Trainer:
                       f"loss unless val_pruning is set.", file=sys.stderr, flush=True)
         if bar is not None:
             bar.set_postfix(loss=f"{packed[k - 1]:.4f}", lr=f"{steps[-1][1]:.3g}", pruned=f"{packed[2 * k - 1]:.3f}",
-                            img_s=f"{rate:.1f}")
+                            img_s=f"{rate:.1f}", **({"monitor": self.monitor_value} if self.monitor_value else {}))
         if packed[-1] > 0 and stopper.signal is None:
             stopper.signal = "a signal on another rank"
         return packed[-1] > 0
 
     @torch.no_grad()
-    def _validate(self, stage: int, gamma) -> float:
+    def _validate(self, stage: int, gamma, collected=None) -> float:
+        """The validation loss (all ranks); ``collected``: a monitor collector recording the outputs."""
         net = self.model
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for im_q, im_k in self._loader(stage, 0, 0, train=False):
             with self._autocast():
                 out = net.validation_loss(self._to_device(im_q), self._to_device(im_k), gamma=gamma)
+            if collected is not None:
+                collected.add(out)
             total[0] += out["loss"].double() * im_q.shape[0]
             total[1] += im_q.shape[0]
         if self.ctx.distributed:
@@ -578,6 +662,7 @@ class _Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.summary = list(ckpt.get("summary", []))
             self.collapsed = set(ckpt.get("collapsed", []))
+            self.monitor_collapsed = set(ckpt.get("monitor_collapsed", []))
             stage = ckpt["stage"]["index"]
             if ckpt["epoch"] >= cfg.optim.epochs:  # that stage had finished
                 _set_rng_state(ckpt["rng"])

@@ -183,6 +183,47 @@ def test_segmentation_end_to_end_loss_decreases(synth, tmp_path, checkpoints):
     assert run["checkpoint"] is None
 
 
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_frozen_encoder_stays_bit_identical_and_the_head_trains(synth, tmp_path, checkpoints, task):
+    path, moco = checkpoints["adam"]
+    extra = {"dataset": "scr", "root": str(synth / "scr"), "masks": SCR_MASKS} if task == "seg" else \
+        {"dataset": "synthetic", "root": str(synth)}
+    cfg = FinetuneConfig(task=task, arch="resnet18", size=32, epochs=2, batch_size=4, workers=0, lr=1e-2,
+                         init=str(path), freeze_encoder=True, out=str(tmp_path / task), **extra)
+    run = finetune(cfg, progress=False)["runs"][0]
+    state = torch.load(run["checkpoint"], weights_only=True)["model"]
+    prefix = "encoder."  # Classifier.encoder and the U-Net's encoder
+    encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    trunk_keys = [k[len("encoder_q."):] for k in moco if k.startswith("encoder_q.") and ".fc." not in k
+                  and not k.startswith("encoder_q.fc.")]
+    assert trunk_keys and set(trunk_keys) <= set(encoder)
+    # weights and BN running statistics (eval mode) exactly as loaded
+    assert all(torch.equal(encoder[k], moco["encoder_q." + k]) for k in trunk_keys)
+    head = [k for k in state if not k.startswith(prefix)]
+    initial = {k: v for k, v in _fresh_head_state(task, synth).items()}
+    assert any(not torch.equal(state[k], initial[k]) for k in head if k in initial and state[k].is_floating_point())
+    assert "frozen encoder" in (tmp_path / task / "results.md").read_text()
+
+
+def _fresh_head_state(task, synth):
+    """The head of a newly built model under the run's seed (what training starts from)."""
+    from adam_ext.data.registry import open_dataset
+    from adam_ext.downstream.protocol import _make_task
+
+    cfg = FinetuneConfig(task=task, arch="resnet18", size=32, masks=SCR_MASKS if task == "seg" else None,
+                         dataset="scr" if task == "seg" else "synthetic",
+                         root=str(synth / "scr") if task == "seg" else str(synth)).resolved()
+    reader = open_dataset(cfg.dataset, cfg.root, split=cfg.train_split)
+    torch.manual_seed(0)
+    model, _ = _make_task(cfg, reader).build_model()
+    return model.state_dict()
+
+
+def test_freeze_encoder_must_be_a_bool():
+    with pytest.raises(ValueError, match="freeze_encoder"):
+        FinetuneConfig(task="seg", root="x", freeze_encoder="yes").resolved()
+
+
 def test_multiclass_segmentation_targets_and_loss(synth):
     from adam_ext.data.registry import open_dataset
 

@@ -262,8 +262,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path
 
     def poisoned(self, q, k, gamma):
         out = original(self, q, k, gamma)
-        calls["n"] += 1
-        if calls["n"] == 4:  # the 4th training step, index 3
+        calls["n"] += torch.is_grad_enabled()  # training steps only, not the validation passes
+        if calls["n"] == 4 and torch.is_grad_enabled():  # the 4th training step, index 3
             out["loss"] = out["loss"] * float("nan")
         return out
 

@@ -4,7 +4,7 @@ Coordinates. Anatomy is laid out in a canonical frame of an average subject, in
 fractions of the image: X from 0 (image left, the patient's right as on a PA film)
 to 1, Y from 0 (top) to 1. A subject perturbs the shapes; a view then maps the
 canonical frame to pixels with its own transform (zoom, aspect, shift, rotation
-up to ±5°). Masks and landmarks are rasterised from the same polygons as the
+up to ±7°). Masks and landmarks are rasterised from the same polygons as the
 image, so they agree with it exactly. Lateral offsets from the midline are written
 ``d`` (positive towards the side's wall) and sides carry a sign: -1 for the
 patient's right (image left), +1 for the patient's left.
@@ -89,7 +89,8 @@ class Subject:
 
 @dataclass
 class View:
-    """One exposure of a subject: pose, exposure and findings."""
+    """One exposure of a subject: pose, exposure, findings and what lies on the film besides
+    the patient (side marker, ECG electrodes, collimation), as on real radiographs."""
 
     zoom: float
     aspect: float
@@ -102,6 +103,9 @@ class View:
     grain: float
     bubble: float  # gastric air bubble size, 0 for none
     findings: tuple
+    marker: tuple = ()  # (letter "L"/"R", x, y, height) in fractions of the side; () for none
+    electrodes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (N, 2) centres, fractions
+    collimation: np.ndarray = field(default_factory=lambda: np.zeros(4))  # left, top, right, bottom widths
 
 
 @dataclass
@@ -152,6 +156,32 @@ def ribbon(center: np.ndarray, width) -> np.ndarray:
 def side_points(dy: np.ndarray, sign: float, thorax: float) -> np.ndarray:
     """(d, y) pairs -> canonical (X, Y) on one side of the midline."""
     return np.stack([0.5 + sign * thorax * dy[:, 0], dy[:, 1]], axis=1)
+
+
+def _film_extras(scene: _Scene, b: np.ndarray) -> np.ndarray:
+    """Draws what lies on the film besides the patient: ECG electrodes with their leads, the lead
+    side marker and collimation borders (unexposed, so bright after processing)."""
+    v, size = scene.view, scene.size
+    for x, y in v.electrodes * size:
+        r = 0.012 * size
+        cv2.circle(b, (int(x * 16), int(y * 16)), int(r * 16), 235.0, -1, cv2.LINE_AA, shift=4)
+        end = (int((x + scene.rng.uniform(-0.2, 0.2) * size) * 16), int(-0.05 * size * 16))
+        cv2.line(b, (int(x * 16), int(y * 16)), end, 200.0, max(1, round(0.004 * size)), cv2.LINE_AA, shift=4)
+    if v.marker:
+        letter, x, y, height = v.marker
+        scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, max(4, round(height * size)))
+        glyph = np.zeros((size, size), np.uint8)  # putText draws on 8-bit images only
+        cv2.putText(glyph, letter, (round(x * size), round((y + height) * size)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    255, max(1, round(height * size / 6)), cv2.LINE_AA)
+        alpha = glyph.astype(np.float32) / 255.0
+        b = b * (1.0 - alpha) + 250.0 * alpha
+    left, top, right, bottom = np.rint(v.collimation * size).astype(int)
+    b[:, :left] = b[:top, :] = 225.0
+    if right:
+        b[:, size - right:] = 225.0
+    if bottom:
+        b[size - bottom:, :] = 225.0
+    return b
 
 
 class Frame:
@@ -225,9 +255,12 @@ def sample_subject(rng: np.random.Generator) -> Subject:
     """Draws one patient's anatomy (canonical units) from ``rng``."""
     sex = "F" if rng.random() < 0.45 else "M"
     age = int(rng.integers(18, 86))
-    thorax, lung_h = rng.normal(1.0, 0.035), rng.normal(1.0, 0.04)
-    apex_y = 0.125 + rng.normal(0.0, 0.008)
-    dome_r = rng.normal(0.0, 0.015)
+    # Spreads of body habitus and inspiration depth; before they were widened (thorax 0.035, lung
+    # height 0.04, dome 0.015, heart 0.05) landmarks moved by only 2-3% of the film between
+    # patients and MoCo could not tell two phantoms apart even from nearly identical views.
+    thorax, lung_h = rng.normal(1.0, 0.07), rng.normal(1.0, 0.07)
+    apex_y = 0.125 + rng.normal(0.0, 0.012)
+    dome_r = rng.normal(0.0, 0.03)
     dome_l = dome_r + rng.uniform(0.012, 0.035)  # the right hemidiaphragm sits higher
 
     def vertical(pts):  # stretch the template's heights about the lung apex
@@ -244,12 +277,12 @@ def sample_subject(rng: np.random.Generator) -> Subject:
         lungs[name] = side_points(pts, sign, thorax)
     hila = {"right": np.array([0.5 - 0.07 * thorax, vertical(0.41)]) + rng.normal(0, 0.006, 2),
             "left": np.array([0.5 + 0.075 * thorax, vertical(0.39)]) + rng.normal(0, 0.006, 2)}
-    heart_scale = rng.normal(1.0, 0.05)
+    heart_scale = rng.normal(1.0, 0.1)
     heart = _scale_about(_HEART + rng.normal(0.0, 0.004, _HEART.shape), (0.53, 0.41),
                          heart_scale * thorax, heart_scale * lung_h)
-    heart += (rng.normal(0.0, 0.008), apex_y - 0.125 + 0.5 * dome_l)
+    heart += (rng.normal(0.0, 0.015), apex_y - 0.125 + 0.5 * dome_l)
     med = _MEDIASTINUM + rng.normal(0.0, 0.003, _MEDIASTINUM.shape)
-    med[:, 0] = 0.5 + (med[:, 0] - 0.5) * rng.normal(1.0, 0.07)
+    med[:, 0] = 0.5 + (med[:, 0] - 0.5) * rng.normal(1.0, 0.1)
     med[_KNOB, 0] += rng.uniform(-0.01, 0.012) + 0.012 * (age > 60)  # the aorta unfolds with age
     med[:, 1] = vertical(med[:, 1])
     carina = np.array([0.5 + rng.normal(0.004, 0.004), apex_y + rng.normal(0.185, 0.012) * lung_h])
@@ -277,15 +310,25 @@ def _sample_clavicles(rng: np.random.Generator, apex_y: float, thorax: float) ->
 
 
 def sample_view(rng: np.random.Generator, finding_rate: float) -> View:
-    """Draws one exposure: pose (rotation up to ±5°), exposure, and the findings to draw."""
+    """Draws one exposure: pose (rotation up to ±7°), exposure, the findings to draw, a side marker
+    (80% of films), ECG electrodes (35%) and collimation borders (50%)."""
     findings: tuple = ()
     if rng.random() < finding_rate:
         k = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
         findings = tuple(sorted(rng.choice(FINDINGS, size=k, replace=False).tolist()))
-    return View(zoom=rng.uniform(0.9, 1.03), aspect=rng.normal(1.0, 0.025), angle=rng.uniform(-5.0, 5.0),
-                shift=rng.normal(0.0, 0.012, 2), gain=rng.uniform(0.85, 1.15), gamma=rng.uniform(0.7, 1.05),
-                sharpen=rng.uniform(0.2, 0.9), equalize=rng.uniform(0.2, 0.5), grain=rng.uniform(0.012, 0.03),
-                bubble=rng.uniform(0.6, 1.3) if rng.random() < 0.7 else 0.0, findings=findings)
+    marker = ()
+    if rng.random() < 0.8:  # a lead side marker near an upper corner
+        left = rng.random() < 0.5
+        marker = ("R" if rng.random() < 0.7 else "L", rng.uniform(0.03, 0.12) if left else rng.uniform(0.82, 0.9),
+                  rng.uniform(0.03, 0.14), rng.uniform(0.04, 0.07))
+    electrodes = rng.uniform((0.15, 0.12), (0.85, 0.55), (int(rng.integers(2, 6)), 2)) if rng.random() < 0.35 \
+        else np.zeros((0, 2))
+    collimation = rng.uniform(0.0, 0.06, 4) * (rng.random(4) < 0.5) if rng.random() < 0.5 else np.zeros(4)
+    return View(zoom=rng.uniform(0.8, 1.08), aspect=rng.normal(1.0, 0.03), angle=rng.uniform(-7.0, 7.0),
+                shift=rng.normal(0.0, 0.025, 2), gain=rng.uniform(0.75, 1.3), gamma=rng.uniform(0.6, 1.2),
+                sharpen=rng.uniform(0.2, 0.9), equalize=rng.uniform(0.2, 0.5), grain=rng.uniform(0.01, 0.045),
+                bubble=rng.uniform(0.6, 1.3) if rng.random() < 0.7 else 0.0, findings=findings, marker=marker,
+                electrodes=electrodes, collimation=collimation)
 
 
 def _scale_about(pts: np.ndarray, center, sx: float, sy: float) -> np.ndarray:
@@ -343,7 +386,7 @@ def render(subject: Subject, view: View, size: int, rng: np.random.Generator) ->
     _landmarks(scene, heart)
     for name in view.findings:
         _FINDING_PAINTERS[name](scene)
-    brightness = _expose(scene)
+    brightness = _film_extras(scene, _expose(scene))
     rib_index = scene.masks.pop("rib_index")
     return Phantom(brightness=brightness, masks={k: scene.masks[k] for k in MASKS}, rib_index=rib_index,
                    landmarks=scene.landmarks, findings=scene.findings)

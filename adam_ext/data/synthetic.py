@@ -63,6 +63,9 @@ JSRT_NODULE_CASES = 154  # JPCLN001-154 in the real set, then JPCNN001-093
 SCR_MAX = 247
 FIELD_OF_VIEW_MM = 358.0  # ChestX-ray14: 0.143 mm pixels on ~2500 px films
 VAL_FRACTION = 0.1
+#: Version of the phantoms (synthetic.json). 2: wider habitus, pose and exposure, side markers,
+#: ECG electrodes and collimation (version 1's phantoms were too alike for MoCo to tell apart).
+GENERATOR_VERSION = 2
 TEST_FRACTION = 0.2
 _OWNED = ("images", "masks", "rib_index", "finding_masks", "scr", "Data_Entry_2017.csv", "BBox_List_2017.csv",
           "train_val_list.txt", "test_list.txt", "landmarks.csv", "findings.csv", "synthetic.json")
@@ -289,7 +292,7 @@ def _write_tables(out: Path, cfg: SynthConfig, rows: list[dict]) -> None:
     for name, keep in (("train_val_list.txt", False), ("test_list.txt", True)):
         names = [r["name"] for r in rows if (r["patient"] in test) == keep]
         (out / name).write_text("".join(f"{x}\n" for x in names))
-    meta = {"generator": "adam_ext.data.synthetic", "version": 1, **asdict(cfg), "classes": CLASSES,
+    meta = {"generator": "adam_ext.data.synthetic", "version": GENERATOR_VERSION, **asdict(cfg), "classes": CLASSES,
             "findings": FINDINGS, "masks": MASKS, "landmarks": LANDMARKS,
             "rib_index": "0 background, 1-12 right ribs 1-12, 13-24 left ribs 1-12",
             "scr_organs": SCR_ORGANS}

@@ -206,8 +206,11 @@ class ViewConfig:
         brightness, contrast, saturation: ColorJitter's strengths (factor in [max(0, 1 - s), 1 + s]).
         hue: ColorJitter's hue shift range [-hue, hue] (fraction of the colour circle).
         jitter_p: probability of the ColorJitter.
-        blur_sigma: range of the Gaussian blur's σ in pixels (of the ``size``-px view).
-        blur_kernel: blur kernel side in pixels, odd (MoCo v2's 23 for 224 px, ~10% of the side).
+        blur_sigma: range of the Gaussian blur's σ in pixels of the ``size``-px view. None (default):
+            MoCo v2's (0.1, 2.0) at 224 px, scaled by size / 224, so a smaller view is blurred as
+            much relative to its content (unscaled, a 64-px view got 3.5 times the paper's blur).
+        blur_kernel: blur kernel side in pixels, odd. None (default): MoCo v2's 23 at 224 px
+            (~10% of the side), scaled likewise to the nearest odd number, at least 3.
         blur_p: probability of the blur.
         degrees: rotation angle drawn from [-degrees, degrees]; nearest neighbour, corners filled 0.
         mean, std: per-channel normalisation of the [0, 1] intensities (ImageNet's by default).
@@ -221,8 +224,8 @@ class ViewConfig:
     saturation: float = 0.4
     hue: float = 0.1
     jitter_p: float = 0.8
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel: int = 23
+    blur_sigma: tuple[float, float] | None = None
+    blur_kernel: int | None = None
     blur_p: float = 0.5
     degrees: float = 30.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -230,6 +233,11 @@ class ViewConfig:
 
     def __post_init__(self):
         _check_size_and_scale(self.size, self.scale)
+        relative = self.size / 224  # the paper's sizes are for 224-px views
+        if self.blur_sigma is None:
+            object.__setattr__(self, "blur_sigma", (0.1 * relative, 2.0 * relative))
+        if self.blur_kernel is None:
+            object.__setattr__(self, "blur_kernel", max(3, 2 * round((23 * relative - 1) / 2) + 1))
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
         for name in ("brightness", "contrast", "saturation", "degrees"):

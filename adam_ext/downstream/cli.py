@@ -29,6 +29,7 @@ _FLAGS = {
     "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "patience": "patience",
     "shots": "shots", "runs": "runs", "seed": "seed", "out": "out", "workers": "workers", "device": "device",
     "seg_mode": "seg_mode", "train_split": "train_split", "test_split": "test_split",
+    "freeze_encoder": "freeze_encoder",
 }
 
 
@@ -59,6 +60,9 @@ def add_recipe_arguments(parser, task: str | None) -> None:
     parser.add_argument("--train-split", help="override the data set's training split")
     parser.add_argument("--test-split", help="override the data set's test split")
     parser.add_argument("--workers", type=int, help="DataLoader workers per process (default 4)")
+    parser.add_argument("--freeze-encoder", action="store_true", default=None,
+                        help="frozen-encoder evaluation: the encoder stays as loaded (eval-mode BN, no gradient), "
+                             "only the head trains (cls: linear probe; seg: U-Net decoder)")
     if task != "cls":
         parser.add_argument("--masks", help="seg: comma-separated mask names (default: all of the data set's)")
         parser.add_argument("--seg-mode", choices=("multilabel", "multiclass"), help="seg: default multilabel")

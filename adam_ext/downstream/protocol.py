@@ -122,6 +122,9 @@ class FinetuneConfig:
         train_split, test_split: split names (None: :data:`SPLITS`).
         arch: ResNet of the encoder (the checkpoint's must match).
         init: ``random``, ``imagenet:PATH`` or a checkpoint PATH (see :mod:`.init`).
+        freeze_encoder: the standard frozen-encoder protocol of self-supervised learning: the
+            encoder's weights and BN statistics stay as loaded (eval mode, no gradient) and only
+            the head trains (cls: a linear probe; seg: the U-Net decoder and head).
         size: input side in px (None: 512 for fundus, 224 otherwise).
         masks: seg: mask names to segment (None: all of the reader's); seg_mode: ``multilabel``
             (sigmoid per mask) or ``multiclass`` (softmax).
@@ -147,6 +150,7 @@ class FinetuneConfig:
     test_split: str | None = None
     arch: str = "resnet50"
     init: str = "random"
+    freeze_encoder: bool = False
     size: int | None = None
     masks: list | None = None
     seg_mode: str = "multilabel"
@@ -227,6 +231,7 @@ def validate(cfg: FinetuneConfig) -> None:
     _check(cfg.amp in ("none", "bf16"), "amp", "none or bf16", cfg.amp)
     _check(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
     _check(isinstance(cfg.save_weights, bool), "save_weights", "true or false", cfg.save_weights)
+    _check(isinstance(cfg.freeze_encoder, bool), "freeze_encoder", "true or false", cfg.freeze_encoder)
     _check(_is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
 
 
@@ -445,6 +450,9 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
     torch.manual_seed(seed)
     model, encoder = task.build_model()
     report = load_encoder(encoder, cfg.init, cfg.arch)
+    frozen = encoder if cfg.freeze_encoder else None
+    if frozen is not None:
+        frozen.requires_grad_(False)
     model.to(ctx.device)
     net = model
     if ctx.distributed:
@@ -460,7 +468,7 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
     loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None, sampler=sampler,
                         generator=torch.Generator().manual_seed(seed), num_workers=cfg.workers,
                         worker_init_fn=worker_init, pin_memory=ctx.device.type == "cuda")
-    optimizer = _optimizer(cfg, model.parameters())
+    optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     total = cfg.epochs * len(loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total)))))
@@ -472,7 +480,8 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_loss = _train_epoch(net, task, loader, optimizer, schedule, cfg, ctx,
-                                  f"{label} seed {seed} epoch {epoch}/{cfg.epochs}" if progress and ctx.main else None)
+                                  f"{label} seed {seed} epoch {epoch}/{cfg.epochs}" if progress and ctx.main else None,
+                                  frozen)
         metrics, val_loss = _evaluate(model, task, val_set, cfg, ctx)
         if monitor is None:  # whether the metric is defined depends on the set's labels only
             monitor = f"val_{task.primary}" if not math.isnan(metrics[task.primary]) else "val_loss"
@@ -543,14 +552,17 @@ def evaluate_checkpoint(path, *, split: str | None = None, device: str = "auto",
     return metrics
 
 
-def _train_epoch(net, task, loader, optimizer, schedule, cfg, ctx, desc) -> float:
-    """One epoch; returns the mean training loss over all ranks' samples (one sync per epoch)."""
+def _train_epoch(net, task, loader, optimizer, schedule, cfg, ctx, desc, frozen=None) -> float:
+    """One epoch; returns the mean training loss over all ranks' samples (one sync per epoch).
+    ``frozen``: a module kept in eval mode (a frozen encoder's BN statistics do not move)."""
     bar = None
     if desc is not None:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(loader), desc=desc, leave=False)
     net.train()
+    if frozen is not None:
+        frozen.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     count = torch.zeros((), dtype=torch.float64, device=ctx.device)
     for x, y in loader:
@@ -663,6 +675,8 @@ def results_markdown(result: dict) -> str:
     cfg, runs = result["config"], result["runs"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     shots = f", {cfg['shots']}-shot" if cfg.get("shots") else ""
+    if cfg.get("freeze_encoder"):
+        shots += ", frozen encoder (only the head trains)"
     lines = [
         f"# Fine-tuning: {result['task']} on {result['dataset']} from {result['label']}",
         "",
@@ -791,7 +805,7 @@ def compare_markdown(result: dict, cfg: FinetuneConfig) -> str:
         f"# Comparison: {result['task']} on {result['dataset']}",
         "",
         (f"{cfg.arch}, {len(result['seeds'])} run(s) per initialisation under the same seeds "
-         f"({', '.join(map(str, result['seeds']))}){f', {cfg.shots}-shot' if cfg.shots else ''}. "
+         f"({', '.join(map(str, result['seeds']))}){f', {cfg.shots}-shot' if cfg.shots else ''}{', frozen encoder' if cfg.freeze_encoder else ''}. "
          "Test metrics, mean ± sample std; p: independent two-sample t-test (scipy.stats.ttest_ind) "
          f"against `{base}`; n/a: undefined."),
         "",
