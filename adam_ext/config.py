@@ -87,15 +87,19 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with a cosine schedule, per stage.
+    """The optimiser (SGD in the paper) with a cosine schedule, per stage.
 
     Attributes:
+        optimizer: ``sgd`` (the paper's, with ``momentum``) or ``adamw`` (MoCo v3's; betas 0.9,
+            0.999, decoupled ``weight_decay``), which moves every layer from the first steps: what
+            a run of a few hundred steps on a CPU needs (see the ``demo`` preset).
         lr: learning rate per 256 images; the optimiser uses ``lr * batch_size / 256``.
         batch_size: global batch (all ranks together); must divide by the world size.
         epochs: epochs of each stage.
         warmup_epochs: linear warm-up before the cosine decay (0 in the paper).
     """
 
+    optimizer: str = "sgd"
     lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -266,6 +270,7 @@ def validate(cfg: PretrainConfig) -> None:
            "a positive int or null", m.mlp_hidden)
     _check(_is_num(m.m) and 0 <= m.m <= 1, "model.m", "in [0, 1]", m.m)
     _check(_is_num(m.T) and m.T > 0, "model.T", "> 0", m.T)
+    _check(o.optimizer in ("sgd", "adamw"), "optim.optimizer", "sgd or adamw", o.optimizer)
     _check(_is_num(o.lr) and o.lr > 0, "optim.lr", "> 0", o.lr)
     _check(_is_num(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
     _check(_is_num(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)

@@ -273,7 +273,7 @@ class RepresentationMonitor:
                             [val_reader.image(i) for i in score], labels_va[score])
 
     def collector(self, encoder):
-        """A context manager for the validation pass: while it is open, ``add(out)`` with each
+        """A context manager for the validation pass: while it is open, ``add(out, second)`` with each
         batch's :meth:`adam_ext.models.MoCo.validation_loss` output records the batch; the pooled
         features of ``encoder`` (its ``fc`` input) are captured by a forward pre-hook."""
         return _Collector(encoder, self.images)
@@ -359,15 +359,19 @@ class _Collector:
         pooled, self._last = (self._last if self._last is not None else head.detach().float()), None
         return pooled
 
-    def add(self, out: dict) -> None:
-        """Records one validation batch (``q``: the query encoder's outputs, the last pooled
-        features captured; ``k``: the key encoder's, which ran after it)."""
+    def add(self, out: dict, second) -> None:
+        """Records one validation batch: ``out['q']``, the query encoder's head outputs of the
+        first views, with the pooled features captured as they were computed, and ``second()``,
+        which computes the query encoder's head outputs of the second views (called only while
+        rows are wanted; alignment is a property of one encoder, and MoCo's key encoder lags)."""
         pooled, self._last = self._last, None
         if self.limit is not None and self.rows >= self.limit:
             return
+        second = second()
+        self._last = None
         take = out["q"].shape[0] if self.limit is None else min(out["q"].shape[0], self.limit - self.rows)
         self.q.append(out["q"][:take].detach().float().cpu())
-        self.k.append(out["k"][:take].detach().float().cpu())
+        self.k.append(F.normalize(second[:take].detach().float(), dim=1).cpu())
         self.pooled.append((pooled if pooled is not None else out["q"])[:take].detach().float().cpu())
         self.rows += take
 

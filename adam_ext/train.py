@@ -373,8 +373,11 @@ class _Trainer:
     def _new_optimizer(self):
         o = self.cfg.optim
         lr = o.lr * self.global_batch / 256
-        optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=lr, momentum=o.momentum,
-                                    weight_decay=o.weight_decay)
+        if o.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.model.encoder_q.parameters(), lr=lr, weight_decay=o.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=lr, momentum=o.momentum,
+                                        weight_decay=o.weight_decay)
         total = o.epochs * self.steps_per_epoch
         warmup = round(o.warmup_epochs * self.steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
@@ -641,10 +644,11 @@ class _Trainer:
         net = self.model
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for im_q, im_k in self._loader(stage, 0, 0, train=False):
+            im_k = self._to_device(im_k)
             with self._autocast():
-                out = net.validation_loss(self._to_device(im_q), self._to_device(im_k), gamma=gamma)
-            if collected is not None:
-                collected.add(out)
+                out = net.validation_loss(self._to_device(im_q), im_k, gamma=gamma)
+                if collected is not None:  # inside the collector the query encoder is in eval mode
+                    collected.add(out, lambda: net.encoder_q(im_k))
             total[0] += out["loss"].double() * im_q.shape[0]
             total[1] += im_q.shape[0]
         if self.ctx.distributed:
@@ -784,6 +788,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="optim.epochs of each stage")
     p.add_argument("--batch-size", type=int, help="optim.batch_size (global)")
     p.add_argument("--backbone", help="model.backbone")
+    p.add_argument("--monitor-every", type=int, metavar="STEPS",
+                   help="monitor.every: also run the representation monitors every STEPS steps (they always "
+                        "run at the end of each epoch)")
     p.add_argument("--resume", nargs="?", const="auto", help="continue from LAST.pt (default: OUT/last.pt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -793,7 +800,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _run(args) -> int:
     overrides = []
     for flag, key in (("root", "data.root"), ("dataset", "data.dataset"), ("out", "out"), ("epochs", "optim.epochs"),
-                      ("batch_size", "optim.batch_size"), ("backbone", "model.backbone")):
+                      ("batch_size", "optim.batch_size"), ("backbone", "model.backbone"),
+                      ("monitor_every", "monitor.every")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.stages is not None:
@@ -814,7 +822,9 @@ def _print_summary(summary: dict) -> None:
         return
     print("adam pretrain: done")
     for s in summary["stages"]:
+        mon = s.get("monitor") or {}
+        shown = "".join(f", {k} {mon[k]:.3g}" for k in ("knn_landmark", "knn_auc", "knn_accuracy", "rankme") if k in mon)
         print(f"  stage {s['stage']} n={s['n']} gamma={s['gamma']}: best val loss {s['best_val_loss']:.4f}, "
-              f"{s['seconds']:.0f} s, {s['images_per_s']} images/s")
+              f"{s['seconds']:.0f} s, {s['images_per_s']} images/s{shown}")
     print(f"  weights: {summary['best']}  (export: adam export {summary['best']} --format torchvision OUT.pth)")
     print(f"  report:  {summary['report']}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The checks a session with a GPU runs, in one go and within a few minutes of device time:
-# build the extension for the card, the operator's tests on CUDA, the loss benchmark (fp32 and bf16),
+# The checks a session with a GPU runs, in one go and within a few minutes of device time, in priority
+# order: build the extension for the card, the learning curve at resnet50 / 224 px, the operator's tests on CUDA, the loss benchmark (fp32 and bf16),
 # the pretraining-step benchmark, a short pretraining run with bf16 autocast, then fine-tuning
 # (classification and segmentation, bf16) and the Eve analyses on CUDA.
 #
@@ -35,6 +35,20 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$cc} MAX_JOBS=${MAX_JOBS:-16
 rm -f adam_ext/_C*.so
 run 240 $PY setup.py -q build_ext --inplace
 $PY -c "import adam_ext, json; print(json.dumps(adam_ext.build_info()))" || { echo "extension did not load"; exit 1; }
+
+step "learning curve at resnet50 / 224 px, issue 11 (needs segmentation-models-pytorch and albumentations)"
+# Adam (n = 0, 2, 4) and MoCo v2 (n = 0) for the same 3 x 4 epochs over 2,000 synthetic 512-px films,
+# snapshots at 1/4, 1/2 and all of the run, 16-shot heart + clavicles at 224 px fine-tuned and frozen, 10 seeds.
+if $PY -c "import segmentation_models_pytorch, albumentations" 2>/dev/null; then
+  run 480 $PY python/learning_curve.py --out "$OUT/curve_resnet50" --budgets 0.25,0.5,1 --runs 10 --device cuda \
+    --arch resnet50 --size 224 --epochs 30 --patience 10 --batch-size 16 --workers 8 --no-progress \
+    --set data.root=/tmp/gpu_curve_data --set data.synthetic_n=2000 --set data.synthetic_size=512 \
+    --set data.view_size=224 --set data.workers=8 --set model.backbone=resnet50 --set model.dim=128 \
+    --set model.mlp_hidden=2048 --set model.K=4096 --set optim.batch_size=128 --set optim.epochs=4 \
+    --set amp=bf16 --set monitor.knn_images=32
+else
+  echo "skipped: segmentation-models-pytorch or albumentations is not importable"
+fi
 
 step operator tests on CUDA
 run 200 $PY -m pytest -q -p no:cacheprovider -k cuda tests/test_pruned_info_nce.py tests/test_bad_inputs.py \
