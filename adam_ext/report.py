@@ -170,6 +170,8 @@ def write_report(run) -> Path:
         for s in summary["stages"]:
             best = "n/a" if s["best_val_loss"] is None else f"{s['best_val_loss']:.4f}"
             collapse = " (collapse warning)" if s.get("collapse_warning") else ""
+            if s.get("monitor_collapse_warning"):
+                collapse += " (monitors: representation collapsed)"
             lines.append(f"| {s['stage']} | {s['n']} | {s['gamma']}{collapse} | {s['epochs']} | {best} | "
                          f"{s['seconds']} | {s['images_per_s']} |")
         lines += ["", f"Validation loss: InfoNCE of held-out images against the queue, "

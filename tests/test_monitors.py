@@ -173,3 +173,19 @@ def test_monitors_leave_the_run_bit_identical_and_are_logged(data, tmp_path):
 def test_bad_monitor_settings_name_the_field(data, tmp_path, override, name):
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
         tiny(data, tmp_path, **override)
+
+
+def test_a_collapse_seen_by_the_monitors_is_warned_and_reported(data, tmp_path, monkeypatch, capsys):
+    from adam_ext.monitors import RepresentationMonitor
+
+    collapsed = {"rankme": 1.0, "collapse_std": 0.0, "collapse_std_healthy": 0.35, "alignment": 0.0,
+                 "uniformity": 0.0}
+    monkeypatch.setattr(RepresentationMonitor, "label_free", lambda self, collected: dict(collapsed))
+    cfg = tiny(data, tmp_path / "run", knn_images=2)
+    cfg.stages = [0]
+    summary = pretrain(cfg, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("the representation collapsed") == 1  # once a stage, not at its start (step 0)
+    assert "at stage 0 (n=0) step 0" not in err
+    assert summary["stages"][0]["monitor_collapse_warning"] is True
+    assert "(monitors: representation collapsed)" in (tmp_path / "run" / "report.md").read_text()
