@@ -45,9 +45,10 @@ bench: $(VENV)/.built
 # machine. Run again after an interruption and the pretraining resumes.
 # The few-shot recipe trains 160 steps (40 epochs of 4 batches of 4): the earlier 15 epochs of 2
 # batches (30 steps) stopped every run while its validation Dice was still rising, so the table
-# measured how fast a decoder starts, not the encoder (README, "What the demo learns").
+# measured how fast a decoder starts, not the encoder (README, "What the demo learns"). No loader
+# worker: its start cost 2 s of every 2.5-s epoch (the fine-tuning loader's workers are not persistent).
 DEMO_SEG := --data data/synthetic/scr --masks "heart,left clavicle,right clavicle" --arch resnet18 \
-	--size 64 --shots 16 --runs 3 --epochs 40 --patience 15 --batch-size 4 --lr 1e-3 --workers 1
+	--size 64 --shots 16 --runs 3 --epochs 40 --patience 15 --batch-size 4 --lr 1e-3 --workers 0
 DEMO_EVE := --ckpt adam=runs/demo/best.pt --ckpt random --arch resnet18 --data data/synthetic --size 64
 demo: $(VENV)/.built
 	$(VENV)/bin/adam pretrain --preset demo $(if $(wildcard runs/demo/last.pt),--resume)

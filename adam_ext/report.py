@@ -91,7 +91,9 @@ def _monitor_lines(rows: list[dict]) -> list[str]:
     names = [m for m in MONITORS if any(m in r["monitor"] for r in rows)]
     lines = ["## Representation monitors", "",
              "Measured on validation images in eval mode at each stage's start and after every epoch "
-             "(`adam_ext.monitors`); the first row of stage 0 is the random initialisation.", "",
+             "(`adam_ext.monitors`); the first row of stage 0 is the random initialisation. (The validation "
+             "loss logged there is low for another reason: the initial queue holds random keys, nearly "
+             "orthogonal to every embedding of a random network, whose embeddings are nearly collinear.)", "",
              "| stage | n | | " + " | ".join(MONITORS[m][0] for m in names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     for stage in sorted({r["stage"] for r in rows}):
@@ -127,7 +129,7 @@ def _plot(train: list[dict], val: list[dict], key: str, ylabel: str, out: Path, 
         ax.plot(steps, _moving_average(values, max(1, len(values) // 20)), color=line.get_color(), lw=1.8,
                 label=f"stage {stage} (n={n}) train")
         if key == "loss":
-            v = [r for r in val if r["stage"] == stage]
+            v = [r for r in val if r["stage"] == stage and r["epoch"] > 0]  # epoch 0: before training
             if v:
                 ax.plot(np.array([r["step"] for r in v]) + offset, [r["val_loss"] for r in v], "o--",
                         color=line.get_color(), ms=4, label=f"stage {stage} (n={n}) validation")
