@@ -116,9 +116,8 @@ def uniformity(embeddings, t: float = 2.0) -> float:
         on a D-sphere (−4 for t = 2 and large D); lower is more uniform.
     """
     x = F.normalize(_matrix(embeddings, "embeddings", 2), dim=1)
-    n = x.shape[0]
     sq = torch.pdist(x).pow(2)  # the n(n-1)/2 distinct pairs
-    return float(torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())) if n > 1 else 0.0
+    return float(torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel()))
 
 
 def weighted_knn_scores(train, train_labels, test, *, k: int = 20, temperature: float = 0.07,
@@ -261,10 +260,13 @@ class RepresentationMonitor:
 
         self.knn = None
         fit, score = pick(train_indices, knn_images), pick(val_indices, knn_images)
-        if getattr(train_reader, "landmark_names", None):
+        if getattr(train_reader, "landmark_names", None) and fit and score:
             side = 1.0 / max(n, 2)
-            self.knn = ("knn_landmark",) + _landmark_set(train_reader, fit, side) + \
-                _landmark_set(val_reader, score, side / 2)
+            try:
+                self.knn = ("knn_landmark",) + _landmark_set(train_reader, fit, side) + \
+                    _landmark_set(val_reader, score, side / 2)
+            except ValueError:  # no annotated landmark in the images drawn: no k-NN monitor
+                self.knn = None
         else:
             labels_tr, labels_va = getattr(train_reader, "labels", None), getattr(val_reader, "labels", None)
             if isinstance(labels_tr, np.ndarray) and isinstance(labels_va, np.ndarray) and len(labels_tr):
@@ -319,21 +321,14 @@ class RepresentationMonitor:
 
 
 def _landmark_set(reader, indices, fraction: float) -> tuple[list, np.ndarray]:
-    """Patches of side ``fraction`` × the shorter image side centred on every annotated landmark."""
-    from .data.landmarks import extract_patch
+    """Patches of side ``fraction`` × the shorter image side centred on every annotated landmark of
+    the images ``indices`` (:func:`adam_ext.data.landmarks.landmark_patches`), with their landmark."""
+    from torch.utils.data import Subset
 
-    patches, labels = [], []
-    for i in indices:
-        item = reader[i]
-        image, points = item["image"], item.get("landmarks")
-        if points is None:
-            continue
-        side = max(1, round(fraction * min(image.shape[-2:])))
-        for j, (x, y) in enumerate(torch.as_tensor(points, dtype=torch.float64).tolist()):
-            if math.isfinite(x) and math.isfinite(y):
-                patches.append(extract_patch(image, (x, y), side))
-                labels.append(j)
-    return patches, np.asarray(labels, np.int64)
+    from .data.landmarks import landmark_patches
+
+    found = landmark_patches(Subset(reader, list(indices)), levels=(fraction,))
+    return found.patches, found.landmark
 
 
 class _Collector:

@@ -46,6 +46,15 @@ def eve_data(tmp_path_factory):
     return root / "data", weights
 
 
+@pytest.fixture(scope="session")
+def driver_data(tmp_path_factory):
+    """24 synthetic 64-px radiographs for the drivers in python/ (gamma ablation, learning curve):
+    ChestX-ray14 layout for pretraining, SCR layout under scr/ for few-shot segmentation."""
+    from adam_ext.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("driver_data"), 24, size=64, seed=3, workers=1, progress=False)
+
+
 @pytest.fixture
 def seed(request):
     """A fresh seed per test, derived from its name so failures reproduce."""

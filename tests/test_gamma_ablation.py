@@ -11,7 +11,6 @@ import pytest
 import torch
 from test_scripts import load  # the scripts are loaded by path, as there
 
-from adam_ext.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    """24 synthetic 64-px radiographs: ChestX-ray14 layout (pretraining), SCR layout under scr/."""
-    return generate(tmp_path_factory.mktemp("synth"), 24, size=64, seed=3, workers=1, progress=False)
+def synth(driver_data):
+    return driver_data
 
 
 def tiny_args(synth, out, *extra):

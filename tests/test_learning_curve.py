@@ -10,7 +10,6 @@ import pytest
 from test_scripts import load  # the scripts are loaded by path, as there
 
 from adam_ext.config import load_config
-from adam_ext.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synth"), 24, size=64, seed=3, workers=1, progress=False)
+def synth(driver_data):
+    return driver_data
 
 
 def tiny_args(synth, out, *extra):
