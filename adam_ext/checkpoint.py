@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_json", "atomic_write_text", "json_safe"]
+from .runfolder import RunFolderError, WriteError
+
+__all__ = ["WriteError", "atomic_save", "atomic_write_files", "atomic_write_json", "atomic_write_text", "json_safe"]
 
 
 def atomic_save(obj, out) -> None:
@@ -45,9 +50,71 @@ def atomic_write_json(out, obj) -> None:
     atomic_write_text(out, json.dumps(json_safe(obj), indent=2) + "\n")
 
 
+def atomic_write_files(folder, writers: dict) -> None:
+    """Writes ``{name: write(binary file)}`` into ``folder``, all or nothing: each to a temp file
+    (fsync), and only once every one is written are they renamed over their names. A failure
+    removes the temp files and leaves the previous files as they were.
+
+    Raises:
+        WriteError: ``cannot write FOLDER/NAME: REASON`` (full disk, read-only folder...).
+    """
+    folder = os.fspath(folder)
+    staged: list[str] = []
+    with _named_errors(lambda: os.path.join(folder, name)):
+        try:
+            for name, write in writers.items():
+                staged.append(_write_temp(os.path.join(folder, name), write))
+            for tmp, name in zip(staged, writers):
+                os.replace(tmp, os.path.join(folder, name))
+        except BaseException:
+            for tmp in staged:
+                _unlink(tmp)
+            raise
+    _fsync_dir(folder)
+
+
+@contextmanager
+def _named_errors(out):
+    """Turns an OSError, or torch.save's RuntimeError, inside the block into a :class:`WriteError`
+    naming the file (``out()``, called then) and the reason."""
+    try:
+        yield
+    except (WriteError, RunFolderError):
+        raise
+    except OSError as exc:
+        raise WriteError(exc.errno, f"cannot write {out()}: {exc.strerror or exc}") from exc
+    except RuntimeError as exc:  # torch.save reports a short write as "enforce fail at inline_container.cc"
+        try:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(out()))).free
+        except OSError:
+            free = None
+        reason = f"the disk may be full ({free / 2**20:.0f} MiB free)" if free is not None else "a failed write"
+        raise WriteError(errno.ENOSPC if free is not None and free < 2**26 else errno.EIO,
+                         f"cannot write {out()}: {reason}; torch.save said: {str(exc).splitlines()[0][:200]}") \
+            from exc
+
+
 def _atomic_write(out, write) -> None:
     out = os.fspath(out)
+    with _named_errors(lambda: out):
+        _atomic_write_unchecked(out, write)
+
+
+def _atomic_write_unchecked(out: str, write) -> None:
+    tmp = _write_temp(out, write)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(out)))
+
+
+def _write_temp(out: str, write) -> str:
+    """``write``s a temp file beside ``out`` (fsynced) and returns its path; removes it on failure."""
     directory = os.path.dirname(os.path.abspath(out))
+    if os.path.islink(out):
+        raise RunFolderError(f"{out!r} is a symbolic link; adam_ext never writes through links: remove it")
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
     try:
@@ -59,14 +126,22 @@ def _atomic_write(out, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, out)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
         raise
-    try:  # make the rename itself durable; not every platform can open a directory
+    return tmp
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(directory: str) -> None:
+    """Makes renames in ``directory`` durable; not every platform can open a directory."""
+    try:
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return

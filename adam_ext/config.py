@@ -253,6 +253,7 @@ def validate(cfg: PretrainConfig) -> None:
     _check(d.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", d.dataset)
     _check(isinstance(d.root, str), "data.root", "a folder path", d.root)
     _check(isinstance(d.options, dict), "data.options", "a mapping of reader options", d.options)
+    _check_reader_options(d.dataset, d.options)
     _check(_is_num(d.val_fraction) and 0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
     for name in ("view_size", "synthetic_n", "synthetic_size"):
         _check(_is_int(getattr(d, name)) and getattr(d, name) > 0, f"data.{name}", "a positive int", getattr(d, name))
@@ -286,7 +287,7 @@ def validate(cfg: PretrainConfig) -> None:
         value = getattr(cfg, name)
         _check(value is None or (_is_num(value) and -1 <= value <= 1), name, "null or in [-1, 1]", value)
     _check(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
-    _check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", "an int >= 0", cfg.seed)
+    _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2**63, "seed", "an int in [0, 2**63)", cfg.seed)
     _check(cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", cfg.device)
     _check(cfg.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16", cfg.amp)
     for name in ("checkpoint_every", "max_steps"):
@@ -304,6 +305,42 @@ def validate(cfg: PretrainConfig) -> None:
     _check(_is_num(mon.temperature) and mon.temperature > 0, "monitor.temperature", "> 0", mon.temperature)
 
 
+def _check_reader_options(dataset: str, options: dict) -> None:
+    """Raises ValueError naming a ``data.options`` key that the data set's reader does not take."""
+    import inspect
+
+    from .data.registry import dataset_class
+
+    taken = set()
+    for klass in dataset_class(dataset).__mro__:  # a reader passes **options on to its base class
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        taken |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    else:
+        return  # every __init__ takes **kwargs: nothing to check against
+    taken = sorted(taken - {"self", "root", "split", "transform"})
+    for key in options:
+        if key not in taken:
+            raise ValueError(f"data.options has unknown key {key!r} for data set {dataset!r}; expected some of "
+                             f"{taken} (options of another data set do not carry over: set data.options={{}} "
+                             f"to clear them)")
+
+
+def _yaml_load(text_or_file, where: str):
+    """``yaml.safe_load`` whose errors (a malformed file, a ``!!python`` tag) are a ValueError naming ``where``."""
+    try:
+        return yaml.safe_load(text_or_file)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{where} is not valid YAML for a configuration{at}: {problem}; only plain values, "
+                         f"lists and mappings are read (tags such as !!python are refused)") from None
+
+
 def _build(cls, values: dict, prefix: str):
     if not isinstance(values, dict):
         raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
@@ -319,9 +356,11 @@ def _build(cls, values: dict, prefix: str):
 
 
 def _merge(base: dict, update: dict) -> dict:
+    """``update`` merged into ``base`` key by key; an empty mapping in ``update`` replaces (clears)."""
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        merge = isinstance(value, dict) and value and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if merge else value
     return out
 
 
@@ -330,7 +369,7 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override must look like key=value (e.g. optim.lr=0.06), got {text!r}")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = _yaml_load(raw, f"override {text!r}") if raw.strip() else None
     if isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" (no dot) as a string
             value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
@@ -385,7 +424,7 @@ def layered_values(base: dict | None, path, overrides) -> dict:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
         with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
+            loaded = _yaml_load(f, f"config file {path!r}") or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path!r} must hold a mapping, got {type(loaded).__name__}")
         values = _merge(values, loaded)

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .checkpoint import atomic_write_text
+from .runfolder import read_jsonl, refuse_symlinks
+
 __all__ = ["read_metrics", "read_monitors", "write_report"]
 
 #: monitor name -> (axis label, what a healthy trend looks like)
@@ -38,7 +41,7 @@ def read_metrics(run) -> tuple[list[dict], list[dict]]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"run must be a pretraining run folder holding metrics.jsonl, got {str(run)!r}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
 
 
@@ -47,8 +50,7 @@ def read_monitors(run) -> list[dict]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "monitor" in r]
+    return [r for r in read_jsonl(path) if "monitor" in r]
 
 
 def _plot_monitors(rows: list[dict], out: Path) -> Path:
@@ -157,6 +159,7 @@ def write_report(run) -> Path:
     """
     run = Path(run)
     train, val = read_metrics(run)
+    refuse_symlinks(run)  # the report's files are overwritten: never through a link
     if not train:
         raise ValueError(f"run {str(run)!r} has no training steps in metrics.jsonl yet")
     _plot(train, val, "loss", "InfoNCE loss", run / "loss.png")
@@ -212,7 +215,7 @@ def write_report(run) -> Path:
     if config.is_file():
         lines += ["## Configuration", "", "```yaml", config.read_text().rstrip(), "```", ""]
     out = run / "report.md"
-    out.write_text("\n".join(lines))
+    atomic_write_text(out, "\n".join(lines))
     return out
 
 

@@ -43,8 +43,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from . import __version__
-from .checkpoint import atomic_save
+from . import __version__, runfolder
+from .checkpoint import atomic_save, atomic_write_text
 from .config import PretrainConfig, config_differences, dump_config, load_config
 from .distributed import ProcessContext
 from .models import MoCo, check_queue_size
@@ -161,10 +161,14 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ResumeError(f"resume file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ResumeError(f"resume file {str(path)!r} is empty (0 bytes), not a checkpoint; a run's own "
+                          f"checkpoints are written atomically and are never empty")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise ResumeError(f"resume file {str(path)!r} cannot be read as a checkpoint: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ResumeError(f"resume file {str(path)!r} cannot be read as a checkpoint: {reason}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         raise ResumeError(f"resume file {str(path)!r} is not an adam_ext pretraining checkpoint "
                           f"(expected kind {CHECKPOINT_KIND!r}); to start from other weights use model.weights")
@@ -262,20 +266,27 @@ class _Metrics:
             self.writer = SummaryWriter(str(out / "tensorboard"))
 
     def truncate_after(self, stage: int, step: int) -> None:
-        """Drops rows logged after (stage, step): a resumed run logs them again."""
+        """Keeps what the checkpoint at (stage, ``step`` steps done) had seen: training rows of
+        steps before ``step`` (a row's ``step`` is the step's index) and validation / monitor rows
+        up to ``step`` (theirs is the number of steps done); a resumed run logs the rest again.
+        A torn last line is dropped with a warning (:func:`adam_ext.runfolder.read_jsonl`)."""
         if not self.enabled or not self.path.is_file():
             return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if (r["stage"], r["step"]) <= (stage, step)]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = runfolder.read_jsonl(self.path)
+        for w in caught:
+            print(f"adam pretrain: warning: {w.message}", file=sys.stderr, flush=True)
+
+        def seen(r):
+            return r["stage"] < stage or (r["stage"] == stage and (r["step"] < step if "loss" in r else r["step"] <= step))
+
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows if seen(r)))
 
     def log(self, row: dict, scalars: dict, global_step: int) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        runfolder.append_line(self.path, json.dumps(row))
         if self.writer is not None:
             for name, value in scalars.items():
                 if value is not None:
@@ -364,6 +375,7 @@ class _Trainer:
         self.monitor_collapsed: set[int] = set()  # stages whose monitors signalled a collapse
         self.monitor = None  # the stage's RepresentationMonitor (rank 0 only)
         self.monitor_value: str | None = None  # the latest headline monitor, for the progress bar
+        self.stopped_by: str | None = None  # what interrupted the run: a signal's name or "max_steps"
 
     # -- per stage ------------------------------------------------------------------------------
 
@@ -554,6 +566,7 @@ class _Trainer:
                 if stopped and step_in_epoch < spe:
                     self._save(self.out / "last.pt", state(epoch, step_in_epoch))
                     why = stopper.signal or f"max_steps={cfg.max_steps}"
+                    self.stopped_by = stopper.signal or "max_steps"
                     if ctx.main:
                         print(f"adam pretrain: stopped by {why} at stage {stage} step {epoch * spe + step_in_epoch}; "
                               f"checkpoint {self.out / 'last.pt'}; continue with --resume", flush=True)
@@ -591,6 +604,7 @@ class _Trainer:
                                          "images_per_s": round(images_seen / seconds, 1) if images_seen else None})
                 self._save(self.out / "last.pt", state(epoch, 0))
                 if stopped:  # the signal came at the epoch's last step
+                    self.stopped_by = stopper.signal or "max_steps"
                     if ctx.main:
                         print(f"adam pretrain: stopped by {stopper.signal or 'max_steps'} after stage {stage} "
                               f"epoch {epoch}; continue with --resume", flush=True)
@@ -657,12 +671,12 @@ class _Trainer:
 
     # -- the whole run -----------------------------------------------------------------------------
 
-    def run(self, resume_path=None) -> dict:
+    def run(self, resume_path=None, ckpt=None) -> dict:
+        """Runs the stages, from the start or from ``ckpt`` (the checkpoint at ``resume_path``,
+        already checked by :func:`_check_resumable`)."""
         cfg, ctx = self.cfg, self.ctx
         stage, resume = 0, None
         if resume_path is not None:
-            ckpt = load_checkpoint(resume_path)
-            _check_resumable(ckpt, cfg, resume_path)
             self.model.load_state_dict(ckpt["model"])
             self.summary = list(ckpt.get("summary", []))
             self.collapsed = set(ckpt.get("collapsed", []))
@@ -698,19 +712,34 @@ class _Trainer:
         self.model.load_state_dict(best["model"])
 
     def _finish(self, interrupted: bool) -> dict:
-        summary = {"interrupted": interrupted, "stages": self.summary, "out": str(self.out),
-                   "config": str(self.out / "config.yaml")}
+        summary = {"interrupted": interrupted, "stopped_by": self.stopped_by if interrupted else None,
+                   "stages": self.summary, "out": str(self.out), "config": str(self.out / "config.yaml")}
         if self.ctx.main and not interrupted:
             last_best = self._stage_dir(len(self.cfg.stages) - 1) / "best.pt"
             best = torch.load(last_best, map_location="cpu", weights_only=True)
             atomic_save(self._checkpoint(best), self.out / "best.pt")
             summary["best"] = str(self.out / "best.pt")
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
             from .report import write_report
 
             summary["report"] = str(write_report(self.out))
         self.ctx.barrier()
         return summary
+
+
+def _prepare_run_folder(out: Path, cfg: PretrainConfig, fresh: bool) -> None:
+    """Checks the (locked) run folder and writes its configuration; a fresh run starts its metrics."""
+    runfolder.refuse_symlinks(out)
+    if fresh and (out / "last.pt").is_file():
+        raise ValueError(f"out folder {str(out)!r} already holds a run (last.pt); pass --resume to "
+                         f"continue it or choose another out")
+    removed = runfolder.remove_stale_temps(out)
+    if removed:
+        print(f"adam pretrain: removed {len(removed)} temporary file(s) left by an interrupted run "
+              f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})", flush=True)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    if fresh:
+        atomic_write_text(out / "metrics.jsonl", "")
 
 
 def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
@@ -729,8 +758,12 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (names the step; no checkpoint holds it).
-        ResumeError: the resume file is missing, foreign or from another configuration.
+        ResumeError: the resume file is missing, foreign or from another configuration (nothing in
+            the run folder has changed).
         ValueError: a configuration that cannot run (e.g. a batch larger than the data set).
+        adam_ext.runfolder.RunFolderError: another live process holds the run folder, or it holds a
+            symbolic link.
+        OSError: a file could not be written (read-only folder, full disk); the message names it.
     """
     if not cfg.data.root:
         raise ValueError("data.root must name the folder of training images, got ''")
@@ -745,16 +778,16 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
         out = Path(cfg.out)
         if resume == "auto":
             resume = out / "last.pt" if (out / "last.pt").is_file() else None
-        if ctx.main:
-            out.mkdir(parents=True, exist_ok=True)
-            if resume is None and (out / "last.pt").is_file():
-                raise ValueError(f"out folder {str(out)!r} already holds a run (last.pt); pass --resume to "
-                                 f"continue it or choose another out")
-            (out / "config.yaml").write_text(dump_config(cfg))
-            if resume is None:
-                (out / "metrics.jsonl").write_text("")
-        _ensure_synthetic(cfg, ctx)
-        summary = _Trainer(cfg, ctx, progress).run(resume)
+        ckpt = None
+        if resume is not None:  # accepted before anything in the run folder changes
+            ckpt = load_checkpoint(resume)
+            _check_resumable(ckpt, cfg, resume)
+        with contextlib.ExitStack() as held:
+            if ctx.main:
+                held.enter_context(runfolder.lock(out))  # one writer per folder, until the run ends
+                _prepare_run_folder(out, cfg, fresh=resume is None)
+            _ensure_synthetic(cfg, ctx)
+            summary = _Trainer(cfg, ctx, progress).run(resume, ckpt)
         failed = False
         return summary
     except Exception as exc:
@@ -791,13 +824,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--monitor-every", type=int, metavar="STEPS",
                    help="monitor.every: also run the representation monitors every STEPS steps (they always "
                         "run at the end of each epoch)")
-    p.add_argument("--resume", nargs="?", const="auto", help="continue from LAST.pt (default: OUT/last.pt)")
+    p.add_argument("--resume", nargs="?", const="auto",
+                   help="continue from LAST.pt (default: OUT/last.pt). Exit status: 0 finished (or max_steps "
+                        "reached), 143 stopped by SIGTERM and 130 by SIGINT (checkpoint saved: resume), "
+                        "1 failure, 2 usage error")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
     return p
 
 
+#: Exit status of ``adam pretrain`` stopped by a signal (128 + its number, the shell's convention):
+#: 143 for SIGTERM (a scheduler's pre-emption), 130 for SIGINT (Ctrl-C). A finished run, and one
+#: that reached ``max_steps``, exits 0; errors exit 1 (failures) or 2 (usage).
+STOPPED_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+
 def _run(args) -> int:
+    if args.resume not in (None, "auto") and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume optim.lr=0.5`: the optional value of --resume swallowed an override
+        args.overrides = [args.resume, *args.overrides]
+        args.resume = "auto"
     overrides = []
     for flag, key in (("root", "data.root"), ("dataset", "data.dataset"), ("out", "out"), ("epochs", "optim.epochs"),
                       ("batch_size", "optim.batch_size"), ("backbone", "model.backbone"),
@@ -814,6 +860,8 @@ def _run(args) -> int:
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         _print_summary(summary)
+    if summary["interrupted"] and summary.get("stopped_by") != "max_steps":
+        return STOPPED_EXIT.get(summary.get("stopped_by"), STOPPED_EXIT["SIGTERM"])  # a peer rank's signal too
     return 0
 
 

@@ -88,6 +88,20 @@ inline void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& q
   const auto B = q.size(0);
   ADAM_CHECK_ARG(q.dim() == 2 && k.sizes() == q.sizes(), "k",
                  "must be (B, D) like q ", q.sizes(), ", got ", k.sizes());
+  ADAM_CHECK_ARG(is_supported_float(q.scalar_type()), "q",
+                 "must be float32, float64, bfloat16 or float16, got ",
+                 q.scalar_type());
+  ADAM_CHECK_ARG(k.scalar_type() == q.scalar_type(), "k",
+                 "must have the dtype of q (", q.scalar_type(), "), got ",
+                 k.scalar_type());
+  ADAM_CHECK_ARG(at::isFloatingType(grad_loss.scalar_type()), "grad_loss",
+                 "must be floating point, got ", grad_loss.scalar_type());
+  ADAM_CHECK_ARG(at::isFloatingType(loss.scalar_type()), "loss",
+                 "must be floating point (the forward's loss rows), got ",
+                 loss.scalar_type());
+  ADAM_CHECK_ARG(!need_grad_q || at::isFloatingType(wsum.scalar_type()), "wsum",
+                 "must be floating point (the forward's weighted sums), got ",
+                 wsum.scalar_type());
   ADAM_CHECK_ARG(grad_loss.dim() == 1 && grad_loss.size(0) == B, "grad_loss",
                  "must be (B,) = (", B, ",), got ", grad_loss.sizes());
   ADAM_CHECK_ARG(loss.dim() == 1 && loss.size(0) == B, "loss", "must be (B,) = (",

@@ -98,3 +98,40 @@ def ambiguous_counts(q64, queue64, gamma, band):
     if gamma is None:
         return torch.zeros(q64.shape[0], dtype=torch.int64)
     return ((similarities(q64, queue64) - gamma).abs() < band).sum(1)
+
+
+@pytest.fixture(scope="session")
+def run_data(tmp_path_factory):
+    """The 32 synthetic films of the tiny pretraining runs (tests/_runs.py)."""
+    from _runs import make_data
+
+    return make_data(tmp_path_factory.mktemp("synth") / "data")
+
+
+@pytest.fixture(scope="session")
+def reference_run(run_data, tmp_path_factory):
+    """One uninterrupted tiny two-stage run, the yardstick of the resume tests: ``(out, summary,
+    entry)``, ``entry`` the model's state as each stage began. It runs on one thread, like every
+    test that compares weights with it bit for bit (``one_thread``; OMP_NUM_THREADS=1 in
+    subprocesses): sums split over two threads round differently."""
+    from _runs import tiny
+
+    from adam_ext import train as train_mod
+
+    out = tmp_path_factory.mktemp("ref") / "run"
+    entry = {}
+    original = train_mod._Trainer.run_stage
+
+    def run_stage(self, stage, resume):
+        entry[stage] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return original(self, stage, resume)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-exact comparisons need the thread count of the compared runs: one
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(train_mod._Trainer, "run_stage", run_stage)
+            summary = train_mod.pretrain(tiny(run_data, out), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out, summary, entry

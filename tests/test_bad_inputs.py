@@ -115,3 +115,16 @@ def test_raw_op_checks_arguments_too():
     loss, _, wsum, _ = torch.ops.adam_ext.pruned_info_nce_fwd(q, k, queue, 0.2, None, None, False)
     with pytest.raises(ValueError, match="wsum must be"):
         torch.ops.adam_ext.pruned_info_nce_bwd(torch.ones(4), q, k, loss, wsum, 0.2, True, True)
+
+
+def test_raw_backward_names_a_mismatched_dtype():
+    """Issue 15 (12): the backward called directly with k of another dtype said only
+    'expected scalar type Float'; the shared C++ checks now name the argument."""
+    q, k, queue = good()
+    loss, _, wsum, _ = torch.ops.adam_ext.pruned_info_nce_fwd(q, k, queue, 0.2, None, None, True)
+    with pytest.raises(ValueError, match=r"k must have the dtype of q \(Float\), got Double"):
+        torch.ops.adam_ext.pruned_info_nce_bwd(torch.ones(4), q, k.double(), loss, wsum, 0.2, True, True)
+    with pytest.raises(ValueError, match="grad_loss must be floating point, got Long"):
+        torch.ops.adam_ext.pruned_info_nce_bwd(torch.ones(4, dtype=torch.long), q, k, loss, wsum, 0.2, True, True)
+    with pytest.raises(ValueError, match="q must be float32, float64, bfloat16 or float16, got Long"):
+        torch.ops.adam_ext.pruned_info_nce_bwd(torch.ones(4), q.long(), k.long(), loss, wsum, 0.2, True, True)

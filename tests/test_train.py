@@ -19,74 +19,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from _runs import REPO, assert_same_state, model_state, steps_per_epoch, tiny, train_rows
 
-from adam_ext import train as train_mod
 from adam_ext.config import PRESETS, PretrainConfig, load_config, parse_override
-from adam_ext.data.synthetic import generate
 from adam_ext.models import MoCo
 from adam_ext.train import EpochBatches, NonFiniteLossError, ResumeError, pretrain, sample_seed
 
-REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # like reference_run: bit-exact comparisons with it
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synth") / "data", 32, size=64, seed=3, workers=1, progress=False)
-
-
-def tiny(data, out, **overrides) -> PretrainConfig:
-    values = {
-        "data": {"dataset": "synthetic", "root": str(data), "view_size": 32, "workers": 0},
-        "model": {"backbone": "resnet18", "K": 16, "dim": 8, "mlp_hidden": 16},
-        "optim": {"batch_size": 4, "epochs": 2},
-        "stages": [0, 2], "out": str(out), "log_every": 2, "tensorboard": False, "checkpoint_every": 0,
-    }
-    for key, value in overrides.items():
-        section, _, field = key.partition("__")
-        if field:
-            values[section] = dict(values[section], **{field: value})
-        else:
-            values[key] = value
-    return PretrainConfig.from_dict(values)
-
-
-def steps_per_epoch(data, batch=4):
-    from adam_ext.data import open_dataset
-
-    return len(open_dataset("synthetic", data, split="train")) // batch
-
-
-def model_state(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
-
-
-def assert_same_state(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
-
-
-def train_rows(out):
-    rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "loss" in r]
-
-
-@pytest.fixture(scope="module")
-def reference_run(data, tmp_path_factory):
-    """One uninterrupted two-stage run, the yardstick of the resume tests. ``entry`` holds the
-    model's state as each stage began."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    entry = {}
-    original = train_mod._Trainer.run_stage
-
-    def run_stage(self, stage, resume):
-        entry[stage] = {k: v.clone() for k, v in self.model.state_dict().items()}
-        return original(self, stage, resume)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_mod._Trainer, "run_stage", run_stage)
-        summary = pretrain(tiny(data, out), progress=False)
-    return out, summary, entry
+def data(run_data):
+    return run_data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +182,8 @@ def test_sigterm_saves_and_resume_matches(data, reference_run, tmp_path):
     cfg = tiny(data, out, log_every=1)
     (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict()))
     proc = subprocess.Popen([sys.executable, "-m", "adam_ext.cli", "pretrain", "--config", str(tmp_path / "c.yaml"),
-                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # one thread, like reference_run
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (out / "metrics.jsonl").is_file() or len(train_rows(out)) < 3:
@@ -247,13 +193,13 @@ def test_sigterm_saves_and_resume_matches(data, reference_run, tmp_path):
         output = proc.communicate(timeout=60)[0]
     finally:
         proc.kill()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 143, output  # 128 + SIGTERM: a scheduler can tell it from a finished run
     assert "stopped by SIGTERM" in output and "--resume" in output
     step = torch.load(out / "last.pt", weights_only=True)["step"]
     assert 3 <= step < 2 * steps_per_epoch(data)
     summary = pretrain(tiny(data, out), resume="auto", progress=False)
     assert not summary["interrupted"]
-    torch.testing.assert_close(model_state(out / "best.pt"), model_state(ref_out / "best.pt"), rtol=1e-5, atol=1e-6)
+    assert_same_state(model_state(out / "best.pt"), model_state(ref_out / "best.pt"))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):

@@ -55,6 +55,7 @@ drive             training      test        10% of training, seeded
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -70,6 +71,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Subset
 
+from .. import runfolder
 from ..checkpoint import atomic_write_json, atomic_write_text, json_safe
 from ..config import _check, _is_int, _is_num, layered_values
 from ..data.views import worker_init
@@ -614,7 +616,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, *, label: str | None = 
     cfg = cfg.resolved()
     ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     try:
-        return _finetune(cfg, progress, label or _label(cfg.init), ctx)
+        with runfolder.lock(cfg.out) if ctx.main else contextlib.nullcontext():  # one writer per folder
+            return _finetune(cfg, progress, label or _label(cfg.init), ctx)
     finally:
         ctx.close()
 
@@ -623,12 +626,12 @@ def _finetune(cfg, progress, label, ctx) -> dict:
     out = Path(cfg.out)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
+        runfolder.refuse_symlinks(out)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        (out / "metrics.jsonl").write_text("")
+        atomic_write_text(out / "metrics.jsonl", "")
 
     def log(row):
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(json_safe(row)) + "\n")
+        runfolder.append_line(out / "metrics.jsonl", json.dumps(json_safe(row)))
 
     runs = []
     for i in range(cfg.runs):

@@ -1,0 +1,63 @@
+"""Tiny pretraining runs shared by the engine's tests (test_train, test_reliability_run, test_faults):
+resnet18 at 32 px, batch 4, K = 16, two stages of two epochs on 32 synthetic 64-px films."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from adam_ext.config import PretrainConfig
+from adam_ext.data.synthetic import generate
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_data(folder: Path) -> Path:
+    return generate(folder, 32, size=64, seed=3, workers=1, progress=False)
+
+
+def tiny(data, out, **overrides) -> PretrainConfig:
+    """The tiny configuration; ``section__field=value`` overrides one field of a section."""
+    values = {
+        "data": {"dataset": "synthetic", "root": str(data), "view_size": 32, "workers": 0},
+        "model": {"backbone": "resnet18", "K": 16, "dim": 8, "mlp_hidden": 16},
+        "optim": {"batch_size": 4, "epochs": 2},
+        "stages": [0, 2], "out": str(out), "log_every": 2, "tensorboard": False, "checkpoint_every": 0,
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            values[section] = dict(values[section], **{field: value})
+        else:
+            values[key] = value
+    return PretrainConfig.from_dict(values)
+
+
+def steps_per_epoch(data, batch=4):
+    from adam_ext.data import open_dataset
+
+    return len(open_dataset("synthetic", data, split="train")) // batch
+
+
+def model_state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def rows(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_rows(out):
+    return [r for r in rows(out) if "loss" in r]
+
+
+def strip_timing(rows_):
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in rows_]
