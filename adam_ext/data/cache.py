@@ -8,11 +8,18 @@ another in a single raw ``uint8`` file, with a JSON index. Readers open it with 
 Layout of a cache folder::
 
     images.u8    the images, C×h×w uint8 each, back to back
-    index.json   {"format": "adam-image-cache", "version": 1, "size": 512, "nbytes": ...,
-                  "meta": {...}, "entries": {key: [offset, C, h, w, H, W], ...}}
+    index.json   {"format": "adam-image-cache", "version": 2, "size": 512, "nbytes": ...,
+                  "meta": {...},
+                  "source": {"dataset": reader class, "root": resolved root, "split": ..., "n_images": N},
+                  "entries": {key: [offset, C, h, w, H, W, file size, file mtime_ns], ...}}
+
+``source`` and the file sizes and times record what the cache was built from (None where the
+data set has no ``root``): a reader refuses a cache of another data set or root, or one whose
+files changed since (:meth:`ImageCache.check_dataset`, :meth:`ImageCache.check_files`).
 
 Build it with ``adam cache DATASET ROOT OUT --size 512`` or :meth:`ImageCache.build`; hand the
-folder to a reader as ``open_dataset(name, root, cache=OUT)``.
+folder to a reader as ``open_dataset(name, root, cache=OUT)``; check it against its files with
+``adam cache --verify OUT``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,7 +37,8 @@ import numpy as np
 DATA_FILE = "images.u8"
 INDEX_FILE = "index.json"
 FORMAT = "adam-image-cache"
-VERSION = 1
+VERSION = 2  # 2: source and per-file size and mtime recorded
+REBUILD = "rebuild it with `adam cache DATASET ROOT OUT --overwrite`"
 
 
 def resize_longer_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -74,14 +83,22 @@ def _decode_in_worker(key: str):
 
 
 def _decode(dataset, key: str, size: int):
-    """(key, resized C×h×w uint8 array, (H, W)) for one image of ``dataset``."""
+    """(key, resized C×h×w uint8 array, (H, W), [file size, mtime_ns]) for one image of ``dataset``.
+
+    The file is stat-ed before it is read, so a change during the build shows as stale later.
+    """
+    stamp = [None, None]  # a data set without files under a root: nothing to check later
+    root = getattr(dataset, "root", None)
+    if root is not None and os.path.isfile(path := os.path.join(root, key)):
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns]
     image = dataset.load_image(key)
     expected = f"load_image({key!r}) must return a np.uint8 array (C, H, W) with C = 1 or 3"
     if not isinstance(image, np.ndarray):
         raise ValueError(f"{expected}, got {type(image).__name__}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"{expected}, got {image.dtype} array of shape {image.shape}")
-    return key, resize_longer_side(image, size), image.shape[1:]
+    return key, resize_longer_side(image, size), image.shape[1:], stamp
 
 
 class ImageCache:
@@ -104,13 +121,17 @@ class ImageCache:
             )
         with open(index_path) as f:
             index = json.load(f)
-        if index.get("format") != FORMAT or index.get("version") != VERSION:
+        if index.get("format") != FORMAT:
+            got = index.get("format")
+            raise ValueError(f"cache index {index_path} must have format {FORMAT!r}, got {got!r}")
+        if index.get("version") != VERSION:
             raise ValueError(
-                f"cache index {index_path} must have format {FORMAT!r} version {VERSION}, "
-                f"got {index.get('format')!r} version {index.get('version')}"
+                f"cache index {index_path} has version {index.get('version')}, this adam_ext reads version "
+                f"{VERSION} (which records the files it was built from): {REBUILD}"
             )
         self.size: int = index["size"]
         self.meta: dict = index.get("meta", {})
+        self.source: dict = index["source"]
         self.nbytes: int = index["nbytes"]
         self._entries: dict[str, list[int]] = index["entries"]
         self._data: np.ndarray | None = None
@@ -138,13 +159,76 @@ class ImageCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        offset, channels, h, w, height, width = entry
+        offset, channels, h, w, height, width = entry[:6]
         image = self._array()[offset : offset + channels * h * w].reshape(channels, h, w)
         return (np.array(image) if copy else image), (height, width)
 
     def keys(self) -> list[str]:
         """All cached keys, in the order they were stored."""
         return list(self._entries)
+
+    def check_dataset(self, dataset) -> None:
+        """Raises ValueError unless the cache was built from ``dataset``'s data set and root.
+
+        Args:
+            dataset: a reader (``root``, ``split``); compared are its class name and resolved root.
+                The split may differ: keys are paths under the root, and their files are checked
+                by :meth:`check_files`.
+        """
+        name, root = type(dataset).__name__, str(Path(dataset.root).resolve())
+        built = self.source
+        differs = [f"data set {built['dataset']}, not {name}"] if built["dataset"] != name else []
+        if built["root"] != root:
+            differs.append(f"root {built['root']}, not {root}")
+        if differs:
+            raise ValueError(
+                f"cache {self.path} was built from {built['dataset']} under {built['root']} (split "
+                f"{built['split']!r}); it differs in {' and in '.join(differs)}: it would serve another data "
+                f"set's images. Pass the cache of this data set, or {REBUILD}"
+            )
+
+    def stale(self, keys=None) -> list[tuple[str, str]]:
+        """The cached files that changed since the build: one ``os.stat`` per key.
+
+        Args:
+            keys: the keys to check (those not cached are ignored); None: every cached key.
+
+        Returns:
+            ``[(key, why), ...]``: why is "missing" or "changed (size A -> B, mtime_ns C -> D)".
+            Empty also when the cache recorded no files (built from a data set without ``root``).
+        """
+        root = self.source.get("root")
+        if root is None:
+            return []
+        found = []
+        for key in self._entries if keys is None else keys:
+            entry = self._entries.get(key)
+            if entry is None or entry[6] is None:
+                continue
+            try:
+                st = os.stat(os.path.join(root, key))
+            except FileNotFoundError:
+                found.append((key, "missing"))
+                continue
+            if [st.st_size, st.st_mtime_ns] != entry[6:8]:
+                sizes, times = f"{entry[6]} -> {st.st_size}", f"{entry[7]} -> {st.st_mtime_ns}"
+                found.append((key, f"changed (size {sizes}, mtime_ns {times})"))
+        return found
+
+    def check_files(self, keys) -> None:
+        """Raises ValueError naming the first file of ``keys`` that changed since the build.
+
+        Args:
+            keys: a reader's image keys (those not cached are ignored).
+        """
+        stale = self.stale(keys)
+        if stale:
+            key, why = stale[0]
+            raise ValueError(
+                f"{Path(self.source['root']) / key}: {why} since cache {self.path} was built, so the "
+                f"cache is stale ({len(stale)} of the {len(keys)} files of this data set differ); {REBUILD}, "
+                f"or list the differences with `adam cache --verify {self.path}`"
+            )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -170,7 +254,9 @@ class ImageCache:
 
         Args:
             dataset: any object with ``image_keys() -> list[str]`` and
-                ``load_image(key) -> np.uint8 [C, H, W]`` (every reader of adam_ext.data).
+                ``load_image(key) -> np.uint8 [C, H, W]`` (every reader of adam_ext.data). Its class
+                name, ``root`` and ``split`` (where it has them) and the size and modification
+                time of each file ``root/key`` are recorded (see the module docstring).
             out_dir: the cache folder to create.
             size: longer side of the stored images in pixels (smaller images are kept as they are).
             workers: decoding processes (None: one per CPU; 0 or 1: in this process).
@@ -197,11 +283,17 @@ class ImageCache:
         if workers is None:
             workers = os.cpu_count() or 1
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        # mkdir, not tempfile.mkdtemp (mode 0700): the folder gets the mode of any new folder
+        tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        root = getattr(dataset, "root", None)
+        root = None if root is None else str(Path(root).resolve())
+        source = {"dataset": type(dataset).__name__, "root": root, "split": getattr(dataset, "split", None),
+                  "n_images": len(keys)}
         try:
             entries, nbytes = _write_images(dataset, keys, tmp / DATA_FILE, size, workers, progress)
             index = {"format": FORMAT, "version": VERSION, "size": size, "nbytes": nbytes,
-                     "meta": meta or {}, "entries": entries}
+                     "meta": meta or {}, "source": source, "entries": entries}
             with open(tmp / INDEX_FILE, "w") as f:
                 json.dump(index, f, separators=(",", ":"))
                 f.flush()
@@ -231,10 +323,10 @@ def _write_images(dataset, keys, data_path: Path, size: int, workers: int, progr
     try:
         bar = tqdm(total=len(keys), desc="cache", unit="img", disable=not progress)
         with open(data_path, "wb") as f, bar:
-            for key, image, (height, width) in results:
+            for key, image, (height, width), stamp in results:
                 f.write(image.data)
                 channels, h, w = image.shape
-                entries[key] = [offset, channels, h, w, int(height), int(width)]
+                entries[key] = [offset, channels, h, w, int(height), int(width), *stamp]
                 offset += image.nbytes
                 bar.update()
             f.flush()
@@ -258,7 +350,8 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def add_parser(subparsers):
-    """Registers ``adam cache DATASET ROOT OUT [--size 512] [--split train] [--workers W]``."""
+    """Registers ``adam cache DATASET ROOT OUT [--size 512] [--split train] [--workers W]`` and
+    ``adam cache --verify CACHE_DIR``."""
     parser = subparsers.add_parser(
         "cache",
         help="decode and resize a data set's images once into a memory-mapped cache",
@@ -266,12 +359,14 @@ def add_parser(subparsers):
             "Decodes every image of data set DATASET stored under ROOT, resizes it so its longer side is "
             "--size pixels, and writes them to the cache folder OUT (one memory-mapped uint8 file and an "
             "index). Readers then take open_dataset(DATASET, ROOT, cache=OUT). The data set's root is an "
-            "argument because a name alone does not locate the files."
+            "argument because a name alone does not locate the files. With --verify CACHE_DIR instead, "
+            "checks the cache against its files and lists those that changed (exit status 1 if any)."
         ),
     )
-    parser.add_argument("dataset", metavar="DATASET", help="registered data set name, e.g. folder")
-    parser.add_argument("root", metavar="ROOT", help="folder holding the data set in its published layout")
-    parser.add_argument("out", metavar="OUT", help="cache folder to create")
+    parser.add_argument("dataset", metavar="DATASET", nargs="?", help="registered data set name, e.g. folder")
+    parser.add_argument("root", metavar="ROOT", nargs="?", help="folder holding the data set in its layout")
+    parser.add_argument("out", metavar="OUT", nargs="?", help="cache folder to create")
+    parser.add_argument("--verify", metavar="CACHE_DIR", help="check CACHE_DIR against its files instead")
     parser.add_argument("--size", type=int, default=512, help="longer side of the stored images, px (512)")
     parser.add_argument("--split", default="train", help="split to cache (default train)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per CPU)")
@@ -283,6 +378,13 @@ def add_parser(subparsers):
 def _run(args) -> int:
     from .registry import open_dataset
 
+    given = [a for a in (args.dataset, args.root, args.out) if a is not None]
+    if args.verify is not None:
+        if given:
+            raise ValueError(f"--verify CACHE_DIR takes no DATASET ROOT OUT, got {' '.join(given)}")
+        return _verify(args.verify)
+    if len(given) != 3:
+        raise ValueError("adam cache needs DATASET ROOT OUT (or --verify CACHE_DIR)")
     dataset = open_dataset(args.dataset, args.root, split=args.split)
     meta = {"dataset": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split}
     cache = ImageCache.build(
@@ -290,4 +392,20 @@ def _run(args) -> int:
     )
     mib = cache.nbytes / 2**20
     print(f"cached {len(cache)} images of {args.dataset} ({args.split}) in {cache.path}: {mib:.1f} MiB")
+    return 0
+
+
+def _verify(path) -> int:
+    """``adam cache --verify``: prints the cached files that changed; 0 when none, else 1."""
+    cache = ImageCache(path)
+    if cache.source.get("root") is None:
+        print(f"cache {cache.path} records no files (its data set {cache.source['dataset']} has no root)")
+        return 1
+    stale = cache.stale()
+    for key, why in stale:
+        print(f"{why}: {Path(cache.source['root']) / key}")
+    if stale:
+        print(f"cache {cache.path}: {len(stale)} of {len(cache)} files differ; {REBUILD}")
+        return 1
+    print(f"cache {cache.path}: all {len(cache)} files match under {cache.source['root']}")
     return 0

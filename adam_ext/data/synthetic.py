@@ -364,6 +364,7 @@ class SyntheticDataset(_Reader):
                     if label not in index:
                         raise ValueError(f"{entry}:{line_no}: unknown class {label!r}")
                     vector[index[label]] = 1.0
+            self._inside_root(f"images/{fields[0]}", f"{entry}:{line_no}")
             labels[fields[0]] = vector
         return labels
 
