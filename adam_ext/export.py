@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import atomic_save
+from .checkpoint import WriteError, atomic_save
 
 __all__ = [
     "ARCHS",
@@ -172,14 +172,15 @@ def _is_state_dict(obj) -> bool:
     )
 
 
+def _strip_key(key: str) -> str:
+    while key.startswith("module."):
+        key = key[len("module.") :]
+    return key
+
+
 def _strip_module(state: dict) -> dict:
     """Removes a leading ``module.`` (DDP / DataParallel), repeatedly, from every key that has it."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith("module."):
-            key = key[len("module.") :]
-        out[key] = value
-    return out
+    return {_strip_key(key): value for key, value in state.items()}
 
 
 def _few_keys(obj, n: int = 6) -> str:
@@ -239,8 +240,10 @@ def infer_arch(trunk: dict, *, what: str = "checkpoint") -> str:
     return arch
 
 
-def _check_trunk(trunk: dict, arch: str, *, what: str, declared_from: str | None) -> None:
-    """Checks ``trunk``'s keys and shapes against torchvision's ``arch`` (fc excepted), built on meta."""
+def _check_trunk(trunk: dict, arch: str, *, what: str, declared_from: str | None, path: str | None = None,
+                 key_in_file=None) -> None:
+    """Checks ``trunk``'s keys and shapes against torchvision's ``arch`` (fc excepted), built on meta,
+    then its values (see :func:`_check_values`) when ``path`` is given."""
     import torchvision
 
     if arch not in ARCHS.values():
@@ -272,6 +275,36 @@ def _check_trunk(trunk: dict, arch: str, *, what: str, declared_from: str | None
                 pass
         origin = f" declared by {declared_from}" if declared_from else " (inferred)"
         raise ValueError(f"{what} does not match torchvision {arch}{origin}: {', '.join(problems)}{hint}")
+    if path is not None:
+        _check_values(trunk, reference, path, key_in_file or (lambda key: key))
+
+
+def _check_values(trunk: dict, reference: dict, path: str, key_in_file) -> None:
+    """Refuses a trunk tensor that is not floating where torchvision's is (an int64 conv weight would
+    be cast silently), or that holds NaN / inf; one reduction per tensor. Integer buffers of
+    the reference (BatchNorm's ``num_batches_tracked``) stay as they are.
+
+    ``key_in_file`` maps a trunk key to the key the file holds (``module.encoder_q.conv1.weight``).
+    """
+    for key, ref in reference.items():
+        if not ref.is_floating_point():
+            continue
+        tensor = trunk[key]
+        if not tensor.is_floating_point():
+            raise ValueError(
+                f"tensor {key_in_file(key)!r} in checkpoint {path!r} must be floating point like torchvision's "
+                f"({str(ref.dtype).replace('torch.', '')}), got {str(tensor.dtype).replace('torch.', '')} "
+                "(integer weights would be cast to float silently)"
+            )
+        # A NaN or inf element makes the sum NaN or inf: one reduction without a temporary (12x faster
+        # than isfinite(t).all() on the CPU); the exact test only when it fails (or the sum overflowed).
+        if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
+            n_nan = int(torch.isnan(tensor).sum())
+            n_inf = int(torch.isinf(tensor).sum())
+            raise ValueError(
+                f"tensor {key_in_file(key)!r} in checkpoint {path!r} must be finite, got {n_nan} NaN and "
+                f"{n_inf} inf of {tensor.numel()} values: the weights are corrupted (diverged training?)"
+            )
 
 
 def _normalise_queue(state: dict, source: str, model_cfg: dict, path: str) -> None:
@@ -318,7 +351,11 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file cannot be read with ``weights_only=True``, is not a dict, has no
             recognisable keys, is an ``adam_ext`` file of another kind or a newer version, or
-            its architecture cannot be inferred or does not match its weights.
+            its architecture cannot be inferred or does not match its weights; or a trunk tensor
+            (query or key encoder, BN statistics included) holds NaN / inf, or is not floating
+            point where torchvision's is (an int64 conv weight). The message names the tensor's
+            key in the file and the file. Integer buffers (``num_batches_tracked``, ``queue_ptr``)
+            are fine; the projection head and the queue are not checked (never loaded downstream).
     """
     path = os.fspath(path)
     obj = _read(path, map_location)
@@ -364,6 +401,8 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
 
     had_module = any(k.startswith("module.") for k in model)
     state = _strip_module(model)
+    # the key each (stripped) tensor has in the file, for error messages
+    in_file = {_strip_key(key): key for key in model} if had_module else {}
     if any(k.startswith("encoder_q.") for k in state):
         # A bare MoCo state dict is ours unless it carries DDP's prefix or sits in an official wrapper.
         source = wrapper or ("official" if had_module else "adam_ext")
@@ -380,9 +419,12 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
         raise ValueError(f"checkpoint {path!r} has no recognisable keys{_few_keys(model)}; {_LAYOUTS_HELP}")
 
     arch = declared if declared is not None else infer_arch(encoder_q, what=f"checkpoint {path!r}")
-    _check_trunk(encoder_q, arch, what=f"query encoder of {path!r}", declared_from=declared_from)
+    prefix = "" if source == "torchvision" else "encoder_q."
+    _check_trunk(encoder_q, arch, what=f"query encoder of {path!r}", declared_from=declared_from, path=path,
+                 key_in_file=lambda key: in_file.get(prefix + key, prefix + key))
     if encoder_k is not None:
-        _check_trunk(encoder_k, arch, what=f"key encoder of {path!r}", declared_from=declared_from)
+        _check_trunk(encoder_k, arch, what=f"key encoder of {path!r}", declared_from=declared_from, path=path,
+                     key_in_file=lambda key: in_file.get("encoder_k." + key, "encoder_k." + key))
     return Pretrained(
         path=path, source=source, arch=arch, state=state, encoder_q=encoder_q, encoder_k=encoder_k,
         config=config, meta=meta,
@@ -481,6 +523,8 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
         ValueError: bad ``fmt`` / ``encoder`` / ``out``, unreadable checkpoint, no key encoder
             in a torchvision source, or weights that do not load in ``fmt``.
         ImportError: the library of ``fmt`` is not installed.
+        OSError: ``out`` cannot be written (read-only folder, full disk): ``cannot write OUT:
+            REASON``, one line; no partial ``out`` or temp file is left.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -501,8 +545,11 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
     trunk = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in trunk.items()}
     verify_encoder(trunk, pre.arch, fmt)
     directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    atomic_save(trunk, out)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as err:
+        raise WriteError(err.errno, f"cannot write {out}: {err.strerror or err}") from err
+    atomic_save(trunk, out)  # its errors name out and the reason (full disk, read-only folder)
     return out
 
 

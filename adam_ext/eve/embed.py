@@ -11,6 +11,15 @@ an image batch it returns
   (default ``layer3`` + ``layer4``): each stage's map L2-normalised over channels, bilinearly
   upsampled to a common size (by default the input's) and concatenated, Tensor[N, C', H, W].
 
+``adam embed`` writes ``OUT/global.npy``, ``OUT/dense.npy`` (with ``--dense``), ``OUT/paths.txt``
+and ``OUT/embed.json`` all or nothing: each goes to a temp file in ``OUT`` first and they replace the
+previous outputs only once every one is written, so a failed write (full disk, read-only folder)
+leaves the previous outputs as they were and no partial file. ``paths.txt`` holds one path per
+line (row ``i`` of the arrays), as the file system's bytes (:func:`os.fsencode`): a file name
+that is not valid UTF-8 is written as its raw bytes, exactly as ``ls`` / ``find`` give it; read
+the file as bytes, or in Python with ``open(path, encoding="utf-8", errors="surrogateescape")``,
+and every line opens its file. A path with a line break cannot be listed so and is refused.
+
 Images go in as the data readers give them (uint8, 1 or 3 channels, any size); they are resized
 to ``size`` × ``size`` and normalised like pretraining's views (grey → 3 channels, ImageNet mean
 and std). Evaluation mode, no gradients, deterministic for a given input.
@@ -28,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from ..checkpoint import WriteError, atomic_write_files
 from ..data.views import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedRGB
 from ..models import BACKBONES, build_backbone
 from .common import resolve_device
@@ -191,6 +202,10 @@ def embed_dataset(embedder: Embedder, dataset, *, batch_size: int = 32, dense: b
         dict with ``global`` float32 ndarray[N, dim], ``paths`` (list of str, "" where unknown)
         and, when ``dense``, ``dense`` float16 ndarray[N, dense_dim, S, S] (S = ``dense_size``,
         default size / 4: a full-resolution hypercolumn of every image would rarely fit in memory).
+
+    Raises:
+        ValueError: a bad ``batch_size``, no images, or a path with a line break (``paths.txt``
+            lists one path per line), raised at the batch that holds it.
     """
     from tqdm import tqdm
 
@@ -205,7 +220,12 @@ def embed_dataset(embedder: Embedder, dataset, *, batch_size: int = 32, dense: b
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
         images = [item["image"] for item in items]
-        paths += [str(item.get("path", "")) for item in items]
+        batch_paths = [str(item.get("path", "")) for item in items]
+        for path in batch_paths:
+            if "\n" in path or "\r" in path:
+                raise ValueError(f"image path {path!r} contains a line break; paths.txt lists one path per line: "
+                                 "rename the file")
+        paths += batch_paths
         glob.append(embedder.global_embeddings(images).cpu().numpy())
         if dense:
             dens.append(embedder.dense_embeddings(images, dense_size).half().cpu().numpy())
@@ -230,22 +250,35 @@ def _run(args) -> int:
     dataset = open_dataset(args.dataset, root, split=split) if split else open_dataset(args.dataset, root)
     if args.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    out = Path(args.out)
+    _check_writable(out)  # before the embedding, which may take long
     result = embed_dataset(embedder, dataset, batch_size=args.batch_size, dense=args.dense,
                            dense_size=args.dense_size, progress=not args.no_progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "global.npy", result["global"])
-    if args.dense:
-        np.save(out / "dense.npy", result["dense"])
-    (out / "paths.txt").write_text("".join(p + "\n" for p in result["paths"]))
     meta = {"checkpoint": args.checkpoint, "arch": embedder.arch, "size": args.size, "layers": list(embedder.layers),
             "dataset": args.dataset, "images": os.fspath(root), "split": getattr(dataset, "split", split), "n": len(result["paths"]),
             "global_shape": list(result["global"].shape),
             "dense_shape": list(result["dense"].shape) if args.dense else None, "init": embedder.report.to_dict()}
-    (out / "embed.json").write_text(json.dumps(meta, indent=2) + "\n")
+    outputs = {"global.npy": lambda f: np.save(f, result["global"])}
+    if args.dense:
+        outputs["dense.npy"] = lambda f: np.save(f, result["dense"])
+    outputs["paths.txt"] = lambda f: f.write(b"".join(os.fsencode(p) + b"\n" for p in result["paths"]))
+    outputs["embed.json"] = lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+    atomic_write_files(out, outputs)
     print(f"wrote {out}/global.npy {tuple(result['global'].shape)}"
           + (f" and dense.npy {tuple(result['dense'].shape)} (float16)" if args.dense else ""))
     return 0
+
+
+def _check_writable(out: Path) -> None:
+    """Creates ``out`` and a file in it (removed at once), so that an unwritable output folder is an
+    error before the embedding rather than after it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".embed-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise WriteError(err.errno, f"cannot write {out}: {err.strerror or err}") from err
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -253,7 +286,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "embed", help="global (and dense) embeddings of images from a pretrained encoder",
         description="Embeds every image of a folder or data set with a pretrained encoder; writes "
                     "OUT/global.npy (N x C), OUT/dense.npy with --dense (N x C' x S x S, float16), "
-                    "OUT/paths.txt and OUT/embed.json.")
+                    "OUT/paths.txt and OUT/embed.json, all or nothing (a failed write leaves the previous "
+                    "outputs). paths.txt: one path per line, the file system's bytes (a name that is not "
+                    "UTF-8 keeps its raw bytes; read it with errors='surrogateescape' in Python).")
     p.add_argument("checkpoint", help="random, imagenet:PATH or a checkpoint PATH (ours, official Adam-v1, torchvision)")
     p.add_argument("images", help="folder of images, or a data set's root with --dataset")
     p.add_argument("out", help="output folder")
