@@ -2,12 +2,31 @@
 
 The heart is :func:`pruned_info_nce`, MoCo's InfoNCE over a memory bank with the
 purposive pruner, computed in one pass over the queue on CPU and CUDA.
+
+The names below are imported when first used (PEP 562), so that ``import adam_ext.cli`` (the
+``adam`` command) and ``adam --help`` do not load torch.
 """
 
-from . import reference
-from .losses import PurposivePrunerLoss
-from .ops import build_info, pruned_info_nce
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
+# public name -> module that defines it
+_LAZY = {"PurposivePrunerLoss": ".losses", "build_info": ".ops", "pruned_info_nce": ".ops", "reference": None}
+
 __all__ = ["PurposivePrunerLoss", "build_info", "pruned_info_nce", "reference", "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name] or f".{name}", __name__)
+    value = module if _LAZY[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

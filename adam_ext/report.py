@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -217,10 +216,3 @@ def write_report(run) -> Path:
     out = run / "report.md"
     atomic_write_text(out, "\n".join(lines))
     return out
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("report", help="write report.md with loss and pruned-fraction curves for a run")
-    p.add_argument("run", help="a pretraining run folder")
-    p.set_defaults(func=lambda args: print(write_report(args.run)) or 0)
-    return p

@@ -26,7 +26,6 @@ on CPU; on GPU with ``deterministic: true``).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -45,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import __version__, runfolder
 from .checkpoint import atomic_save, atomic_write_text
-from .config import PretrainConfig, config_differences, dump_config, load_config
+from .config import PretrainConfig, config_differences, dump_config
 from .distributed import ProcessContext
 from .models import MoCo, check_queue_size
 
@@ -799,80 +798,3 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
     finally:
         if not failed:  # after a failure, peers may be gone: tearing the group down could block
             ctx.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "pretrain", help="Adam pretraining (stages n = 0, 2, 4) on a folder of images or a known data set",
-        description="Adam pretraining. Configuration: defaults (the paper's protocol), then --preset, then "
-                    "--config YAML, then the flags below, then KEY=VALUE overrides (e.g. optim.epochs=50).",
-    )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, values in YAML")
-    p.add_argument("--config", help="YAML file of settings")
-    p.add_argument("--preset", help="named starting point: demo")
-    p.add_argument("--data", dest="root", help="data.root: folder of images")
-    p.add_argument("--dataset", help="data.dataset (default folder)")
-    p.add_argument("--out", help="run folder")
-    p.add_argument("--stages", help="comma-separated decomposer grids, e.g. 0,2,4")
-    p.add_argument("--epochs", type=int, help="optim.epochs of each stage")
-    p.add_argument("--batch-size", type=int, help="optim.batch_size (global)")
-    p.add_argument("--backbone", help="model.backbone")
-    p.add_argument("--monitor-every", type=int, metavar="STEPS",
-                   help="monitor.every: also run the representation monitors every STEPS steps (they always "
-                        "run at the end of each epoch)")
-    p.add_argument("--resume", nargs="?", const="auto",
-                   help="continue from LAST.pt (default: OUT/last.pt). Exit status: 0 finished (or max_steps "
-                        "reached), 143 stopped by SIGTERM and 130 by SIGINT (checkpoint saved: resume), "
-                        "1 failure, 2 usage error")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
-    return p
-
-
-#: Exit status of ``adam pretrain`` stopped by a signal (128 + its number, the shell's convention):
-#: 143 for SIGTERM (a scheduler's pre-emption), 130 for SIGINT (Ctrl-C). A finished run, and one
-#: that reached ``max_steps``, exits 0; errors exit 1 (failures) or 2 (usage).
-STOPPED_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
-
-
-def _run(args) -> int:
-    if args.resume not in (None, "auto") and "=" in args.resume and not Path(args.resume).exists():
-        # `--resume optim.lr=0.5`: the optional value of --resume swallowed an override
-        args.overrides = [args.resume, *args.overrides]
-        args.resume = "auto"
-    overrides = []
-    for flag, key in (("root", "data.root"), ("dataset", "data.dataset"), ("out", "out"), ("epochs", "optim.epochs"),
-                      ("batch_size", "optim.batch_size"), ("backbone", "model.backbone"),
-                      ("monitor_every", "monitor.every")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    if args.stages is not None:
-        overrides.append(f"stages=[{args.stages}]")
-    cfg = load_config(args.config, overrides + list(args.overrides), preset=args.preset)
-    try:
-        summary = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
-    except (NonFiniteLossError, ResumeError, RuntimeError) as exc:
-        print(f"adam pretrain: error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        _print_summary(summary)
-    if summary["interrupted"] and summary.get("stopped_by") != "max_steps":
-        return STOPPED_EXIT.get(summary.get("stopped_by"), STOPPED_EXIT["SIGTERM"])  # a peer rank's signal too
-    return 0
-
-
-def _print_summary(summary: dict) -> None:
-    if summary["interrupted"]:
-        return
-    print("adam pretrain: done")
-    for s in summary["stages"]:
-        mon = s.get("monitor") or {}
-        shown = "".join(f", {k} {mon[k]:.3g}" for k in ("knn_landmark", "knn_auc", "knn_accuracy", "rankme") if k in mon)
-        print(f"  stage {s['stage']} n={s['n']} gamma={s['gamma']}: best val loss {s['best_val_loss']:.4f}, "
-              f"{s['seconds']:.0f} s, {s['images_per_s']} images/s{shown}")
-    print(f"  weights: {summary['best']}  (export: adam export {summary['best']} --format torchvision OUT.pth)")
-    print(f"  report:  {summary['report']}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -10,9 +9,9 @@ import pytest
 import torch
 import torchvision
 
+from adam_ext.cli import build_parser
 from adam_ext.data.synthetic import generate
 from adam_ext.downstream import FinetuneConfig, few_shot, finetune, holdout, load_encoder, open_splits
-from adam_ext.downstream.cli import add_compare_parser, add_parser
 from adam_ext.downstream.protocol import load_finetune_config
 from adam_ext.downstream.segmentation import SegmentationTask
 from adam_ext.models import MoCo, build_backbone
@@ -236,10 +235,7 @@ def test_multiclass_segmentation_targets_and_loss(synth):
 
 
 def test_compare_cli_reports_p_values(synth, tmp_path, checkpoints):
-    parser = argparse.ArgumentParser(prog="adam")
-    sub = parser.add_subparsers(dest="command")
-    add_parser(sub)
-    add_compare_parser(sub)
+    parser = build_parser()
     out = tmp_path / "cmp"
     args = parser.parse_args([
         "compare", "seg", "--data", str(synth / "scr"), "--masks", ",".join(SCR_MASKS), "--init", "random",
@@ -271,10 +267,9 @@ def test_torchrun_two_gloo_ranks_evaluate_the_whole_test_set(synth, tmp_path):
 
     script = tmp_path / "run.py"
     script.write_text(
-        "import argparse, sys\n"
-        "from adam_ext.downstream.cli import add_parser\n"
-        "parser = argparse.ArgumentParser(prog='adam'); add_parser(parser.add_subparsers(dest='command'))\n"
-        "args = parser.parse_args(sys.argv[1:]); sys.exit(args.func(args))\n"
+        "import sys\n"
+        "from adam_ext.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,12 +29,10 @@ run with ``n`` images is a prefix of a run with more.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,7 +46,7 @@ from . import _phantom
 from .readers import _Reader, _require_files
 from ._phantom import CLASSES, FINDINGS, LANDMARKS, MASKS
 
-__all__ = ["CLASSES", "FINDINGS", "LANDMARKS", "MASKS", "SynthConfig", "SyntheticDataset", "add_parser",
+__all__ = ["CLASSES", "FINDINGS", "LANDMARKS", "MASKS", "SynthConfig", "SyntheticDataset",
            "contact_sheet", "generate"]
 
 DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -494,37 +492,3 @@ def _sheet_palette(colours) -> Image.Image:
     palette = Image.new("P", (1, 1))
     palette.putpalette(table.ravel().tolist())
     return palette
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Adds ``adam synth`` to the ``adam`` command line; returns its parser."""
-    defaults = SynthConfig(n=1)
-    parser = subparsers.add_parser(
-        "synth", help="write synthetic chest radiographs in the ChestX-ray14 and SCR layouts",
-        description="Write procedural PA chest radiographs with masks, landmarks and findings in the "
-                    "ChestX-ray14 and SCR/JSRT layouts (deterministic for a seed).")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--n", required=True, type=int, help="number of images")
-    parser.add_argument("--size", type=int, default=defaults.size,
-                        help="image side in pixels (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
-    parser.add_argument("--finding-rate", type=float, default=defaults.finding_rate,
-                        help="probability that an image has findings (default %(default)s)")
-    parser.add_argument("--scr-count", type=int, default=None,
-                        help="images also written in the SCR layout (default: min(n, 247))")
-    parser.set_defaults(func=_run)
-    return parser
-
-
-def _run(args) -> int:
-    start = time.perf_counter()
-    out = generate(args.out, args.n, size=args.size, seed=args.seed, workers=args.workers,
-                   finding_rate=args.finding_rate, scr_count=args.scr_count)
-    seconds = time.perf_counter() - start
-    print(f"adam synth: {args.n} images of {args.size} px in {seconds:.1f} s "
-          f"({args.n / seconds:.1f} images/s) -> {out}")
-    return 0

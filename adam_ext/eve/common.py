@@ -3,7 +3,6 @@ their common command-line arguments, and the writing of tables and JSON under th
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
@@ -12,8 +11,7 @@ import torch
 
 from ..checkpoint import atomic_write_json, atomic_write_text
 
-__all__ = ["add_common_arguments", "add_data_arguments", "markdown_table", "open_data", "parse_checkpoints",
-           "resolve_device", "write_result"]
+__all__ = ["markdown_table", "parse_checkpoints", "resolve_device", "write_result"]
 
 
 def parse_checkpoints(values, *, flag: str = "ckpt", name_of=None) -> list[tuple[str, str]]:
@@ -72,37 +70,6 @@ def resolve_device(device) -> torch.device:
     if str(device) == "cuda" and not torch.cuda.is_available():
         raise ValueError("device is cuda but no GPU is available")
     return torch.device(device)
-
-
-def add_data_arguments(p: argparse.ArgumentParser, *, default_split: str = "test") -> None:
-    """``--data``, ``--dataset`` (default synthetic), ``--split`` (default: test, images pretraining did not see)."""
-    p.add_argument("--data", required=True, help="root of the data set (e.g. an `adam synth` output folder)")
-    p.add_argument("--dataset", default="synthetic", help="data set layout of --data (default synthetic)")
-    p.add_argument("--split", default=default_split,
-                   help=f"split to read (default {default_split}; 'all' for every image of a synthetic set)")
-
-
-def open_data(args):
-    """The data set named by ``--dataset`` / ``--data`` / ``--split``."""
-    from ..data import open_dataset
-
-    root = Path(args.data)
-    if not root.exists():
-        raise FileNotFoundError(f"data: {str(root)!r} does not exist")
-    return open_dataset(args.dataset, root, split=args.split)
-
-
-def add_common_arguments(p: argparse.ArgumentParser, *, default_size: int = 224) -> None:
-    """``--ckpt`` (repeatable), ``--arch``, ``--size``, ``--device``, ``--seed``, ``--out``, ``--no-progress``."""
-    p.add_argument("--ckpt", action="append", required=True, metavar="NAME=SPEC",
-                   help="encoder to analyse, repeat to compare side by side; SPEC: random, imagenet:PATH or a "
-                        "checkpoint PATH (ours, official Adam-v1, torchvision)")
-    p.add_argument("--arch", default=None, help="ResNet name for random encoders (others take their checkpoint's)")
-    p.add_argument("--size", type=int, default=default_size, help=f"encoder input side (default {default_size})")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling (and of random encoders)")
-    p.add_argument("--out", required=True, help="output folder (e.g. RUN/eve/<analysis>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _fmt(value) -> str:

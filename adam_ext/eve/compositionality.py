@@ -22,10 +22,7 @@ import torch.nn.functional as F
 
 from ..config import _is_int
 from .common import (
-    add_common_arguments,
-    add_data_arguments,
     markdown_table,
-    open_data,
     parse_checkpoints,
     write_result,
 )
@@ -34,15 +31,10 @@ from .locality import (
     extract_patch,
     landmark_names_of,
     level_label,
-    parse_fractions,
-    parse_ints,
 )
 
-__all__ = ["HELP", "CompositionalityConfig", "add_arguments", "compositionality_analysis",
-           "compositionality_markdown", "grid_stats",
-           "part_whole_similarity", "plot_distributions", "run", "sample_patches", "split_grid"]
-
-HELP = "cosine similarity of a patch's embedding with the mean embedding of its 2x2, 3x3, 4x4 parts"
+__all__ = ["CompositionalityConfig", "compositionality_analysis", "compositionality_markdown", "grid_stats",
+           "part_whole_similarity", "plot_distributions", "sample_patches", "split_grid"]
 
 SOURCES = ("random", "landmarks")
 
@@ -308,32 +300,3 @@ def compositionality_markdown(result: dict) -> str:
              f"side ({lo}{'' if lo == hi else f'-{hi}'} px), whole and parts each resized to {cfg['size']} "
              "px; cosine similarity between the whole's embedding and the mean of its parts' embeddings.\n")
     return "# Compositionality\n\n" + markdown_table(header, rows) + notes
-
-
-def add_arguments(p) -> None:
-    d = CompositionalityConfig()
-    add_common_arguments(p, default_size=d.size)
-    add_data_arguments(p)
-    p.add_argument("--patches", type=int, default=d.patches, help=f"patches sampled (default {d.patches})")
-    p.add_argument("--grids", default=",".join(map(str, d.grids)), help="grid sizes n (default 2,3,4)")
-    p.add_argument("--source", default=d.source, choices=SOURCES,
-                   help="random positions, or centred on landmarks (default random)")
-    p.add_argument("--patch-fraction", default=level_label(d.patch_fraction),
-                   help="patch side as a fraction of the image side (default 1/2)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"images per batch (default {d.batch_size})")
-
-
-def run(args) -> int:
-    fraction = parse_fractions(args.patch_fraction, "patch_fraction")
-    if len(fraction) != 1:
-        raise ValueError(f"patch_fraction must be one fraction, got {args.patch_fraction!r}")
-    cfg = CompositionalityConfig(grids=parse_ints(args.grids, "grids"), patches=args.patches,
-                                 source=args.source, patch_fraction=fraction[0], size=args.size,
-                                 batch_size=args.batch_size, seed=args.seed)
-    checkpoints = parse_checkpoints(args.ckpt)
-    result = compositionality_analysis(checkpoints, open_data(args), args.out, config=cfg, arch=args.arch,
-                                       device=args.device, progress=not args.no_progress)
-    print(compositionality_markdown(result), end="")
-    print(f"wrote {', '.join(result['files'].values())}")
-    return 0

@@ -35,7 +35,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,19 +45,13 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from .common import (
-    add_common_arguments,
-    add_data_arguments,
     markdown_table,
-    open_data,
-    parse_checkpoints,
     write_result,
 )
 
-__all__ = ["HELP", "CorrespondenceConfig", "add_arguments", "correspondence_analysis", "make_view",
-           "mutual_matches", "nearest_match", "rescale_points", "run", "sample_vectors", "transfer_error",
-           "transform_points", "view_affine"]
+__all__ = ["CorrespondenceConfig", "correspondence_analysis", "make_view", "mutual_matches", "nearest_match",
+           "rescale_points", "sample_vectors", "transfer_error", "transform_points", "view_affine"]
 
-HELP = "dense matching across augmented views and subjects; landmark transfer error in pixels"
 KINDS = ("view", "subject")
 BASELINE = "(same position)"
 
@@ -570,38 +563,3 @@ def _match_figure(path: Path, kind: str, pair: dict, drawn: dict, cfg: Correspon
 
 
 # --------------------------------------------------------------------------- command line
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The shared ``--ckpt ... --out`` arguments and those of this analysis."""
-    defaults = CorrespondenceConfig()
-    add_common_arguments(p, default_size=defaults.size)
-    add_data_arguments(p)
-    p.add_argument("--pairs", type=int, default=defaults.pairs, help="image pairs of each kind (default %(default)s)")
-    p.add_argument("--degrees", type=float, default=defaults.degrees,
-                   help="rotation of the views, sign drawn per pair, in [-45, 45] (default %(default)s)")
-    p.add_argument("--crop", type=float, default=defaults.crop,
-                   help="side of the view's crop as a fraction of the image side (default %(default)s)")
-    p.add_argument("--dense-size", type=int, default=None, help="side of the matched dense maps (default size/2)")
-    p.add_argument("--layers", default=",".join(defaults.layers), help="stages of the hypercolumn (default %(default)s)")
-    p.add_argument("--grid", type=int, default=defaults.grid,
-                   help="side of the pooled maps whose mutual matches are drawn (default %(default)s)")
-    p.add_argument("--lines", type=int, default=defaults.lines,
-                   help="strongest mutual matches drawn and scored per pair (default %(default)s)")
-    p.add_argument("--tolerance", type=float, default=defaults.tolerance,
-                   help="a transfer is right within this fraction of the image side (default %(default)s)")
-
-
-def run(args) -> int:
-    """``adam eve correspondence``: runs :func:`correspondence_analysis` and prints its table."""
-    checkpoints = parse_checkpoints(args.ckpt)
-    dataset = open_data(args)
-    layers = tuple(s.strip() for s in args.layers.split(",") if s.strip())
-    correspondence_analysis(
-        checkpoints, dataset, args.out, arch=args.arch, device=args.device, progress=not args.no_progress,
-        pairs=args.pairs, degrees=args.degrees, crop=args.crop, size=args.size, dense_size=args.dense_size,
-        layers=layers, grid=args.grid, lines=args.lines, tolerance=args.tolerance, seed=args.seed)
-    print((Path(args.out) / "correspondence.md").read_text().split("\n\n", 2)[-1], end="")
-    print(f"wrote {args.out}/correspondence.md, correspondence.json, correspondence_error.png, "
-          "matches_view.png, matches_subject.png")
-    return 0

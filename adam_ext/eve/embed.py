@@ -34,7 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -52,7 +51,7 @@ from ..data.views import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedRGB
 from ..models import BACKBONES, build_backbone
 from .common import resolve_device
 
-__all__ = ["STAGES", "Embedder", "add_parser", "embed_dataset", "open_encoder_spec"]
+__all__ = ["STAGES", "Embedder", "check_writable", "embed_dataset", "open_encoder_spec", "write_embeddings"]
 
 #: the ResNet stages whose maps dense embeddings can use, with their strides
 STAGES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
@@ -237,39 +236,22 @@ def embed_dataset(embedder: Embedder, dataset, *, batch_size: int = 32, dense: b
     return out
 
 
-def _run(args) -> int:
-    from ..data import open_dataset
+def write_embeddings(out, result: dict, meta: dict) -> None:
+    """Writes what :func:`embed_dataset` returned into ``out`` (``global.npy``, ``dense.npy`` when
+    present, ``paths.txt``, ``embed.json`` holding ``meta``), all or nothing (see the module docstring).
 
-    root = Path(args.images)
-    if not root.exists():
-        raise FileNotFoundError(f"IMAGES {str(root)!r} does not exist")
-    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
-    embedder = Embedder(args.checkpoint, arch=args.arch, size=args.size, layers=layers, device=args.device)
-    print(embedder.report.summary())
-    split = args.split or ("all" if args.dataset == "folder" else None)
-    dataset = open_dataset(args.dataset, root, split=split) if split else open_dataset(args.dataset, root)
-    if args.limit:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-    out = Path(args.out)
-    _check_writable(out)  # before the embedding, which may take long
-    result = embed_dataset(embedder, dataset, batch_size=args.batch_size, dense=args.dense,
-                           dense_size=args.dense_size, progress=not args.no_progress)
-    meta = {"checkpoint": args.checkpoint, "arch": embedder.arch, "size": args.size, "layers": list(embedder.layers),
-            "dataset": args.dataset, "images": os.fspath(root), "split": getattr(dataset, "split", split), "n": len(result["paths"]),
-            "global_shape": list(result["global"].shape),
-            "dense_shape": list(result["dense"].shape) if args.dense else None, "init": embedder.report.to_dict()}
+    Raises:
+        OSError: ``cannot write OUT/NAME: REASON``; the previous outputs are left as they were.
+    """
     outputs = {"global.npy": lambda f: np.save(f, result["global"])}
-    if args.dense:
+    if "dense" in result:
         outputs["dense.npy"] = lambda f: np.save(f, result["dense"])
     outputs["paths.txt"] = lambda f: f.write(b"".join(os.fsencode(p) + b"\n" for p in result["paths"]))
     outputs["embed.json"] = lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8"))
     atomic_write_files(out, outputs)
-    print(f"wrote {out}/global.npy {tuple(result['global'].shape)}"
-          + (f" and dense.npy {tuple(result['dense'].shape)} (float16)" if args.dense else ""))
-    return 0
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     """Creates ``out`` and a file in it (removed at once), so that an unwritable output folder is an
     error before the embedding rather than after it."""
     try:
@@ -279,30 +261,3 @@ def _check_writable(out: Path) -> None:
         os.unlink(probe)
     except OSError as err:
         raise WriteError(err.errno, f"cannot write {out}: {err.strerror or err}") from err
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "embed", help="global (and dense) embeddings of images from a pretrained encoder",
-        description="Embeds every image of a folder or data set with a pretrained encoder; writes "
-                    "OUT/global.npy (N x C), OUT/dense.npy with --dense (N x C' x S x S, float16), "
-                    "OUT/paths.txt and OUT/embed.json, all or nothing (a failed write leaves the previous "
-                    "outputs). paths.txt: one path per line, the file system's bytes (a name that is not "
-                    "UTF-8 keeps its raw bytes; read it with errors='surrogateescape' in Python).")
-    p.add_argument("checkpoint", help="random, imagenet:PATH or a checkpoint PATH (ours, official Adam-v1, torchvision)")
-    p.add_argument("images", help="folder of images, or a data set's root with --dataset")
-    p.add_argument("out", help="output folder")
-    p.add_argument("--dataset", default="folder", help="data set layout of IMAGES (default: any folder of images)")
-    p.add_argument("--split", default=None,
-                   help="split of the data set (default: all images of a folder, the reader's default split otherwise)")
-    p.add_argument("--arch", default=None, help="ResNet name (from the checkpoint when omitted; needed for random)")
-    p.add_argument("--size", type=int, default=224, help="image side fed to the encoder (default 224)")
-    p.add_argument("--dense", action="store_true", help="also save dense hypercolumn embeddings")
-    p.add_argument("--dense-size", type=int, default=None, help="side of the saved dense maps (default size/4)")
-    p.add_argument("--layers", default="layer3,layer4", help="stages of the dense hypercolumn (default layer3,layer4)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=0, help="embed only the first N images (0: all)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run)
-    return p

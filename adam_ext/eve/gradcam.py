@@ -20,7 +20,6 @@ with its peak marked).
 
 from __future__ import annotations
 
-import argparse
 import math
 import pickle
 from collections import Counter
@@ -34,24 +33,9 @@ from torch import nn
 
 from .common import markdown_table, parse_checkpoints, resolve_device, write_result
 
-__all__ = [
-    "HELP",
-    "TARGET_LAYER",
-    "FinetunedClassifier",
-    "add_arguments",
-    "box_iou",
-    "box_mask",
-    "classifier_input",
-    "gradcam_analysis",
-    "gradcam_heatmaps",
-    "heatmap_peak",
-    "load_classifier",
-    "parse_models",
-    "pointing_game",
-    "run",
-]
+__all__ = ["TARGET_LAYER", "FinetunedClassifier", "box_iou", "box_mask", "classifier_input", "gradcam_analysis",
+           "gradcam_heatmaps", "heatmap_peak", "load_classifier", "parse_models", "pointing_game"]
 
-HELP = "Grad-CAM of fine-tuned classifiers against findings' boxes: pointing game and IoU per finding"
 #: the module of :class:`~adam_ext.downstream.classification.Classifier` whose maps Grad-CAM weighs
 TARGET_LAYER = "encoder.layer4"
 
@@ -673,35 +657,3 @@ def _write_outputs(out: Path, result: dict, overlay_rows: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Command line
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``--model`` (repeatable), data set, findings, threshold, ``--out`` and run options."""
-    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
-                   help="fine-tuned classifier (seed<S>/best.pt of `adam finetune cls`), repeat to compare "
-                        "side by side; a bare PATH is named after its run folder")
-    p.add_argument("--data", default=None, metavar="ROOT", help="data set folder (default: the first model's run's)")
-    p.add_argument("--dataset", default=None, help="reader name (default: the first model's run's)")
-    p.add_argument("--split", default=None, help="split to analyse (default: the run's test split)")
-    p.add_argument("--findings", default=None, metavar="A,B",
-                   help="findings to analyse, comma-separated (default: every finding boxed in the data)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="IoU map: pixels >= THRESHOLD x the heatmap's maximum (default 0.5)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per Grad-CAM batch (default 16)")
-    p.add_argument("--limit", type=int, default=None, help="analyse at most N images with boxes")
-    p.add_argument("--overlays", type=int, default=4, help="rows of overlays.png (default 4, 0: none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", required=True, help="output folder (e.g. RUN/eve/gradcam)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args) -> int:
-    """``adam eve gradcam``: runs :func:`gradcam_analysis` and prints the table."""
-    result = gradcam_analysis(parse_models(args.model), args.data, out=args.out, dataset=args.dataset,
-                              split=args.split, findings=args.findings, threshold=args.threshold,
-                              batch_size=args.batch_size, limit=args.limit, overlays=args.overlays,
-                              device=args.device, progress=not args.no_progress)
-    print(Path(result["gradcam_md"]).read_text(), end="")
-    written = [result[k] for k in ("gradcam_md", "gradcam_png", "gradcam_json", "overlays_png") if result[k]]
-    print("wrote " + ", ".join(written))
-    return 0

@@ -33,21 +33,15 @@ import torch.nn.functional as F
 from ..config import _is_int
 from ..data.landmarks import LandmarkPatches, extract_patch, landmark_names_of, landmark_patches, level_sides
 from .common import (
-    add_common_arguments,
-    add_data_arguments,
     markdown_table,
-    open_data,
     parse_checkpoints,
     write_result,
 )
 
-__all__ = ["HELP", "LandmarkPatches", "LocalityConfig", "add_arguments", 
-           "embed_in_batches", "extract_patch", "knn_accuracy_across_levels",
+__all__ = ["LandmarkPatches", "LocalityConfig", "embed_in_batches", "extract_patch", "knn_accuracy_across_levels",
            "landmark_names_of", "landmark_patches", "level_label", "level_sides", "locality_analysis",
            "locality_markdown", "locality_metrics", "parse_fractions", "parse_ints", "plot_tsne",
-           "run", "same_vs_different", "silhouette", "tsne_2d"]
-
-HELP = "landmark patches at three scales: t-SNE, k-NN identity accuracy, silhouette, same vs different cosine"
+           "same_vs_different", "silhouette", "tsne_2d"]
 
 #: markers of the levels in the t-SNE plot, finest level first
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -443,30 +437,3 @@ def parse_ints(text: str, name: str) -> tuple[int, ...]:
     if not values:
         raise ValueError(f"{name} must be comma-separated integers, got {text!r}")
     return values
-
-
-def add_arguments(p) -> None:
-    d = LocalityConfig()
-    add_common_arguments(p, default_size=d.size)
-    add_data_arguments(p)
-    p.add_argument("--images", type=int, default=d.images,
-                   help=f"images sampled (default {d.images}; 0: all)")
-    p.add_argument("--levels", default=",".join(level_label(f) for f in d.levels),
-                   help="patch sides as fractions of the image side (default 1/8,1/4,1/2)")
-    p.add_argument("--k", default=",".join(map(str, d.k)), help="k of the k-NN accuracies (default 1,5)")
-    p.add_argument("--landmarks", default=None, help="comma-separated landmark names (default: all)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"patches per batch (default {d.batch_size})")
-
-
-def run(args) -> int:
-    landmarks = [s.strip() for s in args.landmarks.split(",") if s.strip()] if args.landmarks else None
-    cfg = LocalityConfig(levels=parse_fractions(args.levels, "levels"), k=parse_ints(args.k, "k"),
-                         images=args.images or None, landmarks=landmarks, size=args.size,
-                         batch_size=args.batch_size, seed=args.seed)
-    checkpoints = parse_checkpoints(args.ckpt)
-    result = locality_analysis(checkpoints, open_data(args), args.out, config=cfg, arch=args.arch,
-                               device=args.device, progress=not args.no_progress)
-    print(locality_markdown(result), end="")
-    print(f"wrote {', '.join(result['files'].values())}")
-    return 0

@@ -1,4 +1,4 @@
-"""``adam finetune cls|seg`` and ``adam compare cls|seg`` (registered by ``adam_ext.cli``).
+"""``adam finetune cls|seg`` and ``adam compare cls|seg``: fine-tuning and comparing initialisations.
 
 Configuration as for ``adam pretrain``: :class:`~.protocol.FinetuneConfig` defaults (the
 paper's recipe), then ``--config`` YAML, then the flags, then ``KEY=VALUE`` overrides
@@ -19,9 +19,7 @@ import argparse
 import os
 import sys
 
-from .protocol import compare, finetune, load_finetune_config
-
-__all__ = ["add_compare_parser", "add_parser", "add_recipe_arguments", "recipe_values"]
+__all__ = ["PARSERS", "add_recipe_arguments", "recipe_values"]
 
 # flag dest -> config field (None values are not passed)
 _FLAGS = {
@@ -92,6 +90,8 @@ def _common(parser: argparse.ArgumentParser, task: str, multi_init: bool) -> Non
 
 
 def _config(args, task: str):
+    from ..downstream.protocol import load_finetune_config
+
     base = {"task": task, **recipe_values(args)}
     if isinstance(getattr(args, "init", None), str):
         base["init"] = args.init
@@ -103,6 +103,8 @@ def _main() -> bool:
 
 
 def _run_finetune(args) -> int:
+    from ..downstream.protocol import finetune
+
     cfg = _config(args, args.task)
     result = finetune(cfg, progress=not args.no_progress)
     if _main():
@@ -114,6 +116,8 @@ def _run_finetune(args) -> int:
 
 
 def _run_compare(args) -> int:
+    from ..downstream.protocol import compare
+
     cfg = _config(args, args.task)
     result = compare(cfg, args.init, progress=not args.no_progress)
     if _main():
@@ -123,14 +127,11 @@ def _run_compare(args) -> int:
     return 0
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers ``adam finetune {cls,seg} ...``."""
-    parser = subparsers.add_parser(
-        "finetune", help="fine-tune and evaluate an encoder on classification or segmentation",
-        description="Fine-tune an encoder (random, ImageNet file or pretraining checkpoint) on a downstream task "
-                    "with the paper's protocol: early stopping on 10%% of the training set, test metrics of the "
-                    "best epoch, --runs seeds with mean ± std, --shots few-shot subsets.",
-    )
+def finetune_parser(parser: argparse.ArgumentParser) -> None:
+    """``adam finetune {cls,seg} ...``."""
+    parser.description = ("Fine-tune an encoder (random, ImageNet file or pretraining checkpoint) on a downstream "
+                          "task with the paper's protocol: early stopping on 10%% of the training set, test metrics "
+                          "of the best epoch, --runs seeds with mean ± std, --shots few-shot subsets.")
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
     for task, text in (("cls", "classification: encoder + linear head, AUC"),
@@ -138,20 +139,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         sub = tasks.add_parser(task, help=text, description=f"adam finetune {task}: {text}")
         _common(sub, task, multi_init=False)
         sub.set_defaults(func=_run_finetune)
-    return parser
 
 
-def add_compare_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers ``adam compare {cls,seg} --init A --init B ...``."""
-    parser = subparsers.add_parser(
-        "compare", help="compare initialisations under the same seeds, with t-tests",
-        description="Fine-tune each --init under the same seeds and report mean ± std per test metric and an "
-                    "independent two-sample t-test (scipy) of each against the first.",
-    )
+def compare_parser(parser: argparse.ArgumentParser) -> None:
+    """``adam compare {cls,seg} --init A --init B ...``."""
+    parser.description = ("Fine-tune each --init under the same seeds and report mean ± std per test metric and an "
+                          "independent two-sample t-test (scipy) of each against the first.")
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
     for task in ("cls", "seg"):
         sub = tasks.add_parser(task, help=f"compare on a {'classification' if task == 'cls' else 'segmentation'} task")
         _common(sub, task, multi_init=True)
         sub.set_defaults(func=_run_compare)
-    return parser
+
+
+PARSERS = {"finetune": finetune_parser, "compare": compare_parser}
