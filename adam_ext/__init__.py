@@ -4,12 +4,15 @@ The heart is :func:`pruned_info_nce`, MoCo's InfoNCE over a memory bank with the
 purposive pruner, computed in one pass over the queue on CPU and CUDA.
 
 The names below are imported when first used (PEP 562), so that ``import adam_ext.cli`` (the
-``adam`` command) and ``adam --help`` do not load torch.
+``adam`` command) and ``adam --help`` do not load torch. In a program that has imported torch,
+``import adam_ext`` loads the extension at once, so ``torch.ops.adam_ext.*`` exist right after it
+(``import adam_ext.ops`` does the same anywhere).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -26,6 +29,10 @@ def __getattr__(name: str):
     value = module if _LAZY[name] is None else getattr(module, name)
     globals()[name] = value
     return value
+
+
+if "torch" in sys.modules:  # a torch program: register torch.ops.adam_ext.* now, as an eager import did
+    from . import ops as _ops  # noqa: F401
 
 
 def __dir__():

@@ -76,10 +76,10 @@ def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = N
 def _load_trunk_weights(trunk: nn.Module, name: str, path) -> None:
     """Loads local weights into ``trunk`` strictly, the classifier (``fc.*``) excepted.
 
-    Any layout :func:`adam_ext.export.load_pretrained` reads is accepted: a torchvision state dict,
+    Any layout :func:`adam_ext.checkpoints.load_pretrained` reads is accepted: a torchvision state dict,
     one of our pretraining checkpoints or an official Adam/MoCo one (their query encoder).
     """
-    from .export import load_pretrained
+    from .checkpoints import load_pretrained
 
     pre = load_pretrained(path)
     if pre.arch != name:

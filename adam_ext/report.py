@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .checkpoint import atomic_write_text
+from .checkpoints import atomic_write_text
 from .runfolder import read_jsonl, refuse_symlinks
 
 __all__ = ["read_metrics", "read_monitors", "write_report"]

@@ -8,7 +8,7 @@
 - **No torn or duplicated history.** :func:`read_jsonl` drops a torn last line (a full disk or a
   kill mid-write) with a warning and names the file and line of any other malformed line.
 - **No litter.** :func:`remove_stale_temps` deletes the temporary files that a killed atomic
-  write (:mod:`adam_ext.checkpoint`) leaves behind, once the lock proves no one else is writing.
+  write (:mod:`adam_ext.checkpoints.atomic`) leaves behind, once the lock proves no one else is writing.
 """
 
 from __future__ import annotations

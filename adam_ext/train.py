@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import __version__, runfolder
-from .checkpoint import atomic_save, atomic_write_text
+from .checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION, atomic_save, atomic_write_text
 from .config import PretrainConfig, config_differences, dump_config
 from .distributed import ProcessContext
 from .models import MoCo, check_queue_size
@@ -52,8 +52,6 @@ __all__ = ["pretrain", "NonFiniteLossError", "ResumeError", "sample_seed", "Epoc
 
 # Mean fraction of the queue pruned over a logging window above which the run warns of a collapse.
 COLLAPSE_PRUNED = 0.95
-CHECKPOINT_KIND = "adam_ext.pretrain"
-CHECKPOINT_VERSION = 1
 # Fields that may differ between a checkpoint's config and the resuming run's.
 _RESUMABLE_CHANGES = {"out", "log_every", "checkpoint_every", "tensorboard", "dist_timeout", "max_steps", "snapshots",
                       "data.workers", "data.root", "data.cache", "monitor.enabled", "monitor.every",
@@ -168,12 +166,12 @@ def load_checkpoint(path) -> dict:
     except Exception as exc:  # a truncated or foreign file
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ResumeError(f"resume file {str(path)!r} cannot be read as a checkpoint: {reason}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != PRETRAIN_KIND:
         raise ResumeError(f"resume file {str(path)!r} is not an adam_ext pretraining checkpoint "
-                          f"(expected kind {CHECKPOINT_KIND!r}); to start from other weights use model.weights")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
+                          f"(expected kind {PRETRAIN_KIND!r}); to start from other weights use model.weights")
+    if ckpt.get("version") != PRETRAIN_VERSION:
         raise ResumeError(f"resume file {str(path)!r} has checkpoint version {ckpt.get('version')}, "
-                          f"this adam_ext reads version {CHECKPOINT_VERSION}")
+                          f"this adam_ext reads version {PRETRAIN_VERSION}")
     return ckpt
 
 
@@ -418,7 +416,7 @@ class _Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _checkpoint(self, state: dict) -> dict:
-        return {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "config": self.cfg.to_dict(),
+        return {"kind": PRETRAIN_KIND, "version": PRETRAIN_VERSION, "config": self.cfg.to_dict(),
                 "versions": _versions(), "world_size": self.ctx.world, **state}
 
     def _save(self, path: Path, state: dict) -> None:

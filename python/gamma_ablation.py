@@ -41,10 +41,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from adam_ext.checkpoint import atomic_write_json
+from adam_ext.checkpoints import atomic_write_json
+from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
 from adam_ext.config import PretrainConfig, config_differences, load_config
 from adam_ext.downstream import FinetuneConfig, finetune, load_finetune_config, parse_init, summarize, ttest
-from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
 from adam_ext.downstream.metrics import format_summary
 from adam_ext.report import read_metrics
 from adam_ext.train import NonFiniteLossError, ResumeError, pretrain

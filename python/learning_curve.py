@@ -42,10 +42,10 @@ from pathlib import Path
 
 import yaml
 
-from adam_ext.checkpoint import atomic_write_json, atomic_write_text
+from adam_ext.checkpoints import atomic_write_json, atomic_write_text
+from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
 from adam_ext.config import PretrainConfig, config_differences, load_config
 from adam_ext.downstream import FinetuneConfig, finetune, load_finetune_config, summarize, ttest
-from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
 from adam_ext.report import read_metrics, read_monitors
 from adam_ext.train import pretrain
 

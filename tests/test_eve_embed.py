@@ -74,11 +74,11 @@ def test_deterministic_and_grey_equals_rgb(tv_file):
 
 def test_checkpoint_is_read_once(tv_file, monkeypatch):
     """The architecture and the weights come from one read of the file."""
-    import adam_ext.export as export
+    import adam_ext.checkpoints as checkpoints
 
     calls = []
-    real = export.load_pretrained
-    monkeypatch.setattr(export, "load_pretrained", lambda path: calls.append(path) or real(path))
+    real = checkpoints.load_pretrained
+    monkeypatch.setattr(checkpoints, "load_pretrained", lambda path: calls.append(path) or real(path))
     emb = Embedder(str(tv_file), size=64, device="cpu")
     assert calls == [str(tv_file)] and emb.report.kind == "checkpoint" and len(emb.report.loaded) > 0
 

@@ -16,7 +16,7 @@ import torch
 from _runs import REPO, assert_same_state, model_state, rows, strip_timing, tiny, train_rows
 
 from adam_ext import runfolder
-from adam_ext.checkpoint import atomic_write_text
+from adam_ext.checkpoints import atomic_write_text
 from adam_ext.cli import main
 from adam_ext.config import load_config
 from adam_ext.report import write_report

@@ -160,7 +160,7 @@ def test_adam_embed_refuses_corrupted_weights(bad_ckpts, case, tmp_path, capsys)
 
 
 def test_finetune_init_refuses_corrupted_weights(bad_ckpts):
-    from adam_ext.downstream.init import load_encoder
+    from adam_ext.checkpoints import load_encoder
     from adam_ext.models import build_backbone
 
     trunk, _ = build_backbone("resnet18")

@@ -5,7 +5,7 @@
 * :mod:`.segmentation` — ``segmentation_models_pytorch.Unet`` with the pretrained encoder;
   Dice + BCE / CE loss; Dice and IoU.
 * :mod:`.init` — initialisations: ``random``, ``imagenet:PATH``, any checkpoint
-  :func:`adam_ext.export.load_pretrained` reads.
+  :func:`adam_ext.checkpoints.load_pretrained` reads.
 * :mod:`.protocol` — runs, seeds, few-shot subsets, early stopping, mean ± std, t-tests, reports.
 * :mod:`.metrics` — AUC, Dice, IoU and run statistics, with their edge cases defined.
 
@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from .init import InitReport, load_encoder, parse_init
+from ..checkpoints import InitReport, load_encoder, parse_init
 from .metrics import auc_per_class, classification_metrics, dice_iou, segmentation_metrics, summarize, ttest
 from .protocol import (
     SPLITS,

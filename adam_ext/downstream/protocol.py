@@ -72,11 +72,19 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 
 from .. import runfolder
-from ..checkpoint import atomic_write_json, atomic_write_text, json_safe
+from ..checkpoints import (
+    FINETUNE_KIND,
+    FINETUNE_VERSION,
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    json_safe,
+    load_encoder,
+    parse_init,
+)
 from ..config import _check, _is_int, _is_num, layered_values
 from ..data.views import worker_init
 from ..distributed import ProcessContext
-from .init import load_encoder, parse_init
 from .metrics import format_summary, summarize, ttest
 
 __all__ = [
@@ -508,10 +516,8 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
     test_metrics, test_loss = _evaluate(model, task, test_set, cfg, ctx)
     checkpoint = None
     if cfg.save_weights and ctx.main:
-        from adam_ext.checkpoint import atomic_save
-
         checkpoint = str(Path(cfg.out) / f"seed{seed}" / "best.pt")
-        atomic_save({"kind": "adam_ext.finetune", "version": 1, "task": task.name, "arch": cfg.arch,
+        atomic_save({"kind": FINETUNE_KIND, "version": FINETUNE_VERSION, "task": task.name, "arch": cfg.arch,
                      "classes": list(task.classes), "model": best_state, "config": cfg.to_dict(), "seed": seed,
                      "init": report.to_dict(), "epoch": best_epoch, "val": val_metrics, "test": test_metrics,
                      "versions": {"torch": str(torch.__version__)}}, checkpoint)
@@ -534,7 +540,7 @@ def evaluate_checkpoint(path, *, split: str | None = None, device: str = "auto",
         dict: the metrics (see :mod:`.metrics`) over the whole split.
     """
     ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "adam_ext.finetune":
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != FINETUNE_KIND:
         raise ValueError(f"checkpoint {os.fspath(path)!r} must be an adam_ext.finetune file, got another kind")
     cfg = FinetuneConfig(**ckpt["config"])
     cfg = dataclasses.replace(cfg, device=device, workers=workers, batch_size=batch_size or cfg.batch_size)

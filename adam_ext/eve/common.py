@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json, atomic_write_text
+from ..checkpoints import atomic_write_json, atomic_write_text
 
 __all__ = ["markdown_table", "parse_checkpoints", "resolve_device", "write_result"]
 

@@ -2,7 +2,7 @@
 
 An :class:`Embedder` holds a torchvision ResNet trunk initialised from a checkpoint spec
 (``random``, ``imagenet:PATH`` or a checkpoint PATH in any layout that
-:func:`adam_ext.export.load_pretrained` reads: ours, official Adam-v1/MoCo, torchvision). From
+:func:`adam_ext.checkpoints.load_pretrained` reads: ours, official Adam-v1/MoCo, torchvision). From
 an image batch it returns
 
 * **global** embeddings: the last stage's feature map average-pooled, Tensor[N, C] (C = 512 for
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from ..checkpoint import WriteError, atomic_write_files
+from ..checkpoints import WriteError, atomic_write_files
 from ..data.views import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedRGB
 from ..models import BACKBONES, build_backbone
 from .common import resolve_device
@@ -63,14 +63,14 @@ def open_encoder_spec(spec: str, arch: str | None):
     Returns:
         ``(arch, pretrained)``: the checkpoint's architecture (or ``arch`` for ``random``) and its
         :class:`~adam_ext.export.Pretrained` (None for ``random``), which
-        :func:`~adam_ext.downstream.init.load_encoder` then loads without reading the file again.
+        :func:`~adam_ext.checkpoints.encoder.load_encoder` then loads without reading the file again.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: ``random`` without ``arch``, an unknown ``arch``, an unreadable file, or an
             ``arch`` that differs from the checkpoint's.
     """
-    from ..downstream.init import parse_init
+    from ..checkpoints import parse_init
 
     if arch is not None and arch not in BACKBONES:
         raise ValueError(f"arch must be one of {', '.join(BACKBONES)}, got {arch!r}")
@@ -79,7 +79,7 @@ def open_encoder_spec(spec: str, arch: str | None):
         if arch is None:
             raise ValueError("arch is required for a random encoder (e.g. arch='resnet18')")
         return arch, None
-    from ..export import load_pretrained
+    from ..checkpoints import load_pretrained
 
     pretrained = load_pretrained(path)
     if arch is not None and arch != pretrained.arch:
@@ -92,7 +92,7 @@ class Embedder(nn.Module):
 
     Args:
         spec: ``random``, ``imagenet:PATH`` or a checkpoint PATH (see
-            :func:`adam_ext.downstream.init.parse_init`).
+            :func:`adam_ext.checkpoints.encoder.parse_init`).
         arch: the ResNet name; taken from the checkpoint when None (required for ``random``).
         size: side in pixels the images are resized to (default 224, the paper's).
         layers: stages whose maps make the dense hypercolumn (subset of :data:`STAGES`).
@@ -100,14 +100,14 @@ class Embedder(nn.Module):
         seed: seed of the random initialisation (``random`` only), so random baselines repeat.
 
     Attributes:
-        report: the :class:`~adam_ext.downstream.init.InitReport` of what was loaded.
+        report: the :class:`~adam_ext.checkpoints.encoder.InitReport` of what was loaded.
         dim: global embedding width; ``dense_dim``: hypercolumn width.
     """
 
     def __init__(self, spec: str = "random", *, arch: str | None = None, size: int = 224,
                  layers: Sequence[str] = ("layer3", "layer4"), device="auto", seed: int = 0):
         super().__init__()
-        from ..downstream.init import load_encoder
+        from ..checkpoints import load_encoder
 
         if not isinstance(size, int) or isinstance(size, bool) or size < 32:
             raise ValueError(f"size must be an integer >= 32 (pixels), got {size!r}")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import FINETUNE_KIND
 from .common import markdown_table, parse_checkpoints, resolve_device, write_result
 
 __all__ = ["TARGET_LAYER", "FinetunedClassifier", "box_iou", "box_mask", "classifier_input", "gradcam_analysis",
@@ -217,8 +218,8 @@ def load_classifier(path, *, name: str = "model", device="cpu") -> FinetunedClas
         raise ValueError(f"model {name}: {str(path)!r} must be a torch checkpoint, got an unreadable file "
                          f"({type(exc).__name__})") from None
     kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
-    if kind != "adam_ext.finetune" or ckpt.get("task") != "cls":
-        what = f"a {ckpt.get('task')!r} fine-tuning run" if kind == "adam_ext.finetune" else f"kind {kind!r}"
+    if kind != FINETUNE_KIND or ckpt.get("task") != "cls":
+        what = f"a {ckpt.get('task')!r} fine-tuning run" if kind == FINETUNE_KIND else f"kind {kind!r}"
         raise ValueError(f"model {name}: {str(path)!r} must be a classifier checkpoint (seed<S>/best.pt of "
                          f"`adam finetune cls`), got {what}")
     missing = [key for key in ("arch", "classes", "model") if key not in ckpt]

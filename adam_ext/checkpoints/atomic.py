@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .runfolder import RunFolderError, WriteError
+from ..runfolder import RunFolderError, WriteError
 
 __all__ = ["WriteError", "atomic_save", "atomic_write_files", "atomic_write_json", "atomic_write_text", "json_safe"]
 

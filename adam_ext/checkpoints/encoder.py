@@ -1,6 +1,6 @@
 """Encoder initialisations of downstream models: ``random``, ``imagenet:PATH`` or ``PATH``.
 
-Every file goes through :func:`adam_ext.export.load_pretrained`, so the accepted layouts are
+Every file goes through :func:`~adam_ext.checkpoints.layouts.load_pretrained`, so the accepted layouts are
 its: an ``adam_ext`` pretraining checkpoint, an official Adam-v1 / MoCo checkpoint
 (``module.encoder_q.*``) and a plain torchvision ResNet state dict. The query encoder's trunk is
 loaded into the downstream model's encoder (the classifier's ``encoder`` or the U-Net's
@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from .layouts import load_pretrained
 
 __all__ = ["InitReport", "load_encoder", "parse_init"]
 
@@ -115,7 +117,7 @@ def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = Tru
         arch: the encoder's ResNet name; the file's must be the same.
         strict: every encoder tensor must come from the file (the default). False loads what
             matches and reports the rest as missing; a file that matches nothing is still an error.
-        pretrained: ``spec``'s file as :func:`adam_ext.export.load_pretrained` already returned it
+        pretrained: ``spec``'s file as :func:`~adam_ext.checkpoints.layouts.load_pretrained` already returned it
             (it is then not read again); None reads it.
 
     Returns:
@@ -126,8 +128,6 @@ def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = Tru
         ValueError: unreadable or unrecognised file, architecture mismatch, an ``imagenet:`` file
             that is not a torchvision state dict, missing keys (strict) or nothing loaded.
     """
-    from adam_ext.export import load_pretrained
-
     kind, path = parse_init(spec)
     if kind == "random":
         return InitReport(spec=spec, kind=kind)

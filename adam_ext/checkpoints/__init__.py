@@ -1,0 +1,28 @@
+"""Checkpoints: one format, every layout we read, encoder loading and atomic writes.
+
+The layer below pretraining, fine-tuning and Eve: they read and write weights through it, never
+through each other's internals.
+
+* :mod:`.format` — kinds, versions and the version policy of the files adam_ext writes.
+* :mod:`.layouts` — :func:`load_pretrained`: ours, official Adam/MoCo and torchvision files,
+  normalised (:class:`Pretrained`), every trunk tensor checked.
+* :mod:`.encoder` — :func:`load_encoder`: an initialisation spec (``random``, ``imagenet:PATH``,
+  a checkpoint PATH) into a ResNet encoder, with an :class:`InitReport`.
+* :mod:`.atomic` — atomic writes (temp file, fsync, rename) that name the file on failure.
+"""
+
+from .atomic import (
+           WriteError,
+           atomic_save,
+           atomic_write_files,
+           atomic_write_json,
+           atomic_write_text,
+           json_safe,
+)
+from .encoder import InitReport, load_encoder, parse_init
+from .format import FINETUNE_KIND, FINETUNE_VERSION, PRETRAIN_KIND, PRETRAIN_VERSION, readable_version
+from .layouts import ARCHS, Pretrained, infer_arch, load_pretrained
+
+__all__ = ["ARCHS", "FINETUNE_KIND", "FINETUNE_VERSION", "PRETRAIN_KIND", "PRETRAIN_VERSION", "InitReport",
+           "Pretrained", "WriteError", "atomic_save", "atomic_write_files", "atomic_write_json", "atomic_write_text",
+           "infer_arch", "json_safe", "load_encoder", "load_pretrained", "parse_init", "readable_version"]
