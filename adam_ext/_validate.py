@@ -98,7 +98,10 @@ def reduce(loss_rows: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def nan_where_gamma_is_nan(loss_rows: torch.Tensor, gamma_rows) -> torch.Tensor:
-    """A NaN threshold makes that query's loss NaN rather than silently pruning everything."""
+    """A NaN threshold makes that query's loss NaN rather than silently pruning everything.
+
+    Used by the reference; the fused operator applies the same rule in C++ (csrc/pruned_info_nce.h).
+    """
     if gamma_rows is None:
         return loss_rows
     return torch.where(torch.isnan(gamma_rows), torch.full_like(loss_rows, float("nan")), loss_rows)

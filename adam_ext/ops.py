@@ -31,6 +31,11 @@ EXTENSION_LOADED = EXTENSION_ERROR is None
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of the operator's loss, lse and wsum outputs for inputs of ``dtype``.
+
+    Mirrors ``acc_scalar_type`` / ``acc_type_t`` in ``csrc/pruned_info_nce.h``, the one C++
+    definition used by every backend: float64 for float64 inputs, float32 otherwise.
+    """
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -117,8 +122,8 @@ def pruned_info_nce(
         temperature (float): softmax temperature τ > 0 (MoCo v2: 0.2).
         gamma (float | Tensor[B] | Tensor[] | None): pruning threshold γ on the cosine
             similarity (the paper: 0.8); one per query as a (B,) tensor (+inf keeps every
-            key, -inf prunes every key, NaN gives that query a NaN loss); ``None`` disables
-            pruning (plain MoCo InfoNCE).
+            key, -inf prunes every key, NaN gives that query a NaN loss and NaN gradients);
+            ``None`` disables pruning (plain MoCo InfoNCE).
         reduction (str): ``"mean"`` (default), ``"sum"`` or ``"none"`` (Tensor[B]).
         return_pruned (bool): if True also return ``pruned`` (Tensor[B], int64), the
             number of keys removed for each query.
@@ -148,7 +153,7 @@ def pruned_info_nce(
     loss_rows, _lse, _wsum, pruned = torch.ops.adam_ext.pruned_info_nce_fwd(
         q, k, queue, temperature, gamma_scalar, gamma_rows, need_wsum
     )
-    loss_rows = _validate.nan_where_gamma_is_nan(loss_rows, gamma_rows)
+    # A NaN threshold row is already NaN here: the operator's contract (csrc/pruned_info_nce.h).
     loss = _validate.reduce(loss_rows, reduction).to(q.dtype)
     return (loss, pruned) if return_pruned else loss
 

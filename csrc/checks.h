@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <optional>
+#include <utility>
 
 #define ADAM_CHECK_ARG(cond, name, ...) \
   TORCH_CHECK_VALUE(cond, "adam_ext: ", name, " ", __VA_ARGS__)
@@ -21,7 +22,11 @@ inline bool is_supported_float(at::ScalarType t) {
 }
 
 // Validates the forward operator's arguments; returns nothing, throws a
-// c10::ValueError naming the offending argument otherwise.
+// c10::ValueError naming the offending argument otherwise. Order: the ranks of
+// q, k, queue (before any size is read), their shapes, dtypes, devices, the
+// temperature, then gamma / gamma_rows. Kernels make their own contiguous
+// copies: no stride is assumed. Backend limits (e.g. D <= 256 on CUDA) are
+// checked by the backend.
 inline void check_forward_args(const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& queue, double temperature,
                                const std::optional<double>& gamma,
@@ -81,13 +86,31 @@ inline void check_forward_args(const at::Tensor& q, const at::Tensor& k,
   }
 }
 
+// Validates the backward operator's arguments, in this order: the rank of q
+// (before any size of q is read), the shapes of k, grad_loss, loss and wsum
+// against q's (B, D), then dtypes, devices and the temperature. Kernels make
+// their own contiguous copies: no stride is assumed. wsum is read only when
+// need_grad_q (the forward with need_wsum=False returns a (0, D) wsum).
 inline void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& q,
                                 const at::Tensor& k, const at::Tensor& loss,
                                 const at::Tensor& wsum, double temperature,
                                 bool need_grad_q) {
+  ADAM_CHECK_ARG(q.dim() == 2, "q", "must be (B, D), got ", q.dim(),
+                 "-d tensor of shape ", q.sizes());
   const auto B = q.size(0);
-  ADAM_CHECK_ARG(q.dim() == 2 && k.sizes() == q.sizes(), "k",
-                 "must be (B, D) like q ", q.sizes(), ", got ", k.sizes());
+  ADAM_CHECK_ARG(k.sizes() == q.sizes(), "k", "must be (B, D) = ", q.sizes(),
+                 " like q, got ", k.sizes());
+  ADAM_CHECK_ARG(grad_loss.dim() == 1 && grad_loss.size(0) == B, "grad_loss",
+                 "must be (B,) = (", B, ",), got ", grad_loss.sizes());
+  ADAM_CHECK_ARG(loss.dim() == 1 && loss.size(0) == B, "loss", "must be (B,) = (",
+                 B, ",), got ", loss.sizes());
+  if (need_grad_q) {
+    ADAM_CHECK_ARG(wsum.sizes() == q.sizes(), "wsum",
+                   "must be (B, D) = ", q.sizes(),
+                   " when the gradient of q is needed (run the forward with "
+                   "need_wsum=True), got ",
+                   wsum.sizes());
+  }
   ADAM_CHECK_ARG(is_supported_float(q.scalar_type()), "q",
                  "must be float32, float64, bfloat16 or float16, got ",
                  q.scalar_type());
@@ -102,24 +125,14 @@ inline void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& q
   ADAM_CHECK_ARG(!need_grad_q || at::isFloatingType(wsum.scalar_type()), "wsum",
                  "must be floating point (the forward's weighted sums), got ",
                  wsum.scalar_type());
-  ADAM_CHECK_ARG(grad_loss.dim() == 1 && grad_loss.size(0) == B, "grad_loss",
-                 "must be (B,) = (", B, ",), got ", grad_loss.sizes());
-  ADAM_CHECK_ARG(loss.dim() == 1 && loss.size(0) == B, "loss", "must be (B,) = (",
-                 B, ",), got ", loss.sizes());
-  if (need_grad_q) {
-    ADAM_CHECK_ARG(wsum.sizes() == q.sizes(), "wsum",
-                   "must be (B, D) = ", q.sizes(),
-                   " when the gradient of q is needed (run the forward with "
-                   "need_wsum=True), got ",
-                   wsum.sizes());
+  const std::pair<const char*, const at::Tensor*> others[] = {
+      {"k", &k}, {"grad_loss", &grad_loss}, {"loss", &loss}, {"wsum", &wsum}};
+  for (const auto& [name, t] : others) {
+    ADAM_CHECK_ARG(t->device() == q.device(), name, "must be on the device of q (",
+                   q.device(), "), got ", t->device());
   }
   ADAM_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
                  "must be a finite number > 0, got ", temperature);
-  for (const at::Tensor* t : {&grad_loss, &k, &loss, &wsum}) {
-    ADAM_CHECK_ARG(t->device() == q.device(), "backward inputs",
-                   "must all be on the device of q (", q.device(), "), got ",
-                   t->device());
-  }
 }
 
 }  // namespace adam_ext

@@ -1,7 +1,8 @@
 // Contract of the fused purposively pruned InfoNCE operator (all backends).
 //
 // Notation: acc_t is float64 for float64 inputs and float32 otherwise
-// (bf16/fp16/fp32 inputs all accumulate in float32).
+// (bf16/fp16/fp32 inputs all accumulate in float32): acc_type_t / acc_scalar_type
+// below, the one definition of that rule (adam_ext/ops.py's fake kernel mirrors it).
 //
 // pruned_info_nce_fwd(q, k, queue, temperature, gamma, gamma_rows, need_wsum)
 //   q, k       (B, D)  same floating dtype and device; any strides.
@@ -17,6 +18,10 @@
 //   s+_b = qh_b . kh_b;  s_bi = qh_b . queue_i
 //   keep_bi = (s_bi < g_b)  when pruning (NaN similarity -> pruned), else true
 //   lse_b  = log( exp(s+_b/tau) + sum_i keep_bi exp(s_bi/tau) )
+// NaN threshold: a query whose gamma_rows value is NaN keeps no key
+//   (s < NaN is false: pruned_b = K, wsum_b = 0) and has loss_b = lse_b = NaN,
+//   so that a bad threshold shows in the loss instead of silently pruning
+//   everything; the other rows are unaffected. (The scalar gamma is finite.)
 // Returns
 //   loss   (B,)  acc_t  lse_b - s+_b/tau, computed as log1p(sum_i keep exp((s_bi - s+_b)/tau))
 //                       so that it keeps full relative precision near 0 (small tau)
@@ -32,18 +37,36 @@
 //   dL/dqh_b = grad_loss_b * ((p+_b - 1) kh_b + wsum_b) / tau
 //   dL/dkh_b = grad_loss_b * (p+_b - 1) qh_b / tau
 //   then through x/max(|x|, eps): dx = (g - xh (xh.g)) / |x| if |x| > eps else g / eps.
+//   A row whose loss is NaN (NaN threshold or NaN inputs) gets NaN gradients:
+//   expm1(-NaN) = NaN, whatever grad_loss_b is.
 // Returns grad_q (B, D) in q's dtype (or (0, D) when !need_grad_q) and grad_k
 // likewise.
+//
+// Arguments are checked by csrc/checks.h (check_forward_args /
+// check_backward_args) in every backend; inputs may have any strides.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 namespace adam_ext {
 
 constexpr double kNormEps = 1e-12;
+
+// The accumulation type rule, defined once for every backend: float64 inputs
+// accumulate in double, float32/bfloat16/float16 inputs in float. acc_type_t is
+// the C++ type for a kernel's scalar_t, acc_scalar_type the dtype of the
+// outputs loss, lse, wsum (and of what the backward reads). Mirrored in Python
+// by adam_ext/ops.py:_acc_dtype (the fake/meta kernels).
+template <typename scalar_t>
+using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+inline at::ScalarType acc_scalar_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pruned_info_nce_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& queue,
@@ -51,6 +74,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pruned_info_nce_fwd_c
     const std::optional<at::Tensor>& gamma_rows, bool need_wsum);
 
 std::tuple<at::Tensor, at::Tensor> pruned_info_nce_bwd_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& loss, const at::Tensor& wsum, double temperature,
+    bool need_grad_q, bool need_grad_k);
+
+// CUDA backend (csrc/cuda/), compiled only with ADAM_EXT_WITH_CUDA.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pruned_info_nce_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& queue,
+    double temperature, std::optional<double> gamma,
+    const std::optional<at::Tensor>& gamma_rows, bool need_wsum);
+
+std::tuple<at::Tensor, at::Tensor> pruned_info_nce_bwd_cuda(
     const at::Tensor& grad_loss, const at::Tensor& q, const at::Tensor& k,
     const at::Tensor& loss, const at::Tensor& wsum, double temperature,
     bool need_grad_q, bool need_grad_k);

@@ -345,7 +345,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& qu
                   const std::optional<at::Tensor>& gamma_rows, bool need_wsum,
                   at::Tensor& loss, at::Tensor& lse, at::Tensor& wsum,
                   at::Tensor& pruned_out) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using acc_t = acc_type_t<scalar_t>;
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   const int64_t B = q.size(0), D = q.size(1), K = queue.size(0);
   const acc_t inv_tau = static_cast<acc_t>(1.0 / temperature);
@@ -452,8 +452,12 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& qu
       // exp(M - zpos) could overflow.
       const double gap = M - zpos;
       const double loss_b = gap < 500.0 ? std::log1p(R * std::exp(gap)) : gap + std::log(total);
-      lse_p[b] = static_cast<acc_t>(zpos + loss_b);
-      loss_p[b] = static_cast<acc_t>(loss_b);
+      // A NaN threshold (gamma_rows) has pruned every key of the row; the
+      // contract makes its loss and lse NaN (csrc/pruned_info_nce.h).
+      const bool nan_threshold = std::isnan(thr[b]);
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      lse_p[b] = static_cast<acc_t>(nan_threshold ? nan : zpos + loss_b);
+      loss_p[b] = static_cast<acc_t>(nan_threshold ? nan : loss_b);
       pruned_p[b] = n_pruned;
       if (need_wsum) {
         for (int64_t d = 0; d < D; ++d) wsum_p[b * D + d] = static_cast<acc_t>(w[d] / total);
@@ -488,7 +492,7 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& q, const at::T
                    const at::Tensor& loss, const at::Tensor& wsum, double temperature,
                    bool need_grad_q, bool need_grad_k, at::Tensor& grad_q,
                    at::Tensor& grad_k) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using acc_t = acc_type_t<scalar_t>;
   const int64_t B = q.size(0), D = q.size(1);
   const acc_t inv_tau = static_cast<acc_t>(1.0 / temperature);
   const auto* qp = q.data_ptr<scalar_t>();
@@ -518,10 +522,6 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& q, const at::T
   });
 }
 
-at::ScalarType acc_type_of(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pruned_info_nce_fwd_cpu(
@@ -531,7 +531,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pruned_info_nce_fwd_c
   check_forward_args(q_in, k_in, queue_in, temperature, gamma, gamma_rows);
   const auto q = q_in.contiguous(), k = k_in.contiguous(), queue = queue_in.contiguous();
   const int64_t B = q.size(0), D = q.size(1);
-  const auto opts = q.options().dtype(acc_type_of(q.scalar_type()));
+  const auto opts = q.options().dtype(acc_scalar_type(q.scalar_type()));
   auto loss = at::empty({B}, opts);
   auto lse = at::empty({B}, opts);
   auto wsum = at::empty({need_wsum ? B : 0, D}, opts);
@@ -550,7 +550,7 @@ std::tuple<at::Tensor, at::Tensor> pruned_info_nce_bwd_cpu(
     const at::Tensor& loss_in, const at::Tensor& wsum_in, double temperature,
     bool need_grad_q, bool need_grad_k) {
   check_backward_args(grad_loss_in, q_in, k_in, loss_in, wsum_in, temperature, need_grad_q);
-  const auto acc = acc_type_of(q_in.scalar_type());
+  const auto acc = acc_scalar_type(q_in.scalar_type());
   const auto q = q_in.contiguous(), k = k_in.contiguous();
   const auto grad_loss = grad_loss_in.to(acc).contiguous();
   const auto loss = loss_in.to(acc).contiguous();
