@@ -1,6 +1,6 @@
 """This process's place in a run: rank, world size and device, from torchrun's environment.
 
-Shared by pretraining (:mod:`adam_ext.train`) and fine-tuning (:mod:`adam_ext.downstream`): one
+Shared by pretraining (:mod:`adam_ext.pretrain`) and fine-tuning (:mod:`adam_ext.downstream`): one
 process alone, or one rank of ``torchrun`` (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), with NCCL
 on GPUs and gloo on CPUs.
 """

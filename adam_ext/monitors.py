@@ -20,7 +20,7 @@ validation embeddings, reported as accuracy (:func:`knn_accuracy`) or, for multi
 ROC AUC (:func:`knn_mean_auc`).
 
 Everything here is a pure function of tensors (float64 inside, CPU or any device); the pretraining
-engine decides what to embed (see ``adam_ext.train``).
+engine decides what to embed (see ``adam_ext.pretrain``).
 
 Example:
     >>> import torch

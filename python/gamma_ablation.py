@@ -1,7 +1,7 @@
 """Ablation of the purposive pruner's threshold γ (the paper's ablation figure).
 
 For each γ of ``--gammas`` (``none``: no pruning), pretrains Adam into ``OUT/gamma_<γ>/`` with
-:func:`adam_ext.train.pretrain`, fine-tunes its ``best.pt`` on one downstream task with
+:func:`adam_ext.pretrain.pretrain`, fine-tunes its ``best.pt`` on one downstream task with
 :func:`adam_ext.downstream.finetune` into ``OUT/downstream/gamma_<γ>/``, and compares the test
 metrics across γ. Every γ shares the pretraining configuration (seed included) and the downstream
 seeds, so the runs are paired: only γ differs. γ applies at the stages with n > 0, as in the
@@ -46,8 +46,8 @@ from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
 from adam_ext.config import PretrainConfig, config_differences, load_config
 from adam_ext.downstream import FinetuneConfig, finetune, load_finetune_config, parse_init, summarize, ttest
 from adam_ext.downstream.metrics import format_summary
+from adam_ext.pretrain import NonFiniteLossError, ResumeError, pretrain
 from adam_ext.report import read_metrics
-from adam_ext.train import NonFiniteLossError, ResumeError, pretrain
 
 NO_PRUNING = "none"
 #: Pretraining fields a finished run may differ in and still be reused: paths and bookkeeping.

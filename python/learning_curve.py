@@ -1,7 +1,7 @@
 """Learning curve: does pretraining learn, and how fast? Adam and MoCo v2 against random initialisation.
 
 Pretrains one run per method with a snapshot of the weights at the end of every epoch
-(:func:`adam_ext.train.pretrain` with ``snapshots: true``):
+(:func:`adam_ext.pretrain.pretrain` with ``snapshots: true``):
 
 * ``adam``: the decomposer's stages n = 0, 2, 4 (the configured ``stages``) with the purposive pruner;
 * ``mocov2``: n = 0 only, no pruner, the same total number of epochs (so the same steps and images)
@@ -46,8 +46,8 @@ from adam_ext.checkpoints import atomic_write_json, atomic_write_text
 from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
 from adam_ext.config import PretrainConfig, config_differences, load_config
 from adam_ext.downstream import FinetuneConfig, finetune, load_finetune_config, summarize, ttest
+from adam_ext.pretrain import pretrain
 from adam_ext.report import read_metrics, read_monitors
-from adam_ext.train import pretrain
 
 METHODS = ("adam", "mocov2")
 #: Pretraining fields a finished run may differ in and still be reused.

@@ -39,7 +39,7 @@ def run(work: Path) -> dict:
     from adam_ext.config import PretrainConfig
     from adam_ext.data.synthetic import generate
     from adam_ext.downstream import FinetuneConfig, finetune
-    from adam_ext.train import pretrain
+    from adam_ext.pretrain import pretrain
 
     torch.set_num_threads(1)
     data = generate(work / "data", 32, size=64, seed=3, workers=1, progress=False)

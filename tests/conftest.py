@@ -116,11 +116,11 @@ def reference_run(run_data, tmp_path_factory):
     subprocesses): sums split over two threads round differently."""
     from _runs import tiny
 
-    from adam_ext import train as train_mod
+    from adam_ext.pretrain import loop, pretrain
 
     out = tmp_path_factory.mktemp("ref") / "run"
     entry = {}
-    original = train_mod._Trainer.run_stage
+    original = loop.Trainer.run_stage
 
     def run_stage(self, stage, resume):
         entry[stage] = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -130,8 +130,8 @@ def reference_run(run_data, tmp_path_factory):
     torch.set_num_threads(1)  # bit-exact comparisons need the thread count of the compared runs: one
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(train_mod._Trainer, "run_stage", run_stage)
-            summary = train_mod.pretrain(tiny(run_data, out), progress=False)
+            patch.setattr(loop.Trainer, "run_stage", run_stage)
+            summary = pretrain(tiny(run_data, out), progress=False)
     finally:
         torch.set_num_threads(threads)
     return out, summary, entry

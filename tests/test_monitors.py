@@ -22,7 +22,7 @@ from adam_ext.monitors import (
     uniformity,
     weighted_knn_scores,
 )
-from adam_ext.train import pretrain
+from adam_ext.pretrain import pretrain
 
 
 def orthonormal(n, r, generator):

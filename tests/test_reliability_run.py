@@ -19,8 +19,9 @@ from adam_ext import runfolder
 from adam_ext.checkpoints import atomic_write_text
 from adam_ext.cli import main
 from adam_ext.config import load_config
+from adam_ext.pretrain import ResumeError, load_checkpoint, pretrain
+from adam_ext.pretrain.resume import check_resumable
 from adam_ext.report import write_report
-from adam_ext.train import ResumeError, _check_resumable, load_checkpoint, pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,7 +80,7 @@ def test_a_refused_resume_leaves_the_run_folder_unchanged(run_data, stopped_run,
     assert "different configuration (optim.lr" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()} == before
     # the error's own advice works: the run's config.yaml is still the run's
-    _check_resumable(load_checkpoint(stopped_run / "last.pt"), load_config(config), stopped_run / "last.pt")
+    check_resumable(load_checkpoint(stopped_run / "last.pt"), load_config(config), stopped_run / "last.pt")
 
 
 def test_resume_takes_an_override_after_it_as_an_override(run_data, stopped_run, capsys):

@@ -23,8 +23,7 @@ from _runs import REPO, assert_same_state, model_state, steps_per_epoch, tiny, t
 
 from adam_ext.config import PRESETS, PretrainConfig, load_config, parse_override
 from adam_ext.models import MoCo
-from adam_ext.train import EpochBatches, NonFiniteLossError, ResumeError, pretrain, sample_seed
-
+from adam_ext.pretrain import EpochBatches, NonFiniteLossError, ResumeError, pretrain, sample_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # like reference_run: bit-exact comparisons with it
 
@@ -266,7 +265,8 @@ RANK_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import torch
-    from adam_ext import models, train
+    from adam_ext import models, pretrain
+    from adam_ext.pretrain import loop
     from adam_ext.config import PretrainConfig
 
     cfg = PretrainConfig.from_dict(json.loads(sys.argv[1]))
@@ -280,13 +280,13 @@ RANK_SCRIPT = textwrap.dedent(
                 raise RuntimeError("injected failure on rank %d" % rank)
             return forward(self, *args, **kwargs)
         models.MoCo.forward = failing
-    run = train._Trainer.run
+    run = loop.Trainer.run
     def run_and_dump(self, *args, **kwargs):
         summary = run(self, *args, **kwargs)
         torch.save(self.model.state_dict(), os.path.join(dump, "rank%d.pt" % rank))
         return summary
-    train._Trainer.run = run_and_dump
-    train.pretrain(cfg, progress=False)
+    loop.Trainer.run = run_and_dump
+    pretrain.pretrain(cfg, progress=False)
     """
 )
 

@@ -45,7 +45,7 @@ def pretrain_parser(p: argparse.ArgumentParser) -> None:
 
 def run_pretrain(args) -> int:
     from ..config import load_config
-    from ..train import NonFiniteLossError, ResumeError, pretrain
+    from ..pretrain import NonFiniteLossError, ResumeError, pretrain
 
     if args.resume not in (None, "auto") and "=" in args.resume and not Path(args.resume).exists():
         # `--resume optim.lr=0.5`: the optional value of --resume swallowed an override

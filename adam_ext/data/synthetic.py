@@ -43,10 +43,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import _phantom
-from .readers import _Reader, _require_files
 from ._phantom import CLASSES, FINDINGS, LANDMARKS, MASKS
+from .readers import _Reader, _require_files
 
-__all__ = ["CLASSES", "FINDINGS", "LANDMARKS", "MASKS", "SynthConfig", "SyntheticDataset",
+__all__ = ["CLASSES", "FINDINGS", "LANDMARKS", "MASKS", "SynthConfig", "SyntheticDataset", "ensure_synthetic",
            "contact_sheet", "generate"]
 
 DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -492,3 +492,23 @@ def _sheet_palette(colours) -> Image.Image:
     palette = Image.new("P", (1, 1))
     palette.putpalette(table.ravel().tolist())
     return palette
+
+
+def ensure_synthetic(root, n: int, size: int, seed: int = 0, log=print) -> bool:
+    """Generates the synthetic data set in ``root`` when it is missing, or when ``synthetic.json``
+    says an older generator made it (its phantoms differ; ``n`` and ``size`` of an existing
+    folder are its own). A folder in the ChestX-ray14 layout that we did not make is used as it is.
+
+    Returns:
+        True when it generated.
+    """
+    root = Path(root)
+    made = None
+    if (root / "synthetic.json").is_file():
+        made = json.loads((root / "synthetic.json").read_text()).get("version")
+    if (root / "Data_Entry_2017.csv").is_file() and made in (None, GENERATOR_VERSION):
+        return False
+    why = f" (it held version {made} of the phantoms, now {GENERATOR_VERSION})" if made else " (once)"
+    log(f"generating {n} synthetic radiographs of {size} px in {root}{why}")
+    generate(root, n, size=size, seed=seed, workers=None)
+    return True

@@ -1,0 +1,80 @@
+"""Resuming a pretraining run: reading its checkpoint, checking it fits the configuration, the RNG state."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION
+from ..config import PretrainConfig, config_differences
+
+__all__ = ["RESUMABLE_CHANGES", "ResumeError", "check_resumable", "load_checkpoint", "rng_state", "set_rng_state",
+           "versions"]
+
+#: Fields that may differ between a checkpoint's config and the resuming run's.
+RESUMABLE_CHANGES = {"out", "log_every", "checkpoint_every", "tensorboard", "dist_timeout", "max_steps", "snapshots",
+                     "data.workers", "data.root", "data.cache", "monitor.enabled", "monitor.every",
+                     "monitor.images", "monitor.knn_images", "monitor.k", "monitor.temperature"}
+
+
+class ResumeError(ValueError):
+    """A resume file that is missing, not ours, or from a different configuration."""
+
+
+def load_checkpoint(path) -> dict:
+    """Loads one of our pretraining checkpoints with ``weights_only=True``.
+
+    Raises:
+        ResumeError: no such file, or not an adam_ext pretraining checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResumeError(f"resume file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ResumeError(f"resume file {str(path)!r} is empty (0 bytes), not a checkpoint; a run's own "
+                          f"checkpoints are written atomically and are never empty")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ResumeError(f"resume file {str(path)!r} cannot be read as a checkpoint: {reason}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != PRETRAIN_KIND:
+        raise ResumeError(f"resume file {str(path)!r} is not an adam_ext pretraining checkpoint "
+                          f"(expected kind {PRETRAIN_KIND!r}); to start from other weights use model.weights")
+    if ckpt.get("version") != PRETRAIN_VERSION:
+        raise ResumeError(f"resume file {str(path)!r} has checkpoint version {ckpt.get('version')}, "
+                          f"this adam_ext reads version {PRETRAIN_VERSION}")
+    return ckpt
+
+
+def check_resumable(ckpt: dict, cfg: PretrainConfig, path) -> None:
+    """Raises :class:`ResumeError` naming the fields where ``cfg`` differs from the checkpoint's
+    configuration, beyond those a resume may change (:data:`RESUMABLE_CHANGES`)."""
+    differ = config_differences(ckpt["config"], cfg.to_dict(), RESUMABLE_CHANGES)
+    if differ:
+        details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in list(differ.items())[:6])
+        raise ResumeError(f"resume file {str(path)!r} was written by a different configuration ({details}); "
+                          f"resume with the run's own config.yaml or start a new run folder")
+
+
+def versions() -> dict:
+    """The versions a checkpoint records (adam_ext, torch, Python)."""
+    return {"adam_ext": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def rng_state() -> dict:
+    """torch's generator states (CPU, and every GPU's), as a checkpoint keeps them."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
