@@ -1,0 +1,235 @@
+"""Packaging: ``pip install --no-build-isolation .`` into a fresh environment that holds only torch
+and torchvision gives a working ``adam`` (pyproject.toml declares every runtime dependency).
+
+SLOW and NEEDS A PACKAGE INDEX (marked ``packaging``; still run by ``make test``): about 1-3 minutes
+on the 2-core CI machine, most of it compiling the C++ extension (CPU only, ``ADAM_EXT_CUDA=0``) and,
+the first time, downloading the dependencies (later runs take them from pip's cache). Skipped, with
+the reason, when pip cannot reach a package index.
+
+The fresh virtual environment sees torch and torchvision exactly as a user who ran
+``pip install torch torchvision`` would: a ``.pth`` file adds a folder of symbolic links to this
+environment's torch, torchvision and their own dependencies (found recursively from their metadata),
+and nothing else. ``pip`` then has to install everything else adam_ext needs from what
+pyproject.toml declares. The folder lies outside the new environment, so pip never uninstalls
+(deletes through) those links.
+
+Checked there: the installed adam_ext (not the checkout) loads its extension on the linked torch;
+every third-party module the code imports, lazily or not, imports and comes from a distribution
+pyproject.toml declares (not merely from a dependency's dependency); ``pip check``; ``adam --help``;
+``adam synth``; a one-epoch ``adam pretrain`` of the tiny configuration writes best.pt.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+pytestmark = pytest.mark.packaging
+
+REPO = Path(__file__).resolve().parent.parent
+# What `pip install .` needs of the checkout (copied, so the build writes nothing into it).
+SOURCE_ITEMS = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in", "adam_ext", "csrc")
+BASE = ("torch", "torchvision")
+LOADERS = ("import_module", "_require")  # functions called with the name of a module they import
+
+
+def _closure(names) -> list[metadata.Distribution]:
+    """The installed distributions ``names`` need at run time, recursively (extras and markers
+    evaluated for this interpreter), themselves included."""
+    env = default_environment()
+    seen: dict[str, metadata.Distribution] = {}
+    todo = [(name, frozenset()) for name in names]
+    done = set()
+    while todo:
+        name, extras = todo.pop()
+        key = (canonicalize_name(name), extras)
+        if key in done:
+            continue
+        done.add(key)
+        dist = metadata.distribution(name)
+        seen[canonicalize_name(dist.metadata["Name"])] = dist
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not any(
+                req.marker.evaluate({**env, "extra": extra}) for extra in (extras or {""})
+            ):
+                continue
+            todo.append((req.name, frozenset(req.extras)))
+    return list(seen.values())
+
+
+def _link_base(target: Path) -> list[str]:
+    """Fills ``target`` with symbolic links to the top-level modules and .dist-info folders of torch,
+    torchvision and their dependencies; returns the distribution names."""
+    target.mkdir()
+    names = []
+    for dist in _closure(BASE):
+        names.append(dist.metadata["Name"])
+        site = Path(dist.locate_file(""))
+        tops = {f.parts[0] for f in dist.files or []} - {".."}
+        tops = {top for top in tops if not top.endswith(".pth")}
+        for top in tops:
+            src, dst = site / top, target / top
+            if src.exists() and not dst.exists():  # namespace folders (nvidia/) are shared
+                dst.symlink_to(src)
+    return sorted(names)
+
+
+def _run(cmd, env, cwd, timeout, what):
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, check=False, env=env, cwd=cwd, timeout=timeout, capture_output=True, text=True)
+    print(f"  {what}: {time.perf_counter() - t0:.1f} s")
+    assert proc.returncode == 0, (
+        f"{what} failed (exit {proc.returncode}): {' '.join(map(str, cmd))}\n"
+        f"--- stdout (tail)\n{proc.stdout[-6000:]}\n--- stderr (tail)\n{proc.stderr[-6000:]}"
+    )
+    return proc.stdout
+
+
+def _third_party_imports(package: Path) -> list[str]:
+    """Every module the package's code imports that is neither the standard library nor itself: the
+    ``import``/``from`` statements anywhere (lazy ones in functions too) and the string literals given
+    to ``importlib.import_module`` or ``_require`` (adam_ext.export). ``torch.utils.tensorboard``
+    stands for the ``tensorboard`` it needs."""
+    found = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module)
+            elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                  and isinstance(node.args[0].value, str)
+                  and getattr(node.func, "attr", getattr(node.func, "id", "")) in LOADERS):
+                found.add(node.args[0].value)
+    if any(m.startswith("torch.utils.tensorboard") for m in found):
+        found.add("tensorboard")
+    return sorted(m for m in found if m.split(".")[0] not in (*sys.stdlib_module_names, package.name))
+
+
+# Run in the new environment: imports each module and names the declared requirement of adam_ext
+# that provides it (a module only present through another package's dependencies is not enough).
+CHECK_IMPORTS = """
+import importlib, importlib.metadata as md, json, re, sys
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+declared = {norm(re.split(r"[ ;<>=!~\\[(]", r, maxsplit=1)[0]) for r in md.requires("adam_ext") or []
+            if "extra ==" not in r}
+providers = md.packages_distributions()
+report, problems = {}, []
+for module in json.loads(sys.argv[1]):
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        problems.append(f"import {module}: {type(exc).__name__}: {exc}")
+    dists = {norm(d) for d in providers.get(module.split(".")[0], [])}
+    report[module] = sorted(dists)
+    if not dists & declared:
+        problems.append(f"{module} comes from {sorted(dists) or 'nothing'}, not a declared dependency")
+print(json.dumps({"report": report, "problems": problems}))
+"""
+
+
+def _index_reachable(tmp: Path) -> str | None:
+    """None when pip (with the machine's own configuration) can download a small package, else why not."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--timeout", "10",
+           "--retries", "0", "--dest", str(tmp), "tqdm"]
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "pip download timed out after 60 s"
+    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
+    start = time.perf_counter()
+    why = _index_reachable(tmp_path / "probe")
+    print(f"\n  package index probe: {time.perf_counter() - start:.1f} s")
+    if why:
+        pytest.skip(f"no package index reachable for pip, cannot install the declared dependencies: {why}")
+
+    # Fresh venv; torch + torchvision (with their own dependencies) visible through a .pth file.
+    venv = tmp_path / "venv"
+    py = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONUSERBASE")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONNOUSERSITE="1",
+               PIP_NO_INPUT="1", ADAM_EXT_CUDA="0", MAX_JOBS=env.get("MAX_JOBS", "2"), MPLBACKEND="Agg")
+    _run([sys.executable, "-m", "venv", str(venv)], env, tmp_path, 120, "python -m venv")
+    base = _link_base(tmp_path / "base")
+    site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     env, tmp_path, 60, "site-packages").strip())
+    (site / "_adam_test_base.pth").write_text(f"{tmp_path / 'base'}\n")
+    print(f"  base distributions ({len(base)}): {', '.join(base)}")
+
+    # A copy of the checkout: the in-tree build writes build/ and *.egg-info, not in the repo.
+    src = tmp_path / "src"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.o", "*.pyc", "*.egg-info", "build")
+    for item in SOURCE_ITEMS:
+        if (REPO / item).is_dir():
+            shutil.copytree(REPO / item, src / item, ignore=ignore)
+        elif (REPO / item).exists():
+            shutil.copy2(REPO / item, src / item)
+
+    # --no-build-isolation: the user installs the build requirements, then the package.
+    # --no-compile: no .pyc for the thousands of installed files (they are written when imported).
+    pip = [str(py), "-m", "pip", "--disable-pip-version-check"]
+    if tomllib is not None:
+        build_requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+        _run(pip + ["install", "--no-compile", *build_requires], env, tmp_path, 300,
+             "pip install build requirements")
+    out = _run(pip + ["install", "--no-compile", "--no-build-isolation", str(src)], env, tmp_path, 600,
+               "pip install --no-build-isolation . (dependencies + C++ build)")
+    assert "Collecting torch" not in out, "pip installed a second torch instead of using the pinned one"
+    print("  " + next((line for line in out.splitlines() if line.startswith("Successfully installed")), "?"))
+
+    # The installed package (not the checkout), its extension, and the pinned torch.
+    code = ("import adam_ext, json, torch; "
+            "print(json.dumps([adam_ext.__file__, torch.__file__, adam_ext.build_info()]))")
+    info = _run([str(py), "-c", code], env, tmp_path, 120, "import adam_ext")
+    adam_file, torch_file, build = json.loads(info.strip().splitlines()[-1])
+    assert Path(adam_file).is_relative_to(site), adam_file
+    assert Path(torch_file).is_relative_to(tmp_path / "base"), torch_file
+    assert build["extension_loaded"], build
+    modules = _third_party_imports(src / "adam_ext")
+    out = _run([str(py), "-c", CHECK_IMPORTS, json.dumps(modules)], env, tmp_path, 300,
+               f"import the {len(modules)} third-party modules adam_ext uses")
+    result = json.loads(out.strip().splitlines()[-1])
+    print("  " + ", ".join(f"{m} <- {'/'.join(d)}" for m, d in result["report"].items()))
+    assert not result["problems"], "\n".join(result["problems"])
+    _run(pip + ["check"], env, tmp_path, 120, "pip check")
+
+    adam = str(venv / "bin" / "adam")
+    assert "pretrain" in _run([adam, "--help"], env, tmp_path, 60, "adam --help")
+    _run([adam, "synth", "--out", "D", "--n", "12", "--size", "64", "--workers", "1"], env, tmp_path, 120,
+         "adam synth")
+    # The tiny configuration of tests/_runs.py, one stage of one epoch; TensorBoard on (the default).
+    _run([adam, "pretrain", "--data", "D", "--dataset", "synthetic", "--out", "R", "--stages", "0",
+          "--epochs", "1", "--batch-size", "4", "--backbone", "resnet18", "--no-progress",
+          "data.view_size=32", "data.workers=0", "model.K=16", "model.dim=8", "model.mlp_hidden=16",
+          "log_every=2", "checkpoint_every=0"], env, tmp_path, 300, "adam pretrain")
+    assert (tmp_path / "R" / "best.pt").is_file(), sorted(p.name for p in (tmp_path / "R").iterdir())
+    assert any((tmp_path / "R" / "tensorboard").iterdir())
+    # Free the disk now (the new environment holds about 0.6 GB), not in a later session's clean-up.
+    # (rmtree removes the links of base/, never what they point to.)
+    for folder in ("venv", "base", "src"):
+        shutil.rmtree(tmp_path / folder, ignore_errors=True)
+    print(f"  total: {time.perf_counter() - start:.1f} s")
