@@ -231,16 +231,16 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _check(ok: bool, name: str, expected: str, value: Any) -> None:
+def check_field(ok: bool, name: str, expected: str, value: Any) -> None:
     if not ok:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _is_num(v) -> bool:
+def is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -250,59 +250,59 @@ def validate(cfg: PretrainConfig) -> None:
     from .models import BACKBONES
 
     d, m, o = cfg.data, cfg.model, cfg.optim
-    _check(d.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", d.dataset)
-    _check(isinstance(d.root, str), "data.root", "a folder path", d.root)
-    _check(isinstance(d.options, dict), "data.options", "a mapping of reader options", d.options)
+    check_field(d.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", d.dataset)
+    check_field(isinstance(d.root, str), "data.root", "a folder path", d.root)
+    check_field(isinstance(d.options, dict), "data.options", "a mapping of reader options", d.options)
     _check_reader_options(d.dataset, d.options)
-    _check(_is_num(d.val_fraction) and 0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
+    check_field(is_num(d.val_fraction) and 0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
     for name in ("view_size", "synthetic_n", "synthetic_size"):
-        _check(_is_int(getattr(d, name)) and getattr(d, name) > 0, f"data.{name}", "a positive int", getattr(d, name))
-    _check(_is_int(d.workers) and d.workers >= 0, "data.workers", "an int >= 0", d.workers)
-    _check(isinstance(d.views, dict), "data.views", "a mapping of ViewConfig fields", d.views)
+        check_field(is_int(getattr(d, name)) and getattr(d, name) > 0, f"data.{name}", "a positive int", getattr(d, name))
+    check_field(is_int(d.workers) and d.workers >= 0, "data.workers", "an int >= 0", d.workers)
+    check_field(isinstance(d.views, dict), "data.views", "a mapping of ViewConfig fields", d.views)
     from .data.views import ViewConfig
 
     try:
         ViewConfig(size=d.view_size, **d.view_options())
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data.views must hold valid ViewConfig fields, got {d.views!r}: {exc}") from None
-    _check(m.backbone in BACKBONES, "model.backbone", f"one of {list(BACKBONES)}", m.backbone)
+    check_field(m.backbone in BACKBONES, "model.backbone", f"one of {list(BACKBONES)}", m.backbone)
     for name in ("dim", "K", "shuffle_bn_groups"):
-        _check(_is_int(getattr(m, name)) and getattr(m, name) > 0, f"model.{name}", "a positive int", getattr(m, name))
-    _check(m.mlp_hidden is None or (_is_int(m.mlp_hidden) and m.mlp_hidden > 0), "model.mlp_hidden",
+        check_field(is_int(getattr(m, name)) and getattr(m, name) > 0, f"model.{name}", "a positive int", getattr(m, name))
+    check_field(m.mlp_hidden is None or (is_int(m.mlp_hidden) and m.mlp_hidden > 0), "model.mlp_hidden",
            "a positive int or null", m.mlp_hidden)
-    _check(_is_num(m.m) and 0 <= m.m <= 1, "model.m", "in [0, 1]", m.m)
-    _check(_is_num(m.T) and m.T > 0, "model.T", "> 0", m.T)
-    _check(o.optimizer in ("sgd", "adamw"), "optim.optimizer", "sgd or adamw", o.optimizer)
-    _check(_is_num(o.lr) and o.lr > 0, "optim.lr", "> 0", o.lr)
-    _check(_is_num(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
-    _check(_is_num(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
-    _check(_is_int(o.batch_size) and o.batch_size >= 2, "optim.batch_size", "an int >= 2", o.batch_size)
-    _check(_is_int(o.epochs) and o.epochs > 0, "optim.epochs", "a positive int", o.epochs)
-    _check(_is_num(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
+    check_field(is_num(m.m) and 0 <= m.m <= 1, "model.m", "in [0, 1]", m.m)
+    check_field(is_num(m.T) and m.T > 0, "model.T", "> 0", m.T)
+    check_field(o.optimizer in ("sgd", "adamw"), "optim.optimizer", "sgd or adamw", o.optimizer)
+    check_field(is_num(o.lr) and o.lr > 0, "optim.lr", "> 0", o.lr)
+    check_field(is_num(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
+    check_field(is_num(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
+    check_field(is_int(o.batch_size) and o.batch_size >= 2, "optim.batch_size", "an int >= 2", o.batch_size)
+    check_field(is_int(o.epochs) and o.epochs > 0, "optim.epochs", "a positive int", o.epochs)
+    check_field(is_num(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
            f"in [0, epochs={o.epochs}]", o.warmup_epochs)
-    _check(isinstance(cfg.stages, (list, tuple)) and len(cfg.stages) > 0
-           and all(_is_int(n) and n >= 0 for n in cfg.stages), "stages", "a non-empty list of ints >= 0", cfg.stages)
+    check_field(isinstance(cfg.stages, (list, tuple)) and len(cfg.stages) > 0
+           and all(is_int(n) and n >= 0 for n in cfg.stages), "stages", "a non-empty list of ints >= 0", cfg.stages)
     cfg.stages = list(cfg.stages)
     for name in ("gamma", "gamma_n0"):
         value = getattr(cfg, name)
-        _check(value is None or (_is_num(value) and -1 <= value <= 1), name, "null or in [-1, 1]", value)
-    _check(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
-    _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2**63, "seed", "an int in [0, 2**63)", cfg.seed)
-    _check(cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", cfg.device)
-    _check(cfg.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16", cfg.amp)
+        check_field(value is None or (is_num(value) and -1 <= value <= 1), name, "null or in [-1, 1]", value)
+    check_field(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
+    check_field(is_int(cfg.seed) and 0 <= cfg.seed < 2**63, "seed", "an int in [0, 2**63)", cfg.seed)
+    check_field(cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", cfg.device)
+    check_field(cfg.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16", cfg.amp)
     for name in ("checkpoint_every", "max_steps"):
-        _check(_is_int(getattr(cfg, name)) and getattr(cfg, name) >= 0, name, "an int >= 0", getattr(cfg, name))
-    _check(_is_int(cfg.log_every) and cfg.log_every > 0, "log_every", "a positive int", cfg.log_every)
-    _check(_is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
-    _check(isinstance(cfg.snapshots, bool), "snapshots", "true or false", cfg.snapshots)
+        check_field(is_int(getattr(cfg, name)) and getattr(cfg, name) >= 0, name, "an int >= 0", getattr(cfg, name))
+    check_field(is_int(cfg.log_every) and cfg.log_every > 0, "log_every", "a positive int", cfg.log_every)
+    check_field(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
+    check_field(isinstance(cfg.snapshots, bool), "snapshots", "true or false", cfg.snapshots)
     mon = cfg.monitor
-    _check(isinstance(mon.enabled, bool), "monitor.enabled", "true or false", mon.enabled)
+    check_field(isinstance(mon.enabled, bool), "monitor.enabled", "true or false", mon.enabled)
     for name in ("every", "images", "knn_images", "k"):
         low = 0 if name == "every" else 1
-        _check(_is_int(getattr(mon, name)) and getattr(mon, name) >= low, f"monitor.{name}", f"an int >= {low}",
+        check_field(is_int(getattr(mon, name)) and getattr(mon, name) >= low, f"monitor.{name}", f"an int >= {low}",
                getattr(mon, name))
-    _check(mon.images >= 2, "monitor.images", "an int >= 2", mon.images)
-    _check(_is_num(mon.temperature) and mon.temperature > 0, "monitor.temperature", "> 0", mon.temperature)
+    check_field(mon.images >= 2, "monitor.images", "an int >= 2", mon.images)
+    check_field(is_num(mon.temperature) and mon.temperature > 0, "monitor.temperature", "> 0", mon.temperature)
 
 
 def _check_reader_options(dataset: str, options: dict) -> None:

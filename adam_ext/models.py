@@ -36,7 +36,7 @@ from torch import nn
 
 from .ops import pruned_info_nce
 
-__all__ = ["BACKBONES", "MLPHead", "MoCo", "build_backbone", "check_queue_size"]
+__all__ = ["BACKBONES", "Classifier", "MLPHead", "MoCo", "build_backbone", "check_queue_size"]
 
 #: Backbone names accepted by :func:`build_backbone`, with their feature dimension.
 BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -88,6 +88,27 @@ def _load_trunk_weights(trunk: nn.Module, name: str, path) -> None:
         trunk.load_state_dict(pre.encoder_q, strict=True)
     except RuntimeError as err:
         raise ValueError(f"weights file {os.fspath(path)!r} does not match backbone {name}: {err}") from err
+
+
+class Classifier(nn.Module):
+    """``encoder`` (torchvision ResNet trunk, ``fc`` = Identity) followed by a linear ``head``: the
+    classifier of downstream fine-tuning (and what Eve's Grad-CAM rebuilds from its checkpoint).
+
+    Args:
+        arch: ResNet name for :func:`build_backbone` (built with no weights).
+        num_outputs: logits per image.
+
+    Shapes:
+        Tensor[B, 3, H, W] float32 -> Tensor[B, num_outputs] logits.
+    """
+
+    def __init__(self, arch: str, num_outputs: int):
+        super().__init__()
+        self.encoder, dim = build_backbone(arch)
+        self.head = nn.Linear(dim, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
 
 
 class MLPHead(nn.Sequential):

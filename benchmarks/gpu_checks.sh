@@ -68,9 +68,7 @@ run 120 $PY benchmarks/bench_pretrain.py --device cuda --arch resnet50 --size 22
   --rounds 3 --out "$OUT/bench_pretrain_cuda.md"
 
 step short pretraining with bf16 autocast
-# (adam_ext.train's own parser: the command works even where other subcommands' packages are absent)
-run 100 $PY -c "import argparse, sys; from adam_ext import train; p = argparse.ArgumentParser(); s = p.add_subparsers()
-train.add_parser(s); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))" pretrain --preset demo --out /tmp/gpu_demo --epochs 1 --no-progress \
+run 100 $PY -m adam_ext.cli pretrain --preset demo --out /tmp/gpu_demo --epochs 1 --no-progress \
   device=cuda amp=bf16 data.workers=8
 
 step fine-tuning and Eve on CUDA

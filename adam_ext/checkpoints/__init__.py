@@ -19,10 +19,10 @@ from .atomic import (
            atomic_write_text,
            json_safe,
 )
-from .encoder import InitReport, load_encoder, parse_init
+from .encoder import InitReport, init_label, load_encoder, parse_init
 from .format import FINETUNE_KIND, FINETUNE_VERSION, PRETRAIN_KIND, PRETRAIN_VERSION, readable_version
 from .layouts import ARCHS, Pretrained, infer_arch, load_pretrained
 
 __all__ = ["ARCHS", "FINETUNE_KIND", "FINETUNE_VERSION", "PRETRAIN_KIND", "PRETRAIN_VERSION", "InitReport",
            "Pretrained", "WriteError", "atomic_save", "atomic_write_files", "atomic_write_json", "atomic_write_text",
-           "infer_arch", "json_safe", "load_encoder", "load_pretrained", "parse_init", "readable_version"]
+           "infer_arch", "init_label", "json_safe", "load_encoder", "load_pretrained", "parse_init", "readable_version"]

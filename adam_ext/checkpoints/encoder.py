@@ -14,12 +14,13 @@ error naming ``--init``, never a silent random start.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
 from .layouts import load_pretrained
 
-__all__ = ["InitReport", "load_encoder", "parse_init"]
+__all__ = ["InitReport", "init_label", "load_encoder", "parse_init"]
 
 _IMAGENET = "imagenet:"
 
@@ -45,6 +46,18 @@ def parse_init(spec: str) -> tuple[str, str | None]:
             raise ValueError(f"init 'imagenet:PATH' needs a file path after 'imagenet:', got {spec!r}")
         return "imagenet", path
     return "checkpoint", spec
+
+
+def init_label(spec: str) -> str:
+    """A short name for an initialisation in tables and folders: ``random``, ``imagenet-<file stem>``,
+    or the checkpoint's file stem (its run folder's name for ``best.pt`` / ``last.pt``)."""
+    kind, path = parse_init(spec)
+    if kind == "random":
+        return "random"
+    stem = Path(path).name.split(".")[0] or "checkpoint"
+    if stem in ("best", "last") and Path(path).parent.name:  # runs/cxr/best.pt -> "cxr"
+        stem = Path(path).parent.name
+    return f"imagenet-{stem}" if kind == "imagenet" else stem
 
 
 @dataclass

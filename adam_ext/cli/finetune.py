@@ -90,7 +90,7 @@ def _common(parser: argparse.ArgumentParser, task: str, multi_init: bool) -> Non
 
 
 def _config(args, task: str):
-    from ..downstream.protocol import load_finetune_config
+    from ..downstream import load_finetune_config
 
     base = {"task": task, **recipe_values(args)}
     if isinstance(getattr(args, "init", None), str):
@@ -103,7 +103,7 @@ def _main() -> bool:
 
 
 def _run_finetune(args) -> int:
-    from ..downstream.protocol import finetune
+    from ..downstream import finetune
 
     cfg = _config(args, args.task)
     result = finetune(cfg, progress=not args.no_progress)
@@ -116,7 +116,7 @@ def _run_finetune(args) -> int:
 
 
 def _run_compare(args) -> int:
-    from ..downstream.protocol import compare
+    from ..downstream import compare
 
     cfg = _config(args, args.task)
     result = compare(cfg, args.init, progress=not args.no_progress)

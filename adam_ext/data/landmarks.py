@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-
 __all__ = ["LandmarkPatches", "extract_patch", "landmark_names_of", "landmark_patches", "level_sides"]
 
 

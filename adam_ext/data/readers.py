@@ -71,12 +71,14 @@ __all__ = [
     "DecodeError",
     "EyePACS",
     "ImageFolder",
+    "Reader",
     "SCR",
     "SIIMACR",
     "Shenzhen",
     "VinDrCXR",
     "VinDrRib",
     "collate_items",
+    "require_files",
 ]
 
 _N_SHOWN = 5  # how many missing paths an error message lists
@@ -159,7 +161,7 @@ def _outside_error(key: str, root: Path, where: str) -> ValueError:
     )
 
 
-def _require_files(root: Path, keys, source: str) -> None:
+def require_files(root: Path, keys, source: str) -> None:
     """Raises FileNotFoundError when files listed by ``source`` are missing under ``root``, and
     ValueError when a key names a file outside it (the readers check their rows first, with the
     line; this covers keys built elsewhere).
@@ -249,8 +251,9 @@ def collate_items(batch):
 # ----------------------------------------------------------------------------- base class
 
 
-class _Reader(Dataset):
-    """Shared machinery: split check, cache, decoding, corrupt-file policy, transform.
+class Reader(Dataset):
+    """The base class of every reader (public: :class:`adam_ext.data.synthetic.SyntheticDataset` and
+    readers of other layouts build on it): split check, cache, decoding, corrupt-file policy, transform.
 
     Subclasses set ``self._keys`` (image paths relative to root, posix) once, at the end of
     ``__init__`` (keys built from a label file go through :meth:`_inside_root`), and override
@@ -453,7 +456,7 @@ CXR14_CLASSES = (
 _CXR14_BOX_ALIASES = {"Infiltrate": "Infiltration"}
 
 
-class ChestXray14(_Reader):
+class ChestXray14(Reader):
     """NIH ChestX-ray14 (Wang et al. 2017), as published on the NIH Box share and Kaggle.
 
     Layout under ``root``::
@@ -584,7 +587,7 @@ class ChestXray14(_Reader):
 _SHENZHEN_NAME = re.compile(r"CHNCXR_(\d+)_(\d)\.png", re.IGNORECASE)
 
 
-class Shenzhen(_Reader):
+class Shenzhen(Reader):
     """NIH Shenzhen tuberculosis chest X-rays (Jaeger et al. 2014).
 
     Layout under ``root`` (the first of these folders holding images is used)::
@@ -664,7 +667,7 @@ _VINDR_ALIASES = {"Other disease": "Other diseases"}  # the test CSV's spelling
 _RADIOLOGIST_COLUMNS = ("rad_id", "rad_ID")
 
 
-class VinDrCXR(_Reader):
+class VinDrCXR(Reader):
     """VinDr-CXR (Nguyen et al. 2022), as published on PhysioNet (vindr-cxr/1.0.0).
 
     Layout under ``root``::
@@ -692,7 +695,7 @@ class VinDrCXR(_Reader):
         labels_path = _find_file(self.root, (f"annotations/image_labels_{split}.csv",), "VinDr-CXR labels")
         ids, labels = self._parse_labels(labels_path)
         self._keys = [f"{split}/{image_id}.dicom" for image_id in ids]
-        _require_files(self.root, self._keys, labels_path.name)
+        require_files(self.root, self._keys, labels_path.name)
         self._labels = labels
         boxes_path = self.root / f"annotations/annotations_{split}.csv"
         boxes = self._parse_boxes(boxes_path) if boxes_path.is_file() else {}
@@ -763,7 +766,7 @@ class VinDrCXR(_Reader):
 # ----------------------------------------------------------------------------- SIIM-ACR
 
 
-class SIIMACR(_Reader):
+class SIIMACR(Reader):
     """SIIM-ACR Pneumothorax Segmentation (Kaggle 2019).
 
     Layout under ``root``::
@@ -873,7 +876,7 @@ CHESTX_DET_CLASSES = (
 )
 
 
-class ChestXDet(_Reader):
+class ChestXDet(Reader):
     """ChestX-Det (Deepwise-AILab/ChestX-Det-Dataset): 3,578 NIH images with 13 findings.
 
     Layout under ``root``::
@@ -899,7 +902,7 @@ class ChestXDet(_Reader):
         prefix = folder.relative_to(self.root).as_posix()
         self._records = self._parse(path)
         self._keys = [f"{prefix}/{record[0]}" for record in self._records]
-        _require_files(self.root, self._keys, path.name)
+        require_files(self.root, self._keys, path.name)
 
     def _parse(self, path: Path):
         try:
@@ -952,7 +955,7 @@ class ChestXDet(_Reader):
 SCR_ORGANS = ("heart", "left clavicle", "left lung", "right clavicle", "right lung")
 
 
-class SCR(_Reader):
+class SCR(Reader):
     """JSRT radiographs with the SCR organ masks (van Ginneken et al. 2006).
 
     Layout under ``root``::
@@ -995,7 +998,7 @@ class SCR(_Reader):
         self._keys = [f"All247images/{on_disk.get(i, i + '.IMG')}" for i in ids]
         self._masks = [[f"{prefix}/{organ}/{i}.gif" for organ in SCR_ORGANS] for i in ids]
         listed = self._keys + [m for masks_of in self._masks for m in masks_of]
-        _require_files(self.root, listed, f"{prefix}/<organ>/")
+        require_files(self.root, listed, f"{prefix}/<organ>/")
 
     def _annotations(self, index, original, size):
         return {"mask": self._mask_files(self._masks[index], size)}
@@ -1006,7 +1009,7 @@ class SCR(_Reader):
 VINDR_RIBS = tuple(f"R{i}" for i in range(1, 11)) + tuple(f"L{i}" for i in range(1, 11))
 
 
-class VinDrRib(_Reader):
+class VinDrRib(Reader):
     """VinDr-RibCXR (Nguyen et al., MIDL 2021): 20 ribs segmented on 245 radiographs.
 
     Layout under ``root`` (the published ``data`` folder, or its parent)::
@@ -1041,7 +1044,7 @@ class VinDrRib(_Reader):
             fallback = (path.parent / "img" / Path(image).name).relative_to(self.root).as_posix()
             keys.append(direct if (self.root / direct).is_file() else fallback)
         self._keys = keys
-        _require_files(self.root, self._keys, path.name)
+        require_files(self.root, self._keys, path.name)
         self._polygons = [polygons for _, polygons in records]
 
     def _parse(self, path: Path):
@@ -1090,7 +1093,7 @@ class VinDrRib(_Reader):
 # ----------------------------------------------------------------------------- EyePACS
 
 
-class EyePACS(_Reader):
+class EyePACS(Reader):
     """EyePACS diabetic retinopathy photographs (Kaggle "Diabetic Retinopathy Detection", 2015).
 
     Layout under ``root``::
@@ -1126,7 +1129,7 @@ class EyePACS(_Reader):
             keys.append(self._inside_root(f"{split}/{row[i_image].strip()}{ext}", f"{path}:{line}"))
             levels.append(int(level))
         self._keys = keys
-        _require_files(self.root, keys, path.name)
+        require_files(self.root, keys, path.name)
         self._labels = np.array(levels, dtype=np.int64)
 
     def _annotations(self, index, original, size):
@@ -1136,7 +1139,7 @@ class EyePACS(_Reader):
 # ----------------------------------------------------------------------------- DRIVE
 
 
-class DRIVE(_Reader):
+class DRIVE(Reader):
     """DRIVE retinal vessel segmentation (Staal et al. 2004).
 
     Layout under ``root``::
@@ -1171,7 +1174,7 @@ class DRIVE(_Reader):
             ([f"{s}/1st_manual/{i}_manual1.gif"] if with_vessels else []) + [f"{s}/mask/{i}_{s}_mask.gif"]
             for i in ids
         ]
-        _require_files(self.root, [m for masks in self._masks for m in masks], f"{s}/images/")
+        require_files(self.root, [m for masks in self._masks for m in masks], f"{s}/images/")
 
     def _annotations(self, index, original, size):
         return {"mask": self._mask_files(self._masks[index], size)}
@@ -1180,7 +1183,7 @@ class DRIVE(_Reader):
 # ----------------------------------------------------------------------------- any folder
 
 
-class ImageFolder(_Reader):
+class ImageFolder(Reader):
     """Any tree of images, unlabelled (self-supervised pretraining).
 
     Layout: every file under ``root`` (any depth) whose suffix is one of ``.png .jpg .jpeg

@@ -24,6 +24,21 @@ DATASETS = {
     "synthetic": "adam_ext.data.synthetic:SyntheticDataset",
 }
 
+#: The splits fine-tuning uses: data set -> (train split, test split, the reader's own validation
+#: split or None: then a seeded share of the train split is held out).
+SPLITS = {
+    "chestxray14": ("train", "test", "val"),
+    "synthetic": ("train", "test", "val"),
+    "scr": ("fold1", "fold2", None),
+    "shenzhen": ("train", "test", None),
+    "vindr_cxr": ("train", "test", None),
+    "siim_acr": ("train", "test", None),
+    "chestx_det": ("train", "test", None),
+    "vindr_rib": ("train", "val", None),
+    "eyepacs": ("train", "test", None),
+    "drive": ("training", "test", None),
+}
+
 
 def dataset_class(name: str):
     """The class registered under ``name``; ValueError listing the known names otherwise."""

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from . import _phantom
 from ._phantom import CLASSES, FINDINGS, LANDMARKS, MASKS
-from .readers import _Reader, _require_files
+from .readers import Reader, require_files
 
 __all__ = ["CLASSES", "FINDINGS", "LANDMARKS", "MASKS", "SynthConfig", "SyntheticDataset", "ensure_synthetic",
            "contact_sheet", "generate"]
@@ -301,7 +301,7 @@ def _write_tables(out: Path, cfg: SynthConfig, rows: list[dict]) -> None:
 # --------------------------------------------------------------------------- reader
 
 
-class SyntheticDataset(_Reader):
+class SyntheticDataset(Reader):
     """The output of ``adam synth`` as a dataset of dicts (the readers' shared machinery:
     ``cache=``, ``skip_corrupt=``, ``transform=`` on the item dict, ``image_keys``).
 
@@ -347,7 +347,7 @@ class SyntheticDataset(_Reader):
         self.boxes, self.box_labels = self._read_findings()
         self.landmarks = self._read_landmarks()
         self._keys = [f"images/{n}" for n in self.names]
-        _require_files(self.root, self._keys, str(entry))
+        require_files(self.root, self._keys, str(entry))
 
     def _read_labels(self, entry: Path) -> dict:
         index = {c: i for i, c in enumerate(CLASSES)}

@@ -37,6 +37,7 @@ from torch.utils.data import get_worker_info
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+
 def worker_init(_worker_id: int = 0) -> None:
     """``worker_init_fn`` for DataLoaders of these views: one thread per worker for torch and
     OpenCV (``cv2.setNumThreads(0)``, never 1: see the module docstring)."""

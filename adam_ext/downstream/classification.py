@@ -20,31 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from adam_ext.models import build_backbone
+from adam_ext.models import Classifier
 
 from .metrics import classification_metrics
 
 __all__ = ["ClassificationItems", "ClassificationTask", "Classifier"]
-
-
-class Classifier(nn.Module):
-    """``encoder`` (torchvision ResNet trunk, ``fc`` = Identity) followed by a linear ``head``.
-
-    Args:
-        arch: ResNet name for :func:`adam_ext.models.build_backbone` (built with no weights).
-        num_outputs: logits per image.
-
-    Shapes:
-        Tensor[B, 3, H, W] float32 -> Tensor[B, num_outputs] logits.
-    """
-
-    def __init__(self, arch: str, num_outputs: int):
-        super().__init__()
-        self.encoder, dim = build_backbone(arch)
-        self.head = nn.Linear(dim, num_outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
 
 
 class ClassificationItems(Dataset):

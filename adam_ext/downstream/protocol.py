@@ -78,11 +78,13 @@ from ..checkpoints import (
     atomic_save,
     atomic_write_json,
     atomic_write_text,
+    init_label,
     json_safe,
     load_encoder,
     parse_init,
 )
-from ..config import _check, _is_int, _is_num, layered_values
+from ..config import check_field, is_int, is_num, layered_values
+from ..data.registry import SPLITS
 from ..data.views import worker_init
 from ..distributed import ProcessContext
 from .metrics import format_summary, summarize, ttest
@@ -101,19 +103,6 @@ __all__ = [
     "open_splits",
 ]
 
-#: data set -> (train split, test split, reader's own validation split or None).
-SPLITS = {
-    "chestxray14": ("train", "test", "val"),
-    "synthetic": ("train", "test", "val"),
-    "scr": ("fold1", "fold2", None),
-    "shenzhen": ("train", "test", None),
-    "vindr_cxr": ("train", "test", None),
-    "siim_acr": ("train", "test", None),
-    "chestx_det": ("train", "test", None),
-    "vindr_rib": ("train", "val", None),
-    "eyepacs": ("train", "test", None),
-    "drive": ("training", "test", None),
-}
 #: Colour fundus data sets: default input size 512 px (X-rays: 224).
 FUNDUS = ("eyepacs", "drive")
 TASKS = ("cls", "seg")
@@ -210,39 +199,39 @@ def validate(cfg: FinetuneConfig) -> None:
     """Raises ValueError naming the first field out of range."""
     from adam_ext.models import BACKBONES
 
-    _check(cfg.task in TASKS, "task", f"one of {TASKS}", cfg.task)
-    _check(cfg.dataset is None or cfg.dataset in SPLITS, "dataset", f"one of {sorted(SPLITS)} or null",
+    check_field(cfg.task in TASKS, "task", f"one of {TASKS}", cfg.task)
+    check_field(cfg.dataset is None or cfg.dataset in SPLITS, "dataset", f"one of {sorted(SPLITS)} or null",
            cfg.dataset)
-    _check(isinstance(cfg.root, str) and cfg.root != "", "root", "the data set's folder", cfg.root)
-    _check(isinstance(cfg.options, dict), "options", "a mapping of reader options", cfg.options)
-    _check(cfg.arch in BACKBONES, "arch", f"one of {list(BACKBONES)}", cfg.arch)
+    check_field(isinstance(cfg.root, str) and cfg.root != "", "root", "the data set's folder", cfg.root)
+    check_field(isinstance(cfg.options, dict), "options", "a mapping of reader options", cfg.options)
+    check_field(cfg.arch in BACKBONES, "arch", f"one of {list(BACKBONES)}", cfg.arch)
     parse_init(cfg.init)
-    _check(cfg.size is None or (_is_int(cfg.size) and cfg.size >= 32), "size", "an int >= 32 or null", cfg.size)
-    _check(cfg.masks is None or (isinstance(cfg.masks, (list, tuple)) and len(cfg.masks) > 0
+    check_field(cfg.size is None or (is_int(cfg.size) and cfg.size >= 32), "size", "an int >= 32 or null", cfg.size)
+    check_field(cfg.masks is None or (isinstance(cfg.masks, (list, tuple)) and len(cfg.masks) > 0
                                  and all(isinstance(m, str) for m in cfg.masks)),
            "masks", "null or a non-empty list of mask names", cfg.masks)
-    _check(cfg.seg_mode in ("multilabel", "multiclass"), "seg_mode", "multilabel or multiclass", cfg.seg_mode)
-    _check(cfg.optimizer in ("adamw", "adam"), "optimizer", "adamw or adam", cfg.optimizer)
-    _check(cfg.lr is None or (_is_num(cfg.lr) and cfg.lr > 0), "lr", "> 0 or null", cfg.lr)
-    _check(cfg.weight_decay is None or (_is_num(cfg.weight_decay) and cfg.weight_decay >= 0), "weight_decay",
+    check_field(cfg.seg_mode in ("multilabel", "multiclass"), "seg_mode", "multilabel or multiclass", cfg.seg_mode)
+    check_field(cfg.optimizer in ("adamw", "adam"), "optimizer", "adamw or adam", cfg.optimizer)
+    check_field(cfg.lr is None or (is_num(cfg.lr) and cfg.lr > 0), "lr", "> 0 or null", cfg.lr)
+    check_field(cfg.weight_decay is None or (is_num(cfg.weight_decay) and cfg.weight_decay >= 0), "weight_decay",
            ">= 0 or null", cfg.weight_decay)
-    _check(cfg.betas is None or (isinstance(cfg.betas, (list, tuple)) and len(cfg.betas) == 2
-                                 and all(_is_num(b) and 0 <= b < 1 for b in cfg.betas)),
+    check_field(cfg.betas is None or (isinstance(cfg.betas, (list, tuple)) and len(cfg.betas) == 2
+                                 and all(is_num(b) and 0 <= b < 1 for b in cfg.betas)),
            "betas", "null or two numbers in [0, 1)", cfg.betas)
-    _check(_is_int(cfg.epochs) and cfg.epochs > 0, "epochs", "a positive int", cfg.epochs)
-    _check(_is_int(cfg.patience) and cfg.patience >= 0, "patience", "an int >= 0 (0: no early stopping)", cfg.patience)
-    _check(_is_int(cfg.batch_size) and cfg.batch_size >= 2, "batch_size", "an int >= 2", cfg.batch_size)
-    _check(_is_int(cfg.workers) and cfg.workers >= 0, "workers", "an int >= 0", cfg.workers)
-    _check(_is_num(cfg.val_fraction) and 0 < cfg.val_fraction < 1, "val_fraction", "in (0, 1)", cfg.val_fraction)
-    _check(cfg.shots is None or (_is_int(cfg.shots) and cfg.shots >= 2), "shots", "null or an int >= 2", cfg.shots)
-    _check(_is_int(cfg.runs) and cfg.runs >= 1, "runs", "an int >= 1", cfg.runs)
-    _check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", "an int >= 0", cfg.seed)
-    _check(cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", cfg.device)
-    _check(cfg.amp in ("none", "bf16"), "amp", "none or bf16", cfg.amp)
-    _check(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
-    _check(isinstance(cfg.save_weights, bool), "save_weights", "true or false", cfg.save_weights)
-    _check(isinstance(cfg.freeze_encoder, bool), "freeze_encoder", "true or false", cfg.freeze_encoder)
-    _check(_is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
+    check_field(is_int(cfg.epochs) and cfg.epochs > 0, "epochs", "a positive int", cfg.epochs)
+    check_field(is_int(cfg.patience) and cfg.patience >= 0, "patience", "an int >= 0 (0: no early stopping)", cfg.patience)
+    check_field(is_int(cfg.batch_size) and cfg.batch_size >= 2, "batch_size", "an int >= 2", cfg.batch_size)
+    check_field(is_int(cfg.workers) and cfg.workers >= 0, "workers", "an int >= 0", cfg.workers)
+    check_field(is_num(cfg.val_fraction) and 0 < cfg.val_fraction < 1, "val_fraction", "in (0, 1)", cfg.val_fraction)
+    check_field(cfg.shots is None or (is_int(cfg.shots) and cfg.shots >= 2), "shots", "null or an int >= 2", cfg.shots)
+    check_field(is_int(cfg.runs) and cfg.runs >= 1, "runs", "an int >= 1", cfg.runs)
+    check_field(is_int(cfg.seed) and cfg.seed >= 0, "seed", "an int >= 0", cfg.seed)
+    check_field(cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", cfg.device)
+    check_field(cfg.amp in ("none", "bf16"), "amp", "none or bf16", cfg.amp)
+    check_field(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
+    check_field(isinstance(cfg.save_weights, bool), "save_weights", "true or false", cfg.save_weights)
+    check_field(isinstance(cfg.freeze_encoder, bool), "freeze_encoder", "true or false", cfg.freeze_encoder)
+    check_field(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
 
 
 _FLOAT_FIELDS = ("lr", "weight_decay", "val_fraction", "dist_timeout")
@@ -623,7 +612,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, *, label: str | None = 
     ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     try:
         with runfolder.lock(cfg.out) if ctx.main else contextlib.nullcontext():  # one writer per folder
-            return _finetune(cfg, progress, label or _label(cfg.init), ctx)
+            return _finetune(cfg, progress, label or init_label(cfg.init), ctx)
     finally:
         ctx.close()
 
@@ -656,16 +645,6 @@ def _finetune(cfg, progress, label, ctx) -> dict:
     if ctx.main:
         result.update(_write_results(out, result))
     return result
-
-
-def _label(spec: str) -> str:
-    kind, path = parse_init(spec)
-    if kind == "random":
-        return "random"
-    stem = Path(path).name.split(".")[0] or "checkpoint"
-    if stem in ("best", "last") and Path(path).parent.name:  # runs/cxr/best.pt -> "cxr"
-        stem = Path(path).parent.name
-    return f"imagenet-{stem}" if kind == "imagenet" else stem
 
 
 def _write_results(out: Path, result: dict) -> dict:
@@ -799,7 +778,7 @@ def compare(cfg: FinetuneConfig, inits, progress: bool = True) -> dict:
 def _unique_labels(inits) -> list[str]:
     labels = []
     for spec in inits:
-        base, label, k = _label(spec), _label(spec), 2
+        base, label, k = init_label(spec), init_label(spec), 2
         while label in labels:
             label, k = f"{base}-{k}", k + 1
         labels.append(label)

@@ -29,9 +29,9 @@ def parse_checkpoints(values, *, flag: str = "ckpt", name_of=None) -> list[tuple
     Raises:
         ValueError: no value, an empty name or spec, or a repeated name.
     """
-    from ..downstream.protocol import _label
+    from ..checkpoints import init_label
 
-    name_of = name_of or _label
+    name_of = name_of or init_label
     if isinstance(values, dict):
         values = list(values.items())
     if isinstance(values, str):

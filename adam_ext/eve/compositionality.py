@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import _is_int
+from ..config import is_int
 from .common import (
     markdown_table,
     parse_checkpoints,
@@ -66,21 +66,21 @@ class CompositionalityConfig:
 
     def __post_init__(self):
         self.grids = tuple(self.grids)
-        if (not self.grids or any(not _is_int(n) or n < 1 for n in self.grids)
+        if (not self.grids or any(not is_int(n) or n < 1 for n in self.grids)
                 or len(set(self.grids)) != len(self.grids)):
             raise ValueError(f"grids must be distinct positive integers, got {self.grids}")
-        if not _is_int(self.patches) or self.patches < 1:
+        if not is_int(self.patches) or self.patches < 1:
             raise ValueError(f"patches must be a positive integer, got {self.patches!r}")
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
         if not 0.0 < float(self.patch_fraction) <= 1.0:
             raise ValueError(f"patch_fraction must be in (0, 1], got {self.patch_fraction!r}")
         self.patch_fraction = float(self.patch_fraction)
-        if not _is_int(self.size) or self.size < 32:
+        if not is_int(self.size) or self.size < 32:
             raise ValueError(f"size must be an integer >= 32 (pixels), got {self.size!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
 
@@ -100,7 +100,7 @@ def split_grid(patch: torch.Tensor, n: int) -> list[torch.Tensor]:
     if not isinstance(patch, torch.Tensor) or patch.dim() != 3:
         raise ValueError(f"patch must be a Tensor[C, H, W], got "
                          f"{tuple(patch.shape) if isinstance(patch, torch.Tensor) else type(patch).__name__}")
-    if not _is_int(n) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     h, w = patch.shape[1:]
     if h < n or w < n:
@@ -130,7 +130,7 @@ def part_whole_similarity(patches: Sequence[torch.Tensor], embed: Callable, grid
         {n: float64 ndarray[N]} cosine similarities in [-1, 1].
     """
     grids = tuple(grids)
-    if not grids or any(not _is_int(n) or n < 1 for n in grids):
+    if not grids or any(not is_int(n) or n < 1 for n in grids):
         raise ValueError(f"grids must be positive integers, got {grids}")
     if len(patches) == 0:
         raise ValueError("patches is empty")
@@ -171,7 +171,7 @@ def sample_patches(dataset, n: int, *, fraction: float = 0.5, source: str = "ran
     Returns:
         n Tensor[C, s, s] (the images' dtype), grouped by source image.
     """
-    if not _is_int(n) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")

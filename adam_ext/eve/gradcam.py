@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from ..checkpoints import FINETUNE_KIND
+from ..data.registry import SPLITS
+from ..models import Classifier
 from .common import markdown_table, parse_checkpoints, resolve_device, write_result
 
 __all__ = ["TARGET_LAYER", "FinetunedClassifier", "box_iou", "box_mask", "classifier_input", "gradcam_analysis",
@@ -226,8 +228,6 @@ def load_classifier(path, *, name: str = "model", device="cpu") -> FinetunedClas
     if missing:
         raise ValueError(f"model {name}: {str(path)!r} must hold the arch, classes and weights of a classifier, "
                          f"got none for {missing}")
-    from ..downstream.classification import Classifier
-
     classes, config = tuple(ckpt["classes"]), dict(ckpt.get("config") or {})
     model = Classifier(ckpt["arch"], len(classes))
     try:
@@ -309,7 +309,6 @@ class _Data:
 def _open_data(first: FinetunedClassifier, root, dataset, split) -> _Data:
     """The split to analyse; dataset, root, split and reader options default to ``first``'s run."""
     from ..data.registry import open_dataset
-    from ..downstream.protocol import SPLITS
 
     cfg = first.config
     dataset = dataset or cfg.get("dataset")

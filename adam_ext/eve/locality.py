@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import _is_int
+from ..config import is_int
 from ..data.landmarks import LandmarkPatches, extract_patch, landmark_names_of, landmark_patches, level_sides
 from .common import (
     markdown_table,
@@ -79,20 +79,20 @@ class LocalityConfig:
         if len(set(self.levels)) != len(self.levels):
             raise ValueError(f"levels must be distinct, got {self.levels}")
         self.k = tuple(self.k)
-        if not self.k or any(not _is_int(k) or k < 1 for k in self.k):
+        if not self.k or any(not is_int(k) or k < 1 for k in self.k):
             raise ValueError(f"k must be one or more positive integers, got {self.k}")
-        if self.images is not None and (not _is_int(self.images) or self.images < 1):
+        if self.images is not None and (not is_int(self.images) or self.images < 1):
             raise ValueError(f"images must be a positive integer or None (all), got {self.images!r}")
         if self.landmarks is not None:
             self.landmarks = tuple(self.landmarks)
             if not self.landmarks or any(not isinstance(n, str) or not n for n in self.landmarks):
                 raise ValueError(f"landmarks must be one or more landmark names or None (all), "
                                  f"got {self.landmarks}")
-        if not _is_int(self.size) or self.size < 32:
+        if not is_int(self.size) or self.size < 32:
             raise ValueError(f"size must be an integer >= 32 (pixels), got {self.size!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
 
@@ -110,7 +110,7 @@ def embed_in_batches(embed: Callable, images: Sequence[torch.Tensor], *, batch_s
     """
     from tqdm import tqdm
 
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(images) == 0:
         raise ValueError("images is empty")
@@ -173,7 +173,7 @@ def knn_accuracy_across_levels(emb, landmark, level, k: int = 1, *, groups=None,
     n = x.shape[0]
     lab, lev = _as_codes(landmark, "landmark", n), _as_codes(level, "level", n)
     grp = None if groups is None else _as_codes(groups, "groups", n)
-    if not _is_int(k) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if int(lev.max()) < 1:
         raise ValueError("level: the patches must come from at least two levels")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import pickle
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from adam_ext.data.cache import DATA_FILE, INDEX_FILE, ImageCache, add_parser, resize_longer_side
+from adam_ext.data.cache import DATA_FILE, INDEX_FILE, ImageCache, resize_longer_side
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = {"a/grey_tall.png": (1, 600, 400), "a/colour_wide.png": (3, 300, 700), "b/small.png": (1, 100, 80),
@@ -129,8 +128,9 @@ def test_bad_images_and_arguments_are_named(tmp_path, seed):
 
 
 def test_cache_subcommand_arguments():
-    parser = argparse.ArgumentParser(prog="adam")
-    add_parser(parser.add_subparsers(dest="command"))
+    from adam_ext.cli import build_parser
+
+    parser = build_parser("cache")
     argv = ["cache", "folder", "/data/xrays", "/data/cache", "--size", "256", "--workers", "3"]
     args = parser.parse_args(argv)
     assert (args.dataset, args.root, args.out, args.size, args.split, args.workers) == (

@@ -1,0 +1,87 @@
+"""The house's rules (DESIGN.md, issue 13): the import-linter contracts of pyproject.toml hold, and no
+module of adam_ext imports a private name (or a private module) of another of its packages."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "adam_ext"
+
+
+def _home(module: str) -> str:
+    """The package a module belongs to: ``adam_ext.data`` for ``adam_ext.data.readers``,
+    ``adam_ext`` for the root's own modules (``adam_ext.config``)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir() else "adam_ext"
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        yield ".".join(parts), path, path.name == "__init__.py"
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def private_imports() -> list[str]:
+    found = []
+    for module, path, is_package in _modules():
+        home = _home(module)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                target = _resolve(module, is_package, node)
+                if not target.startswith("adam_ext") or _home(target) == home:
+                    continue
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names, target = [], ""
+                for alias in node.names:
+                    if alias.name.startswith("adam_ext") and _home(alias.name) != home:
+                        names.append(alias.name)
+            else:
+                continue
+            for name in names:
+                dotted = f"{target}.{name}" if target else name
+                inside = dotted.split(".")[1:]
+                if any(part.startswith("_") and not part.startswith("__") for part in inside) \
+                        and dotted != "adam_ext._C":
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {dotted}")
+    return found
+
+
+def test_no_module_imports_another_packages_private_names():
+    assert private_imports() == []
+
+
+def test_the_check_finds_a_private_import(tmp_path, monkeypatch):
+    """The checker itself: a module importing another package's private name is reported."""
+    fake = tmp_path / "adam_ext"
+    (fake / "data").mkdir(parents=True)
+    (fake / "eve").mkdir()
+    for folder in (fake, fake / "data", fake / "eve"):
+        (folder / "__init__.py").write_text("")
+    (fake / "data" / "readers.py").write_text("_secret = 1\n")
+    (fake / "eve" / "bad.py").write_text("from ..data.readers import _secret\nfrom ..data import readers\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert private_imports() == ["adam_ext/eve/bad.py:1: adam_ext.data.readers._secret"]
+
+
+def test_layer_contracts_hold():
+    """pyproject.toml's [tool.importlinter] contracts: the layers, and the three jobs independent."""
+    exe = Path(sys.executable).parent / "lint-imports"  # import-linter, from requirements.txt
+    done = subprocess.run([str(exe), "--config", str(PACKAGE.parent / "pyproject.toml")], cwd=PACKAGE.parent,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "BROKEN" not in done.stdout
