@@ -43,8 +43,8 @@ if EXTENSION_LOADED:
 
     @torch.library.register_fake("adam_ext::pruned_info_nce_fwd")
     def _fwd_fake(q, k, queue, temperature, gamma, gamma_rows, need_wsum):
-        torch.check_field(q.dim() == 2 and k.shape == q.shape and queue.dim() == 2)
-        torch.check_field(queue.shape[1] == q.shape[1])
+        torch._check(q.dim() == 2 and k.shape == q.shape and queue.dim() == 2)
+        torch._check(queue.shape[1] == q.shape[1])
         B, D = q.shape
         acc = _acc_dtype(q.dtype)
         return (
