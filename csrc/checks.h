@@ -21,6 +21,16 @@ inline bool is_supported_float(at::ScalarType t) {
          t == at::kHalf;
 }
 
+// q of a supported floating dtype and k of the same: shared by both operators.
+inline void check_qk_dtypes(const at::Tensor& q, const at::Tensor& k) {
+  ADAM_CHECK_ARG(is_supported_float(q.scalar_type()), "q",
+                 "must be float32, float64, bfloat16 or float16, got ",
+                 q.scalar_type());
+  ADAM_CHECK_ARG(k.scalar_type() == q.scalar_type(), "k",
+                 "must have the dtype of q (", q.scalar_type(), "), got ",
+                 k.scalar_type());
+}
+
 // Validates the forward operator's arguments; returns nothing, throws a
 // c10::ValueError naming the offending argument otherwise. Order: the ranks of
 // q, k, queue (before any size is read), their shapes, dtypes, devices, the
@@ -49,12 +59,7 @@ inline void check_forward_args(const at::Tensor& q, const at::Tensor& k,
                  " like q, got ", queue.sizes(),
                  queue.size(0) == D ? " (did you pass the queue transposed, as (D, K)?)"
                                     : "");
-  ADAM_CHECK_ARG(is_supported_float(q.scalar_type()), "q",
-                 "must be float32, float64, bfloat16 or float16, got ",
-                 q.scalar_type());
-  ADAM_CHECK_ARG(k.scalar_type() == q.scalar_type(), "k",
-                 "must have the dtype of q (", q.scalar_type(), "), got ",
-                 k.scalar_type());
+  check_qk_dtypes(q, k);
   ADAM_CHECK_ARG(queue.scalar_type() == q.scalar_type(), "queue",
                  "must have the dtype of q (", q.scalar_type(), "), got ",
                  queue.scalar_type());
@@ -111,12 +116,7 @@ inline void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& q
                    "need_wsum=True), got ",
                    wsum.sizes());
   }
-  ADAM_CHECK_ARG(is_supported_float(q.scalar_type()), "q",
-                 "must be float32, float64, bfloat16 or float16, got ",
-                 q.scalar_type());
-  ADAM_CHECK_ARG(k.scalar_type() == q.scalar_type(), "k",
-                 "must have the dtype of q (", q.scalar_type(), "), got ",
-                 k.scalar_type());
+  check_qk_dtypes(q, k);
   ADAM_CHECK_ARG(at::isFloatingType(grad_loss.scalar_type()), "grad_loss",
                  "must be floating point, got ", grad_loss.scalar_type());
   ADAM_CHECK_ARG(at::isFloatingType(loss.scalar_type()), "loss",
