@@ -11,16 +11,16 @@ import importlib
 
 # name -> "module:Class"; each class is constructed as Class(root, split=split, **options)
 DATASETS = {
-    "chestxray14": "adam_ext.data.readers:ChestXray14",
-    "shenzhen": "adam_ext.data.readers:Shenzhen",
-    "vindr_cxr": "adam_ext.data.readers:VinDrCXR",
-    "siim_acr": "adam_ext.data.readers:SIIMACR",
-    "chestx_det": "adam_ext.data.readers:ChestXDet",
-    "scr": "adam_ext.data.readers:SCR",
-    "vindr_rib": "adam_ext.data.readers:VinDrRib",
-    "eyepacs": "adam_ext.data.readers:EyePACS",
-    "drive": "adam_ext.data.readers:DRIVE",
-    "folder": "adam_ext.data.readers:ImageFolder",
+    "chestxray14": "adam_ext.data.readers.chestxray:ChestXray14",
+    "shenzhen": "adam_ext.data.readers.chestxray:Shenzhen",
+    "vindr_cxr": "adam_ext.data.readers.vindr:VinDrCXR",
+    "siim_acr": "adam_ext.data.readers.segmentation:SIIMACR",
+    "chestx_det": "adam_ext.data.readers.segmentation:ChestXDet",
+    "scr": "adam_ext.data.readers.segmentation:SCR",
+    "vindr_rib": "adam_ext.data.readers.vindr:VinDrRib",
+    "eyepacs": "adam_ext.data.readers.fundus:EyePACS",
+    "drive": "adam_ext.data.readers.fundus:DRIVE",
+    "folder": "adam_ext.data.readers.folder:ImageFolder",
     "synthetic": "adam_ext.data.synthetic:SyntheticDataset",
 }
 
