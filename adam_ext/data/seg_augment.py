@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from .views import ProcessRandomness
+from .randomness import ProcessRandomness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ class SegmentationAugment:
     Args:
         seed: int or None. An int makes the sequence of augmentations reproducible; inside
             DataLoader workers it is mixed with each worker's seed (see
-            :class:`~adam_ext.data.views.ProcessRandomness`) so workers differ.
+            :class:`~adam_ext.data.randomness.ProcessRandomness`) so workers differ.
         **options: fields of :class:`SegmentationAugmentConfig`.
 
     Call with ``image`` (np.uint8 [H, W] or [H, W, C]) and ``mask`` (integer or bool array

@@ -1,5 +1,6 @@
-"""Anchors and augmented views: the anatomy decomposer, Adam's two-view pipeline, the downstream
-classification transform, and the official pipeline rebuilt as the benchmark's baseline.
+"""Augmented views: Adam's two-view pipeline (on the anchor picked by the anatomy decomposer,
+:mod:`adam_ext.data.decomposer`), the downstream classification transform, and the official
+pipeline rebuilt as the benchmark's baseline.
 
 Everything here works on ``uint8`` tensors ``C×H×W`` with C = 1 (X-rays) or 3 (fundus). Grey
 images stay single-channel through every geometric and intensity step (saturation and hue jitter
@@ -33,9 +34,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
+
+# The decomposer (and the randomness it shares with the views) had its home here: still importable from here.
+from .decomposer import AnatomyDecomposer, grid_bounds, grid_boxes  # noqa: F401
+from .randomness import ProcessRandomness, SeedLike
 
 
 def worker_init(_worker_id: int = 0) -> None:
@@ -48,142 +52,12 @@ def worker_init(_worker_id: int = 0) -> None:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-SeedLike = int | torch.Generator | None
-
-
-class ProcessRandomness:
-    """A torch.Generator per process, so DataLoader workers never repeat each other.
-
-    A generator built in ``__init__`` is copied into every worker with the same state, which would
-    give every worker the same augmentations. Here the generator is (re)made lazily in each
-    process: in the main process from ``seed``; in a worker from ``seed`` mixed with the worker's
-    ``seed`` (which the DataLoader derives from its own generator, new every epoch). With
-    ``seed=None`` draws come from torch's global generator, which the DataLoader also seeds per
-    worker.
-
-    Args:
-        seed: an int, a ``torch.Generator`` (used as is in the main process; in workers its
-            ``initial_seed()`` is mixed with the worker's seed) or None.
-    """
-
-    def __init__(self, seed: SeedLike = None):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator))):
-            raise ValueError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
-        self._given = seed if isinstance(seed, torch.Generator) else None
-        self.seed = seed.initial_seed() if isinstance(seed, torch.Generator) else seed
-        self._generator: torch.Generator | None = None
-        self._owner: int | None = None  # worker seed the generator was made for (None: main process)
-
-    def generator(self) -> torch.Generator | None:
-        """The generator to draw from in this process (None: torch's global generator)."""
-        if self.seed is None:
-            return None
-        info = get_worker_info()
-        owner = None if info is None else info.seed
-        if self._generator is None or owner != self._owner:
-            if owner is None:
-                self._generator = self._given or torch.Generator().manual_seed(self.seed)
-            else:
-                self._generator = torch.Generator().manual_seed(self.process_seed(owner))
-            self._owner = owner
-        return self._generator
-
-    def process_seed(self, worker_seed: int) -> int:
-        """A 63-bit seed mixing ``self.seed`` with a worker's seed (a fixed odd-multiplier hash)."""
-        return (self.seed * 0x9E3779B97F4A7C15 + worker_seed) % (1 << 63)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.update(_given=None, _generator=None, _owner=None)  # generators are per process
-        return state
-
-
-def grid_bounds(length: int, n: int) -> list[int]:
-    """Cell boundaries of ``n`` cells along an axis of ``length`` pixels.
-
-    Boundary i is round(i·length/n) (half up, in integer arithmetic), so the cells tile the axis
-    exactly and their sizes differ by at most one pixel when ``length`` is not divisible by n.
-
-    Returns:
-        n + 1 ints from 0 to ``length``.
-    """
-    return [(2 * i * length + n) // (2 * n) for i in range(n + 1)]
-
-
-def grid_boxes(height: int, width: int, n: int) -> list[tuple[int, int, int, int]]:
-    """The n×n grid cells of an image as ``(top, left, height, width)`` in pixels, row-major.
-
-    n = 0 (and n = 1) is the whole image. Cells tile the image exactly (see :func:`grid_bounds`).
-    """
-    if n <= 1:
-        return [(0, 0, height, width)]
-    rows, cols = grid_bounds(height, n), grid_bounds(width, n)
-    return [
-        (rows[r], cols[c], rows[r + 1] - rows[r], cols[c + 1] - cols[c]) for r in range(n) for c in range(n)
-    ]
-
-
 def _check_image(image, name: str = "image") -> None:
     expected = f"{name} must be a uint8 tensor of shape (1, H, W) or (3, H, W)"
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"{expected}, got {type(image).__name__}")
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"{expected}, got {image.dtype} tensor of shape {tuple(image.shape)}")
-
-
-class AnatomyDecomposer:
-    """Picks the anchor: one cell of an n×n grid, chosen uniformly at random (Adam's decomposer).
-
-    At n = 0 the anchor is the whole image (the first stage of pretraining); stages then use
-    n = 2, 4, ... Cells tile the image exactly, also when H or W is not divisible by n.
-
-    Args:
-        n: grid size, an int ≥ 0.
-        seed: int, ``torch.Generator`` or None (see :class:`ProcessRandomness`).
-
-    Example:
-        >>> crop = AnatomyDecomposer(2, seed=0)(torch.zeros(1, 100, 101, dtype=torch.uint8))
-        >>> tuple(crop.shape) in [(1, 50, 51), (1, 50, 50)]
-        True
-    """
-
-    def __init__(self, n: int = 0, seed: SeedLike = None):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an int >= 0 (0: whole image), got {n!r}")
-        self.n = n
-        self.randomness = ProcessRandomness(seed)
-
-    def sample(self, image: torch.Tensor, generator: torch.Generator | None = None):
-        """Draws a cell of ``image`` (Tensor[C, H, W], any dtype).
-
-        Args:
-            image: the image.
-            generator: draw from this generator instead of the decomposer's own.
-
-        Returns:
-            ``(crop, index, box)``: the cell as a view of ``image`` (Tensor[C, h, w], no copy), its
-            row-major index in [0, n²) (0 at n = 0) and its ``(top, left, height, width)`` box.
-        """
-        height, width = image.shape[-2:]
-        if self.n > min(height, width):
-            raise ValueError(
-                f"n must be at most the image's shorter side, got n={self.n} for a {height}x{width} image"
-            )
-        if self.n <= 1:
-            return image, 0, (0, 0, height, width)
-        if generator is None:
-            generator = self.randomness.generator()
-        index = int(torch.randint(self.n * self.n, (), generator=generator))
-        top, left, h, w = box = grid_boxes(height, width, self.n)[index]
-        return image[..., top : top + h, left : left + w], index, box
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """The anchor of ``image`` (Tensor[C, H, W]): a view of one random cell."""
-        return self.sample(image)[0]
-
-    def __repr__(self) -> str:
-        return f"AnatomyDecomposer(n={self.n})"
-
 
 
 def _check_size_and_scale(size: int, scale: tuple[float, float]) -> None:
