@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import _phantom
+from . import _phantom, _phantom_render
 from ._phantom import CLASSES, FINDINGS, LANDMARKS, MASKS
 from .readers import Reader, require_files
 
@@ -144,7 +144,7 @@ def render_image(seed: int, index: int, patient: int, size: int, finding_rate: f
     subject = _phantom.sample_subject(np.random.default_rng([seed, 1, patient]))
     rng = np.random.default_rng([seed, 2, index])
     view = _phantom.sample_view(rng, finding_rate)
-    return subject, view, _phantom.render(subject, view, size, rng)
+    return subject, view, _phantom_render.render(subject, view, size, rng)
 
 
 # Measured on this 2-core machine, 512 px: the RLE strategy encodes an image in 6 ms (7 ms, and 15%
