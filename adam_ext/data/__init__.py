@@ -1,6 +1,6 @@
 """Data: readers of the paper's data sets, the embedded synthetic generator, views, cache.
 
-Submodules are imported on first use (``adam_ext.data.synthetic``, ``.readers``,
+Submodules are imported on first use (``adam_ext.data.synthetic``, ``.readers``, ``.decomposer``,
 ``.views``, ``.cache``) so that importing the registry costs nothing.
 """
 
