@@ -6,7 +6,11 @@
   Dice + BCE / CE loss; Dice and IoU.
 * :mod:`.init` — initialisations: ``random``, ``imagenet:PATH``, any checkpoint
   :func:`adam_ext.checkpoints.load_pretrained` reads.
-* :mod:`.protocol` — runs, seeds, few-shot subsets, early stopping, mean ± std, t-tests, reports.
+* :mod:`.config` — :class:`FinetuneConfig` (the defaults), its validation, YAML files and overrides.
+* :mod:`.splits` — training / validation / test samples of a run: hold-out and few-shot subsets.
+* :mod:`.protocol` — runs, seeds, early stopping, repeated runs and comparisons.
+* :mod:`.training` — one epoch, evaluation (sharded under ``torchrun``), the optimiser.
+* :mod:`.report` — results.json / .md, curves.png, the t-test tables of a comparison.
 * :mod:`.metrics` — AUC, Dice, IoU and run statistics, with their edge cases defined.
 
 Example:
@@ -20,19 +24,10 @@ Example:
 from __future__ import annotations
 
 from ..checkpoints import InitReport, load_encoder, parse_init
+from .config import FinetuneConfig, load_finetune_config
 from .metrics import auc_per_class, classification_metrics, dice_iou, segmentation_metrics, summarize, ttest
-from .protocol import (
-    SPLITS,
-    FinetuneConfig,
-    compare,
-    evaluate_checkpoint,
-    few_shot,
-    finetune,
-    finetune_run,
-    holdout,
-    load_finetune_config,
-    open_splits,
-)
+from .protocol import SPLITS, compare, evaluate_checkpoint, finetune, finetune_run
+from .splits import few_shot, holdout, open_splits
 
 __all__ = [
     "SPLITS",
