@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import yaml
 
-__all__ = ["PRESETS", "DataConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig", "load_config"]
+__all__ = ["PRESETS", "ConfigLoader", "DataConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig",
+           "load_config", "load_yaml"]
 
 
 @dataclass
@@ -329,10 +331,30 @@ def _check_reader_options(dataset: str, options: dict) -> None:
                              f"to clear them)")
 
 
-def _yaml_load(text_or_file, where: str):
-    """``yaml.safe_load`` whose errors (a malformed file, a ``!!python`` tag) are a ValueError naming ``where``."""
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``5E4``, ``2.5e-4`` as floats (YAML 1.2's rule).
+
+    YAML 1.1, which PyYAML follows, wants a dot and a signed exponent (``1.0e-3``) and reads
+    ``1e-3`` as a string. Only plain (unquoted) scalars are affected: ``"1e-3"`` stays a string.
+    """
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text_or_file, where: str):
+    """The YAML rule of every configuration (files and ``key=value`` overrides, pretraining and
+    fine-tuning): a safe load with :class:`ConfigLoader`'s numbers.
+
+    Raises:
+        ValueError: naming ``where``, for malformed YAML or a tag such as ``!!python``.
+    """
     try:
-        return yaml.safe_load(text_or_file)
+        return yaml.load(text_or_file, Loader=ConfigLoader)  # a SafeLoader: no tags run code
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -369,12 +391,7 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override must look like key=value (e.g. optim.lr=0.06), got {text!r}")
-    value = _yaml_load(raw, f"override {text!r}") if raw.strip() else None
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-        except ValueError:
-            pass
+    value = load_yaml(raw, f"override {text!r}") if raw.strip() else None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -424,7 +441,7 @@ def layered_values(base: dict | None, path, overrides) -> dict:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
         with open(path) as f:
-            loaded = _yaml_load(f, f"config file {path!r}") or {}
+            loaded = load_yaml(f, f"config file {path!r}") or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path!r} must hold a mapping, got {type(loaded).__name__}")
         values = _merge(values, loaded)

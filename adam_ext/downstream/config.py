@@ -144,9 +144,6 @@ def validate(cfg: FinetuneConfig) -> None:
     check_field(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
 
 
-_FLOAT_FIELDS = ("lr", "weight_decay", "val_fraction", "dist_timeout")
-
-
 def load_finetune_config(path=None, overrides=(), base: dict | None = None) -> FinetuneConfig:
     """Defaults, then ``base`` (e.g. from flags), then a YAML file, then ``key=value`` overrides.
 
@@ -163,12 +160,6 @@ def load_finetune_config(path=None, overrides=(), base: dict | None = None) -> F
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown config key {unknown[0]!r}; expected one of {sorted(names)}")
-    for key in _FLOAT_FIELDS:  # YAML 1.1 reads "1e-3" (no dot) as a string
-        if isinstance(values.get(key), str):
-            try:
-                values[key] = float(values[key])
-            except ValueError:
-                pass  # validate() names the field
     cfg = FinetuneConfig(**values)
     validate(cfg)
     return cfg
