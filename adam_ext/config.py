@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .models import BACKBONES, MOCO_DEFAULTS
+
 __all__ = ["PRESETS", "ConfigLoader", "DataConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig",
            "load_config", "load_yaml"]
 
@@ -74,17 +76,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The MoCo model (see :class:`adam_ext.models.MoCo`)."""
+    """The MoCo model (see :class:`adam_ext.models.MoCo`); defaults: :data:`adam_ext.models.MOCO_DEFAULTS`."""
 
-    backbone: str = "resnet50"
-    weights: str | None = None
-    dim: int = 128
-    K: int = 65536
-    m: float = 0.999
-    T: float = 0.2
-    mlp_hidden: int | None = None
-    shuffle_bn_groups: int = 2
-    sync_bn: bool = False
+    backbone: str = MOCO_DEFAULTS["backbone"]
+    weights: str | None = MOCO_DEFAULTS["weights"]
+    dim: int = MOCO_DEFAULTS["dim"]
+    K: int = MOCO_DEFAULTS["K"]
+    m: float = MOCO_DEFAULTS["m"]
+    T: float = MOCO_DEFAULTS["T"]
+    mlp_hidden: int | None = MOCO_DEFAULTS["mlp_hidden"]
+    shuffle_bn_groups: int = MOCO_DEFAULTS["shuffle_bn_groups"]
+    sync_bn: bool = MOCO_DEFAULTS["sync_bn"]
 
 
 @dataclass
@@ -249,7 +251,6 @@ def is_num(v) -> bool:
 def validate(cfg: PretrainConfig) -> None:
     """Raises ValueError naming the first field that is out of range."""
     from .data.registry import DATASETS
-    from .models import BACKBONES
 
     d, m, o = cfg.data, cfg.model, cfg.optim
     check_field(d.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", d.dataset)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from types import MappingProxyType
 
 import torch
 import torch.distributed as dist
@@ -36,10 +37,24 @@ from torch import nn
 
 from .ops import pruned_info_nce
 
-__all__ = ["BACKBONES", "Classifier", "MLPHead", "MoCo", "build_backbone", "check_queue_size"]
+__all__ = ["BACKBONES", "MOCO_DEFAULTS", "Classifier", "MLPHead", "MoCo", "build_backbone", "check_queue_size"]
 
 #: Backbone names accepted by :func:`build_backbone`, with their feature dimension.
 BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+
+#: The defaults of :class:`MoCo` (the paper's MoCo v2), their single home: :class:`MoCo`'s arguments and
+#: :class:`adam_ext.config.ModelConfig`'s fields both read them (config imports models, not the reverse).
+MOCO_DEFAULTS = MappingProxyType({
+    "backbone": "resnet50",
+    "weights": None,
+    "dim": 128,
+    "K": 65536,
+    "m": 0.999,
+    "T": 0.2,
+    "mlp_hidden": None,  # None: the backbone's feature dimension
+    "shuffle_bn_groups": 2,
+    "sync_bn": False,
+})
 
 # Sentinel telling forward() to use self.gamma: None is a meaningful gamma (no pruning).
 _DEFAULT = object()
@@ -176,6 +191,8 @@ def _concat_all_gather(x: torch.Tensor) -> torch.Tensor:
 class MoCo(nn.Module):
     """MoCo v2 with a momentum key encoder, a queue of keys and the purposive pruner loss.
 
+    The defaults below are :data:`MOCO_DEFAULTS`.
+
     Args:
         backbone (str | nn.Module): a name for :func:`build_backbone` (default ``resnet50``),
             whose ``fc`` then becomes an :class:`MLPHead`; or a ready query encoder
@@ -213,17 +230,17 @@ class MoCo(nn.Module):
 
     def __init__(
         self,
-        backbone: str | nn.Module = "resnet50",
-        dim: int = 128,
-        K: int = 65536,
-        m: float = 0.999,
-        T: float = 0.2,
+        backbone: str | nn.Module = MOCO_DEFAULTS["backbone"],
+        dim: int = MOCO_DEFAULTS["dim"],
+        K: int = MOCO_DEFAULTS["K"],
+        m: float = MOCO_DEFAULTS["m"],
+        T: float = MOCO_DEFAULTS["T"],
         gamma: float | None = None,
         *,
-        weights: str | os.PathLike | None = None,
-        mlp_hidden: int | None = None,
-        shuffle_bn_groups: int = 2,
-        sync_bn: bool = False,
+        weights: str | os.PathLike | None = MOCO_DEFAULTS["weights"],
+        mlp_hidden: int | None = MOCO_DEFAULTS["mlp_hidden"],
+        shuffle_bn_groups: int = MOCO_DEFAULTS["shuffle_bn_groups"],
+        sync_bn: bool = MOCO_DEFAULTS["sync_bn"],
     ):
         super().__init__()
         for arg, value in (("dim", dim), ("K", K), ("shuffle_bn_groups", shuffle_bn_groups)):
