@@ -322,12 +322,29 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path!r} must hold a dict, got {type(obj).__name__}; {_LAYOUTS_HELP}")
 
-    config, declared, declared_from = None, None, None
     meta = {
         k: obj[k]
         for k in ("epoch", "step", "stage", "version")
         if k in obj and not isinstance(obj[k], torch.Tensor)
     }
+    model, wrapper, config, declared, declared_from = _unwrap(obj, path)
+    source, state, encoder_q, encoder_k, in_file = _encoders(model, wrapper, config, path)
+    arch = declared if declared is not None else infer_arch(encoder_q, what=f"checkpoint {path!r}")
+    prefix = "" if source == "torchvision" else "encoder_q."
+    _check_trunk(encoder_q, arch, what=f"query encoder of {path!r}", declared_from=declared_from, path=path,
+                 key_in_file=lambda key: in_file.get(prefix + key, prefix + key))
+    if encoder_k is not None:
+        _check_trunk(encoder_k, arch, what=f"key encoder of {path!r}", declared_from=declared_from, path=path,
+                     key_in_file=lambda key: in_file.get("encoder_k." + key, "encoder_k." + key))
+    return Pretrained(
+        path=path, source=source, arch=arch, state=state, encoder_q=encoder_q, encoder_k=encoder_k,
+        config=config, meta=meta,
+    )
+
+
+def _unwrap(obj: dict, path: str):
+    """(model state dict, wrapper layout or None, config, declared arch, where it was declared)."""
+    config, declared, declared_from = None, None, None
     if "kind" in obj:
         if obj["kind"] != PRETRAIN_KIND:
             raise ValueError(f"checkpoint {path!r} must be of kind {PRETRAIN_KIND!r}, got kind {obj['kind']!r}")
@@ -358,7 +375,12 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
         raise ValueError(f"checkpoint {path!r} has no recognisable keys{_few_keys(obj)}; {_LAYOUTS_HELP}")
     if declared is None and isinstance(obj.get("arch"), str):
         declared, declared_from = obj["arch"], "the checkpoint's 'arch'"
+    return model, wrapper, config, declared, declared_from
 
+
+def _encoders(model: dict, wrapper, config, path: str):
+    """(source layout, normalised MoCo state or None, query trunk, key trunk or None, {stripped key:
+    key in the file} for messages)."""
     had_module = any(k.startswith("module.") for k in model)
     state = _strip_module(model)
     # the key each (stripped) tensor has in the file, for error messages
@@ -377,18 +399,7 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
         encoder_k, state = None, None
     else:
         raise ValueError(f"checkpoint {path!r} has no recognisable keys{_few_keys(model)}; {_LAYOUTS_HELP}")
-
-    arch = declared if declared is not None else infer_arch(encoder_q, what=f"checkpoint {path!r}")
-    prefix = "" if source == "torchvision" else "encoder_q."
-    _check_trunk(encoder_q, arch, what=f"query encoder of {path!r}", declared_from=declared_from, path=path,
-                 key_in_file=lambda key: in_file.get(prefix + key, prefix + key))
-    if encoder_k is not None:
-        _check_trunk(encoder_k, arch, what=f"key encoder of {path!r}", declared_from=declared_from, path=path,
-                     key_in_file=lambda key: in_file.get("encoder_k." + key, "encoder_k." + key))
-    return Pretrained(
-        path=path, source=source, arch=arch, state=state, encoder_q=encoder_q, encoder_k=encoder_k,
-        config=config, meta=meta,
-    )
+    return source, state, encoder_q, encoder_k, in_file
 
 
 # --------------------------------------------------------------------------------------------
