@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -80,6 +79,7 @@ from ..checkpoints import (
 from ..data.registry import SPLITS
 from ..data.views import worker_init
 from ..distributed import ProcessContext
+from ..engine import MetricsLog, cosine_schedule
 from .config import FUNDUS, TASKS, FinetuneConfig, load_finetune_config, validate  # noqa: F401 (TASKS)
 from .report import (
     compare_markdown,  # noqa: F401 (re-exported, as before the split)
@@ -206,8 +206,7 @@ def _fit(cfg, task, model, net, frozen, loader, sampler, val_set, ctx, *, run, l
     ``monitor`` and ``val`` (the best epoch's validation metrics)."""
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     total = cfg.epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total)))))
+    schedule = cosine_schedule(optimizer, total)
 
     best, best_state, best_epoch, stale, monitor = -math.inf, None, 0, 0, None
     history, val_metrics = [], {}
@@ -304,8 +303,10 @@ def _finetune(cfg, progress, label, ctx) -> dict:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(out / "metrics.jsonl", "")
 
+    metrics = MetricsLog(out, enabled=ctx.main, tensorboard=False)
+
     def log(row):
-        runfolder.append_line(out / "metrics.jsonl", json.dumps(json_safe(row)))
+        metrics.log(json_safe(row))
 
     runs = []
     for i in range(cfg.runs):

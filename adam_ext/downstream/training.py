@@ -3,17 +3,16 @@ set (sharded over ranks under ``torchrun``, gathered so every rank gets the same
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from ..data.views import worker_init
+from ..engine import all_sum, amp_dtype, autocast, check_finite
 from .config import FinetuneConfig
 
-__all__ = ["all_sum", "autocast", "evaluate", "make_optimizer", "train_epoch"]
+__all__ = ["evaluate", "make_optimizer", "train_epoch"]
 
 
 def make_optimizer(cfg: FinetuneConfig, params):
@@ -37,7 +36,7 @@ def evaluate(model, task, dataset, cfg, ctx) -> tuple[dict, float]:
     parts: dict[str, list] = {}
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     model.eval()
-    with torch.no_grad(), autocast(cfg, ctx):
+    with torch.no_grad(), autocast(ctx.device, amp_dtype(cfg.amp, ctx.device)):
         for x, y in loader:
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             logits = model(x).float()
@@ -53,18 +52,6 @@ def evaluate(model, task, dataset, cfg, ctx) -> tuple[dict, float]:
     keys = next((list(s[1]) for s in shards if s[1]), [])
     merged = {k: np.concatenate([s[1][k] for s in shards if s[1]])[order] for k in keys}
     return task.metrics(merged), sum(s[2] for s in shards) / max(1, len(dataset))
-
-
-def autocast(cfg, ctx):
-    enabled = cfg.amp == "bf16" and ctx.device.type == "cuda"
-    return torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def all_sum(ctx, *values: torch.Tensor) -> list[float]:
-    packed = torch.stack([v.double() for v in values])
-    if ctx.distributed:
-        dist.all_reduce(packed)
-    return packed.tolist()
 
 
 def train_epoch(net, task, loader, optimizer, schedule, cfg, ctx, desc, frozen=None) -> float:
@@ -85,7 +72,7 @@ def train_epoch(net, task, loader, optimizer, schedule, cfg, ctx, desc, frozen=N
         if x.shape[0] < 2:  # BatchNorm cannot train on one image; every rank has the same batch sizes
             schedule.step()
             continue
-        with autocast(cfg, ctx):
+        with autocast(ctx.device, amp_dtype(cfg.amp, ctx.device)):
             loss = task.loss(net(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,6 +86,5 @@ def train_epoch(net, task, loader, optimizer, schedule, cfg, ctx, desc, frozen=N
         bar.close()
     total, n = all_sum(ctx, loss_sum, count)
     mean = total / max(1.0, n)
-    if not math.isfinite(mean):
-        raise ValueError(f"training loss must stay finite, got {mean}; lower lr (now {cfg.lr})")
+    check_finite(mean, f"{desc or 'a fine-tuning epoch'} (mean training loss)", f"lower lr (now {cfg.lr})")
     return mean

@@ -25,12 +25,12 @@ on CPU; on GPU with ``deterministic: true``).
 
 Modules: :mod:`.run` (:func:`pretrain`: run folder, lock, resume, stages), :mod:`.loop` (the
 :class:`~.loop.Trainer`: stages, epochs, steps, validation, monitors, stops), :mod:`.resume`
-(reading and checking a resume checkpoint, RNG state), :mod:`.metrics` (``metrics.jsonl`` and
-TensorBoard). What an epoch reads is :mod:`adam_ext.data.sampling`'s.
+(reading and checking a resume checkpoint, RNG state); the metric log and the training pieces
+both loops share are :mod:`adam_ext.engine`'s. What an epoch reads is :mod:`adam_ext.data.sampling`'s.
 """
 
 from ..data.sampling import EpochBatches, PretrainViews, sample_seed
-from .loop import NonFiniteLossError
+from ..engine import NonFiniteLossError
 from .resume import ResumeError, load_checkpoint
 from .run import pretrain
 

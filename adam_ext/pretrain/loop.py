@@ -10,7 +10,6 @@ signal or ``max_steps`` stops it (:meth:`Trainer._stopped`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
@@ -29,11 +28,11 @@ from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION, atomic_save, atomic_w
 from ..config import PretrainConfig
 from ..data.sampling import EpochBatches, PretrainViews, sample_seed
 from ..distributed import ProcessContext
+from ..engine import MetricsLog, amp_dtype, autocast, check_finite, cosine_schedule
 from ..models import MoCo, check_queue_size
-from .metrics import MetricsLog
 from .resume import rng_state, set_rng_state, versions
 
-__all__ = ["NonFiniteLossError", "StageRun", "Stopper", "Trainer", "Window", "lr_lambda", "open_splits"]
+__all__ = ["StageRun", "Stopper", "Trainer", "Window", "open_splits"]
 
 #: Mean fraction of the queue pruned over a logging window above which the run warns of a collapse.
 COLLAPSE_PRUNED = 0.95
@@ -41,10 +40,6 @@ COLLAPSE_PRUNED = 0.95
 #: or whose RankMe falls below MONITOR_MIN_RANK, makes the run warn of a collapse.
 MONITOR_COLLAPSE_STD = 0.2
 MONITOR_MIN_RANK = 2.0
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stopped before saving the bad weights."""
 
 
 @dataclass
@@ -104,16 +99,6 @@ def open_splits(cfg: PretrainConfig):
     return train, sorted(order[n_val:]), train, sorted(order[:n_val])
 
 
-def lr_lambda(total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 class Stopper:
     """Turns SIGTERM/SIGINT into a flag checked between steps (the step in flight finishes)."""
 
@@ -149,7 +134,7 @@ class Trainer:
         if self.global_batch % ctx.world:
             raise ValueError(f"optim.batch_size must be divisible by the world size {ctx.world}, "
                              f"got {self.global_batch}")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if self.gpu else None
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
         if cfg.amp != "none" and not self.gpu:
             warnings.warn(f"amp={cfg.amp!r} applies on GPU only; training in float32 on {self.device}", stacklevel=2)
 
@@ -195,8 +180,7 @@ class Trainer:
                                         weight_decay=o.weight_decay)
         total = o.epochs * self.steps_per_epoch
         warmup = round(o.warmup_epochs * self.steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
-        return optimizer, scheduler
+        return optimizer, cosine_schedule(optimizer, total, warmup)
 
     def _loader(self, stage: int, epoch: int, start: int, train: bool) -> DataLoader:
         from ..data.views import TwoViews, worker_init
@@ -217,9 +201,7 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _checkpoint(self, state: dict) -> dict:
         return {"kind": PRETRAIN_KIND, "version": PRETRAIN_VERSION, "config": self.cfg.to_dict(),
@@ -445,8 +427,7 @@ class Trainer:
             if not math.isfinite(loss):
                 last = self.out / "last.pt"
                 kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-                raise NonFiniteLossError(f"loss is {loss} at stage {stage} (n={n}) epoch {epoch + 1} step {step}; "
-                                         f"training stopped; {kept}")
+                check_finite(loss, f"stage {stage} (n={n}) epoch {epoch + 1} step {step}", f"training stopped; {kept}")
             row = {"stage": stage, "n": n, "epoch": epoch + 1, "step": step, "loss": loss, "lr": lr,
                    "pruned_fraction": frac, "images_per_s": rate}
             self.metrics.log(row, {"train/loss": loss, "train/lr": lr, "train/pruned_fraction": frac,

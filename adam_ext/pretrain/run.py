@@ -13,7 +13,8 @@ from ..checkpoints import atomic_write_text
 from ..config import PretrainConfig, dump_config
 from ..data.synthetic import ensure_synthetic
 from ..distributed import ProcessContext
-from .loop import NonFiniteLossError, Trainer
+from ..engine import NonFiniteLossError
+from .loop import Trainer
 from .resume import ResumeError, check_resumable, load_checkpoint
 
 __all__ = ["prepare_run_folder", "pretrain"]

@@ -1,4 +1,4 @@
-"""A pretraining run's history: ``metrics.jsonl`` and TensorBoard, written by rank 0 only."""
+"""A run's history: ``metrics.jsonl`` and optionally TensorBoard, written by rank 0 only (both loops)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,13 @@ class MetricsLog:
 
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows if seen(r)))
 
-    def log(self, row: dict, scalars: dict, global_step: int) -> None:
+    def log(self, row: dict, scalars: dict | None = None, global_step: int = 0) -> None:
+        """Appends ``row`` (one JSON line) and writes ``scalars`` ({tag: value}) to TensorBoard."""
         if not self.enabled:
             return
         runfolder.append_line(self.path, json.dumps(row))
         if self.writer is not None:
-            for name, value in scalars.items():
+            for name, value in (scalars or {}).items():
                 if value is not None:
                     self.writer.add_scalar(name, value, global_step)
 

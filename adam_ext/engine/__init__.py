@@ -1,0 +1,22 @@
+"""Training infrastructure shared by the two loops (pretraining and fine-tuning).
+
+* :mod:`.training` — mixed precision (:func:`amp_dtype`, :func:`autocast`), the warm-up + cosine
+  learning-rate schedule (:func:`cosine_schedule`), sums over ranks (:func:`all_sum`) and the
+  finite-loss stop (:func:`check_finite`, :class:`NonFiniteLossError`).
+* :mod:`.metrics` — :class:`MetricsLog`: ``metrics.jsonl`` (one JSON row per line, appended in one
+  write, never through a link) and optionally TensorBoard, written by rank 0.
+"""
+
+from .metrics import MetricsLog
+from .training import (
+           NonFiniteLossError,
+           all_sum,
+           amp_dtype,
+           autocast,
+           check_finite,
+           cosine_schedule,
+           lr_factor,
+)
+
+__all__ = ["MetricsLog", "NonFiniteLossError", "all_sum", "amp_dtype", "autocast", "check_finite", "cosine_schedule",
+           "lr_factor"]
