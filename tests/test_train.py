@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _runs import REPO, assert_same_state, model_state, steps_per_epoch, tiny, train_rows
+from _runs import REPO, assert_same_state, model_state, steps_per_epoch, strip_timing, tiny, train_rows
 
 from adam_ext.config import PRESETS, PretrainConfig, load_config, parse_override
 from adam_ext.models import MoCo
@@ -162,6 +162,17 @@ def test_killed_and_resumed_run_ends_with_identical_weights(data, reference_run,
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]
 
     assert strip(train_rows(out)) == strip(train_rows(ref_out))  # no step logged twice, same losses
+
+
+def test_persistent_workers_give_the_batches_of_fresh_loaders(data, reference_run, tmp_path):
+    """A worker process per loader, kept across epochs and moved on by its sampler (issue 12), over
+    two stages, a stop and a resume: the weights and losses of the in-process reference run."""
+    ref_out = reference_run[0]
+    out = tmp_path / "run"
+    assert pretrain(tiny(data, out, data__workers=1, max_steps=5), progress=False)["interrupted"]
+    pretrain(tiny(data, out, data__workers=1), resume="auto", progress=False)
+    assert_same_state(model_state(out / "best.pt"), model_state(ref_out / "best.pt"))
+    assert strip_timing(train_rows(out)) == strip_timing(train_rows(ref_out))
 
 
 def test_resume_at_a_stage_boundary(data, reference_run, tmp_path):

@@ -164,6 +164,7 @@ class Trainer:
         self.monitor = None  # the stage's RepresentationMonitor (rank 0 only)
         self.monitor_value: str | None = None  # the latest headline monitor, for the progress bar
         self.stopped_by: str | None = None  # what interrupted the run: a signal's name or "max_steps"
+        self._loaders: dict[tuple[int, bool], DataLoader] = {}  # (stage, train) -> loader, see _loader
 
     # -- per stage ------------------------------------------------------------------------------
 
@@ -183,18 +184,34 @@ class Trainer:
         return optimizer, cosine_schedule(optimizer, total, warmup)
 
     def _loader(self, stage: int, epoch: int, start: int, train: bool) -> DataLoader:
-        from ..data.views import TwoViews, worker_init
+        """The stage's training (or validation) loader, positioned at (``epoch``, ``start``).
 
-        n = self.cfg.stages[stage]
-        views = TwoViews(self.cfg.data.view_size, n, **self.cfg.data.view_options())
-        reader, indices = (self.train_reader, self.train_idx) if train else (self.val_reader, self.val_idx)
-        sampler = EpochBatches(len(indices), self.global_batch, self.ctx.world, self.ctx.rank, self.cfg.seed,
-                               stage, epoch, start, shuffle=train)
-        workers = self.cfg.data.workers
-        return DataLoader(PretrainViews(reader, indices, views), batch_sampler=sampler, num_workers=workers,
-                          worker_init_fn=worker_init if workers else None, pin_memory=self.gpu,
-                          generator=torch.Generator().manual_seed(self.cfg.seed),  # leaves the global RNG alone
-                          persistent_workers=False)
+        One loader per stage and kind, kept across epochs: with ``data.workers`` its worker
+        processes persist (they restarted every epoch, twice: training and validation) and only its
+        batch sampler is moved on, in this process. Views depend on (seed, stage, epoch, sample)
+        alone, never on a worker's state, so the batches are those of a fresh loader."""
+        loader = self._loaders.get((stage, train))
+        if loader is None:
+            from ..data.views import TwoViews, worker_init
+
+            if any(key[0] != stage for key in self._loaders):
+                self.close_loaders()  # a new stage: the previous one's workers stop
+            views = TwoViews(self.cfg.data.view_size, self.cfg.stages[stage], **self.cfg.data.view_options())
+            reader, indices = (self.train_reader, self.train_idx) if train else (self.val_reader, self.val_idx)
+            sampler = EpochBatches(len(indices), self.global_batch, self.ctx.world, self.ctx.rank, self.cfg.seed,
+                                   stage, epoch, start, shuffle=train)
+            workers = self.cfg.data.workers
+            loader = DataLoader(PretrainViews(reader, indices, views), batch_sampler=sampler, num_workers=workers,
+                                worker_init_fn=worker_init if workers else None, pin_memory=self.gpu,
+                                generator=torch.Generator().manual_seed(self.cfg.seed),  # leaves the global RNG alone
+                                persistent_workers=workers > 0)
+            self._loaders[(stage, train)] = loader
+        loader.batch_sampler.epoch, loader.batch_sampler.start = epoch, start
+        return loader
+
+    def close_loaders(self) -> None:
+        """Stops the loaders' worker processes (at a stage's end and the run's)."""
+        self._loaders.clear()  # their iterators shut the workers down when collected
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -499,6 +516,7 @@ class Trainer:
             stage += 1
             if stage < len(cfg.stages):
                 self._load_best(stage - 1)
+        self.close_loaders()
         self.metrics.close()
         return self._finish(interrupted)
 
