@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from .checkpoints import ARCHS, Pretrained, WriteError, atomic_save, infer_arch, load_pretrained
+from .checkpoints import ARCHS, Pretrained, atomic_save, infer_arch, load_pretrained
 
 __all__ = [
     "ARCHS",
@@ -160,12 +160,7 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
     # Own, contiguous CPU tensors: saving a view would write its whole underlying storage.
     trunk = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in trunk.items()}
     verify_encoder(trunk, pre.arch, fmt)
-    directory = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as err:
-        raise WriteError(err.errno, f"cannot write {out}: {err.strerror or err}") from err
-    atomic_save(trunk, out)  # its errors name out and the reason (full disk, read-only folder)
+    atomic_save(trunk, out)  # makes the folder; its errors name out and the reason (full disk, read-only folder)
     return out
 
 

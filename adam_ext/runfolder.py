@@ -16,13 +16,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["RunFolderError", "WriteError", "append_line", "lock", "read_jsonl", "refuse_symlinks", "remove_stale_temps"]
+__all__ = ["RunFolderError", "WriteError", "write_errors", "append_line",
+           "lock", "read_jsonl", "refuse_symlinks", "remove_stale_temps"]
 
 LOCK_FILE = ".lock"
 
@@ -103,6 +105,30 @@ def remove_stale_temps(folder) -> list[Path]:
     return removed
 
 
+@contextmanager
+def write_errors(out):
+    """Turns an OSError, or torch.save's RuntimeError, inside the block into a :class:`WriteError`
+    naming the file and the reason (``out``: the path, or a callable giving it when the error
+    comes); :class:`WriteError` and :class:`RunFolderError` pass through. Every writer uses it."""
+    try:
+        yield
+    except (WriteError, RunFolderError):
+        raise
+    except OSError as exc:
+        name = out() if callable(out) else os.fspath(out)
+        raise WriteError(exc.errno, f"cannot write {name}: {exc.strerror or exc}") from exc
+    except RuntimeError as exc:  # torch.save reports a short write as "enforce fail at inline_container.cc"
+        name = out() if callable(out) else os.fspath(out)
+        try:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(name))).free
+        except OSError:
+            free = None
+        reason = f"the disk may be full ({free / 2**20:.0f} MiB free)" if free is not None else "a failed write"
+        raise WriteError(errno.ENOSPC if free is not None and free < 2**26 else errno.EIO,
+                         f"cannot write {name}: {reason}; torch.save said: {str(exc).splitlines()[0][:200]}") \
+            from exc
+
+
 def append_line(path, text: str) -> None:
     """Appends ``text`` and a newline to ``path`` in one ``write``, never through a symbolic link.
 
@@ -110,24 +136,21 @@ def append_line(path, text: str) -> None:
         RunFolderError: ``path`` is a symbolic link.
     """
     data = (text + "\n").encode("utf-8")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    except OSError as exc:
-        if os.path.islink(path):
-            raise RunFolderError(f"{os.fspath(path)!r} is a symbolic link; adam_ext never writes through links") \
-                from exc
-        raise WriteError(exc.errno, f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
-    try:
-        written = os.write(fd, data)
-        if written != len(data):  # a full disk: the line is torn; readers drop a torn last line
-            raise WriteError(errno.ENOSPC, f"cannot write {os.fspath(path)}: wrote {written} of {len(data)} bytes "
-                                           f"of a line (disk full?)")
-    except WriteError:
-        raise
-    except OSError as exc:
-        raise WriteError(exc.errno, f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
+    with write_errors(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as exc:
+            if os.path.islink(path):
+                raise RunFolderError(f"{os.fspath(path)!r} is a symbolic link; adam_ext never writes through "
+                                     f"links") from exc
+            raise
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # a full disk: the line is torn; readers drop a torn last line
+                raise WriteError(errno.ENOSPC, f"cannot write {os.fspath(path)}: wrote {written} of {len(data)} "
+                                               f"bytes of a line (disk full?)")
+        finally:
+            os.close(fd)
 
 
 def read_jsonl(path) -> list[dict]:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import shutil
 import tempfile
-from contextlib import contextmanager
 
 import torch
 
-from ..runfolder import RunFolderError, WriteError
+from ..runfolder import RunFolderError, WriteError, write_errors
 
 __all__ = ["WriteError", "atomic_save", "atomic_write_files", "atomic_write_json", "atomic_write_text", "json_safe"]
 
@@ -60,7 +57,7 @@ def atomic_write_files(folder, writers: dict) -> None:
     """
     folder = os.fspath(folder)
     staged: list[str] = []
-    with _named_errors(lambda: os.path.join(folder, name)):
+    with write_errors(lambda: os.path.join(folder, name)):
         try:
             for name, write in writers.items():
                 staged.append(_write_temp(os.path.join(folder, name), write))
@@ -73,30 +70,9 @@ def atomic_write_files(folder, writers: dict) -> None:
     _fsync_dir(folder)
 
 
-@contextmanager
-def _named_errors(out):
-    """Turns an OSError, or torch.save's RuntimeError, inside the block into a :class:`WriteError`
-    naming the file (``out()``, called then) and the reason."""
-    try:
-        yield
-    except (WriteError, RunFolderError):
-        raise
-    except OSError as exc:
-        raise WriteError(exc.errno, f"cannot write {out()}: {exc.strerror or exc}") from exc
-    except RuntimeError as exc:  # torch.save reports a short write as "enforce fail at inline_container.cc"
-        try:
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(out()))).free
-        except OSError:
-            free = None
-        reason = f"the disk may be full ({free / 2**20:.0f} MiB free)" if free is not None else "a failed write"
-        raise WriteError(errno.ENOSPC if free is not None and free < 2**26 else errno.EIO,
-                         f"cannot write {out()}: {reason}; torch.save said: {str(exc).splitlines()[0][:200]}") \
-            from exc
-
-
 def _atomic_write(out, write) -> None:
     out = os.fspath(out)
-    with _named_errors(lambda: out):
+    with write_errors(out):
         _atomic_write_unchecked(out, write)
 
 

@@ -46,9 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from ..checkpoints import WriteError, atomic_write_files
+from ..checkpoints import atomic_write_files
 from ..data.views import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedRGB
 from ..models import BACKBONES, build_backbone
+from ..runfolder import write_errors
 from .common import resolve_device
 
 __all__ = ["STAGES", "Embedder", "check_writable", "embed_dataset", "open_encoder_spec", "write_embeddings"]
@@ -254,10 +255,8 @@ def write_embeddings(out, result: dict, meta: dict) -> None:
 def check_writable(out: Path) -> None:
     """Creates ``out`` and a file in it (removed at once), so that an unwritable output folder is an
     error before the embedding rather than after it."""
-    try:
+    with write_errors(out):
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".embed-probe.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
-    except OSError as err:
-        raise WriteError(err.errno, f"cannot write {out}: {err.strerror or err}") from err
