@@ -4,9 +4,14 @@ resnet18 at 32 px, batch 4, K = 16, two stages of two epochs on 32 synthetic 64-
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from adam_ext.config import PretrainConfig
 from adam_ext.data.synthetic import generate
@@ -57,6 +62,27 @@ def rows(out):
 
 def train_rows(out):
     return [r for r in rows(out) if "loss" in r]
+
+
+def signal_after_rows(cfg: PretrainConfig, rows_: int, sig) -> tuple[int, str]:
+    """Runs ``cfg`` as ``python -m adam_ext.cli pretrain`` (one thread, like reference_run), sends
+    ``sig`` once ``rows_`` training rows are logged; returns (exit status, output)."""
+    out = Path(cfg.out)
+    config = out.parent / f"{out.name}.signal.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    command = [sys.executable, "-m", "adam_ext.cli", "pretrain", "--config", str(config), "--no-progress"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (not (out / "metrics.jsonl").is_file() or len(train_rows(out)) < rows_):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    return proc.returncode, output
 
 
 def strip_timing(rows_):

@@ -9,11 +9,19 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
-from _runs import REPO, assert_same_state, model_state, rows, strip_timing, tiny, train_rows
+from _runs import (
+    REPO,
+    assert_same_state,
+    model_state,
+    rows,
+    signal_after_rows,
+    strip_timing,
+    tiny,
+    train_rows,
+)
 
 from adam_ext import runfolder
 from adam_ext.checkpoints import atomic_write_text
@@ -220,22 +228,8 @@ def test_unexpected_errors_are_one_line_exit_1(monkeypatch, tmp_path, capsys):
 
 
 def test_sigint_stops_with_130(run_data, tmp_path):
-    cfg = tiny(run_data, tmp_path / "run", log_every=1)
-    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict()))
-    proc = subprocess.Popen([sys.executable, "-m", "adam_ext.cli", "pretrain", "--config", str(tmp_path / "c.yaml"),
-                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and (not (tmp_path / "run/metrics.jsonl").is_file()
-                                          or len(train_rows(tmp_path / "run")) < 2):
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=60)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, output
+    returncode, output = signal_after_rows(tiny(run_data, tmp_path / "run", log_every=1), 2, signal.SIGINT)
+    assert returncode == 130, output
     assert "stopped by SIGINT" in output and torch.load(tmp_path / "run/last.pt", weights_only=True)["step"] >= 2
 
 

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from _runs import REPO, assert_same_state, model_state, steps_per_epoch, strip_timing, tiny, train_rows
+from _runs import (
+    REPO,
+    assert_same_state,
+    model_state,
+    signal_after_rows,
+    steps_per_epoch,
+    strip_timing,
+    tiny,
+    train_rows,
+)
 
 from adam_ext.config import PRESETS, PretrainConfig, load_config, parse_override
 from adam_ext.models import MoCo
@@ -189,21 +198,8 @@ def test_resume_at_a_stage_boundary(data, reference_run, tmp_path):
 def test_sigterm_saves_and_resume_matches(data, reference_run, tmp_path):
     ref_out = reference_run[0]
     out = tmp_path / "run"
-    cfg = tiny(data, out, log_every=1)
-    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict()))
-    proc = subprocess.Popen([sys.executable, "-m", "adam_ext.cli", "pretrain", "--config", str(tmp_path / "c.yaml"),
-                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # one thread, like reference_run
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "metrics.jsonl").is_file() or len(train_rows(out)) < 3:
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=60)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, output  # 128 + SIGTERM: a scheduler can tell it from a finished run
+    returncode, output = signal_after_rows(tiny(data, out, log_every=1), 3, signal.SIGTERM)
+    assert returncode == 143, output  # 128 + SIGTERM: a scheduler can tell it from a finished run
     assert "stopped by SIGTERM" in output and "--resume" in output
     step = torch.load(out / "last.pt", weights_only=True)["step"]
     assert 3 <= step < 2 * steps_per_epoch(data)
