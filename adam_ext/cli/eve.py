@@ -16,6 +16,8 @@ ANALYSES = {
     "compositionality": "cosine similarity of a patch's embedding with the mean embedding of its 2x2, 3x3, 4x4 parts",
     "correspondence": "dense matching across augmented views and subjects; landmark transfer error in pixels",
     "gradcam": "Grad-CAM of fine-tuned classifiers against findings' boxes: pointing game and IoU per finding",
+    "explore": "one self-contained HTML page: point at an image, see where that point lands in the others "
+               "(cosine heat map, best match, landmark transfer errors)",
 }
 
 
@@ -81,15 +83,15 @@ def run_embed(args) -> int:
 
 
 def eve_parser(p: argparse.ArgumentParser) -> None:
-    """``adam eve {locality,compositionality,correspondence,gradcam} ...``."""
-    from ..eve import compositionality, correspondence, gradcam, locality
+    """``adam eve {locality,compositionality,correspondence,gradcam,explore} ...``."""
+    from ..eve import compositionality, correspondence, explore, gradcam, locality
 
     p.description = "What the embeddings know about anatomy; every analysis compares the encoders given with --ckpt " \
                     "side by side."
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS")
     sub.required = True
     modules = {"locality": locality, "compositionality": compositionality, "correspondence": correspondence,
-               "gradcam": gradcam}
+               "gradcam": gradcam, "explore": explore}
     for name, text in ANALYSES.items():
         sp = sub.add_parser(name, help=text, description=(modules[name].__doc__ or text).strip(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -270,9 +272,51 @@ def _run_gradcam(args) -> int:
     return 0
 
 
+def _explore_arguments(p: argparse.ArgumentParser) -> None:
+    from ..eve.explore import ExploreConfig
+
+    d = ExploreConfig()
+    _common_arguments(p, default_size=d.size)
+    _data_arguments(p)
+    p.add_argument("--images", type=int, default=d.images,
+                   help="images shown, drawn with --seed from the split (default %(default)s; at most all it has)")
+    p.add_argument("--indices", default=None, metavar="I,J,...",
+                   help="data set indices of the images to show instead of --images (2 or more)")
+    p.add_argument("--landmarks", default=None, help="comma-separated landmark names to draw and match (default: all)")
+    p.add_argument("--dense-size", type=int, default=None,
+                   help="side of the dense maps in the page (default: the largest up to size/4 that keeps the page "
+                        "within --max-mb; 4 images x 2 resnet18 encoders at 224 px: 34, a 19.2-MB page)")
+    p.add_argument("--layers", default=",".join(d.layers), help="stages of the hypercolumn (default %(default)s)")
+    p.add_argument("--max-mb", type=float, default=d.max_mb,
+                   help="largest page allowed, in MB (default %(default)g; every map is stored as float16)")
+    p.add_argument("--display", type=int, default=d.display,
+                   help="longest side of the images as shown, in pixels (default %(default)s)")
+
+
+def _run_explore(args) -> int:
+    from ..eve.common import parse_checkpoints
+    from ..eve.explore import explore_page
+    from ..eve.locality import parse_ints
+
+    settings = {"images": args.images, "size": args.size, "dense_size": args.dense_size, "max_mb": args.max_mb,
+                "display": args.display, "seed": args.seed,
+                "layers": tuple(s.strip() for s in args.layers.split(",") if s.strip())}
+    if args.indices is not None:
+        settings["indices"] = parse_ints(args.indices, "indices")
+    if args.landmarks is not None:
+        settings["landmarks"] = tuple(s.strip() for s in args.landmarks.split(",") if s.strip())
+    result = explore_page(parse_checkpoints(args.ckpt), _open_data(args), args.out, arch=args.arch,
+                          device=args.device, progress=not args.no_progress, **settings)
+    print(Path(result["markdown"]).read_text().split("\n\n", 1)[-1], end="")
+    print(f"wrote {result['html']} ({result['bytes'] / 1e6:.1f} MB, dense maps {result['dense_size']} px) "
+          f"and {result['markdown']}")
+    return 0
+
+
 _ARGUMENTS = {"locality": _locality_arguments, "compositionality": _compositionality_arguments,
-              "correspondence": _correspondence_arguments, "gradcam": _gradcam_arguments}
+              "correspondence": _correspondence_arguments, "gradcam": _gradcam_arguments,
+              "explore": _explore_arguments}
 _RUNS = {"locality": _run_locality, "compositionality": _run_compositionality,
-         "correspondence": _run_correspondence, "gradcam": _run_gradcam}
+         "correspondence": _run_correspondence, "gradcam": _run_gradcam, "explore": _run_explore}
 
 PARSERS = {"embed": embed_parser, "eve": eve_parser}
