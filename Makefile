@@ -40,9 +40,10 @@ bench: $(VENV)/.built
 # by the `demo` preset (adam_ext/config.py) for 2 cores; then few-shot heart and clavicle
 # segmentation on the synthetic SCR layout from the Adam encoder and from random initialisation
 # (3 runs each, same seeds, t-tests); then the Eve analyses of locality (landmark patches at three
-# scales, t-SNE) and correspondence (landmark transfer across views and subjects), Adam vs random;
-# writes runs/demo/report.md. About 20 minutes on the 2-core CI
-# machine. Run again after an interruption and the pretraining resumes.
+# scales, t-SNE) and correspondence (landmark transfer across views and subjects), Adam vs random,
+# and the explorer page runs/demo/eve/explore/explore.html (4 test images, 4.4 MB); writes
+# runs/demo/report.md. About 20 minutes on the 2-core CI machine. Run again after an interruption
+# and the pretraining resumes.
 # The few-shot recipe trains 160 steps (40 epochs of 4 batches of 4): the earlier 15 epochs of 2
 # batches (30 steps) stopped every run while its validation Dice was still rising, so the table
 # measured how fast a decoder starts, not the encoder (README, "What the demo learns"). No loader
@@ -55,6 +56,7 @@ demo: $(VENV)/.built
 	$(VENV)/bin/adam compare seg $(DEMO_SEG) --init random --init runs/demo/best.pt --out runs/demo/fewshot_seg
 	$(VENV)/bin/adam eve locality $(DEMO_EVE) --images 40 --out runs/demo/eve/locality
 	$(VENV)/bin/adam eve correspondence $(DEMO_EVE) --pairs 8 --out runs/demo/eve/correspondence
+	$(VENV)/bin/adam eve explore $(DEMO_EVE) --images 4 --out runs/demo/eve/explore
 	$(VENV)/bin/adam report runs/demo
 
 clean:

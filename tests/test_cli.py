@@ -50,7 +50,7 @@ def test_written_out_defaults_agree_with_the_library():
     defaults = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
     assert {k: defaults[k] for k in data.SYNTH_DEFAULTS} == data.SYNTH_DEFAULTS
     assert export.FORMATS == FORMATS
-    assert set(eve.ANALYSES) == {"locality", "compositionality", "correspondence", "gradcam"}
+    assert set(eve.ANALYSES) == {"locality", "compositionality", "correspondence", "gradcam", "explore"}
 
 
 def test_unknown_command_is_a_usage_error(capsys):

@@ -16,7 +16,7 @@ pyproject.toml declares. The folder lies outside the new environment, so pip nev
 Checked there: the installed adam_ext (not the checkout) loads its extension on the linked torch;
 every third-party module the code imports, lazily or not, imports and comes from a distribution
 pyproject.toml declares (not merely from a dependency's dependency); ``pip check``; ``adam --help``;
-``adam synth``; a one-epoch ``adam pretrain`` of the tiny configuration writes best.pt.
+``adam synth``; ``adam eve explore`` (its page template is package data); a one-epoch ``adam pretrain`` of the tiny configuration writes best.pt.
 """
 
 from __future__ import annotations
@@ -221,6 +221,10 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     assert "pretrain" in _run([adam, "--help"], env, tmp_path, 60, "adam --help")
     _run([adam, "synth", "--out", "D", "--n", "12", "--size", "64", "--workers", "1"], env, tmp_path, 120,
          "adam synth")
+    # The explorer reads its page template, package data: the installed package must hold it.
+    _run([adam, "eve", "explore", "--ckpt", "random", "--arch", "resnet18", "--data", "D", "--split", "all",
+          "--images", "2", "--size", "64", "--out", "E", "--no-progress"], env, tmp_path, 120, "adam eve explore")
+    assert (tmp_path / "E" / "explore.html").stat().st_size > 100_000
     # The tiny configuration of tests/_runs.py, one stage of one epoch; TensorBoard on (the default).
     _run([adam, "pretrain", "--data", "D", "--dataset", "synthetic", "--out", "R", "--stages", "0",
           "--epochs", "1", "--batch-size", "4", "--backbone", "resnet18", "--no-progress",

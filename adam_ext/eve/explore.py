@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write_text
+from ..checkpoints import atomic_write_files
 from .common import markdown_table
 from .correspondence import nearest_match, rescale_points, sample_vectors, transfer_error
 
@@ -110,12 +110,12 @@ class ExploreConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, low in (("images", 2), ("size", 32), ("display", 32), ("seed", 0)):
+        if not isinstance(self.images, int) or isinstance(self.images, bool) or self.images < 2:
+            raise ValueError(f"images must be at least 2 (one image is matched against the others), got {self.images!r}")
+        for name, low in (("size", 32), ("display", 32), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.images < 2:
-            raise ValueError(f"images must be at least 2 (one image is matched against the others), got {self.images}")
         if self.indices is not None:
             self.indices = tuple(self.indices)
             if (len(self.indices) < 2 or len(set(self.indices)) != len(self.indices)
@@ -347,7 +347,8 @@ def _read_images(dataset, indices: list[int], rows: list[int]) -> tuple[list, li
 
 def explore_page(checkpoints, dataset, out, *, arch: str | None = None, device="auto", progress: bool = True,
                  **settings) -> dict:
-    """Writes ``OUT/explore.html`` (the page, atomically) and ``OUT/explore.md`` (the transfer errors).
+    """Writes ``OUT/explore.html`` (the page) and ``OUT/explore.md`` (the transfer errors), all or nothing:
+    a failed write leaves the previous files as they were and no partial file.
 
     Args:
         checkpoints: [(name, spec)] encoders, switchable in the page (see
@@ -409,14 +410,13 @@ def explore_page(checkpoints, dataset, out, *, arch: str | None = None, device="
             entry["transfer"] = landmark_transfer(maps.float(), points, shapes)
             summary[name] = _summary([m[3] for row in entry["transfer"] for cell in row if cell
                                       for m in cell if m and m[3] is not None])
-    page = _render(data, title)
-    if len(page.encode("utf-8")) > cfg.max_mb * 1e6:  # the reserve covers the matches: a bug if reached
-        raise RuntimeError(f"the page takes {len(page.encode('utf-8')) / 1e6:.2f} MB, over max_mb {cfg.max_mb:g}")
-    markdown = explore_markdown(data, cfg)
-    atomic_write_text(out / "explore.html", page)
-    atomic_write_text(out / "explore.md", markdown)
+    page = _render(data, title).encode("utf-8")
+    if len(page) > cfg.max_mb * 1e6:  # the reserve covers the matches: a bug if reached
+        raise RuntimeError(f"the page takes {len(page) / 1e6:.2f} MB, over max_mb {cfg.max_mb:g}")
+    markdown = explore_markdown(data, cfg).encode("utf-8")
+    atomic_write_files(out, {"explore.html": lambda f: f.write(page), "explore.md": lambda f: f.write(markdown)})
     return {"html": os.fspath(out / "explore.html"), "markdown": os.fspath(out / "explore.md"),
-            "bytes": len(page.encode("utf-8")), "dense_size": side, "indices": indices,
+            "bytes": len(page), "dense_size": side, "indices": indices,
             "summary": {**summary, BASELINE: baseline}, "settings": asdict(cfg)}
 
 
