@@ -287,7 +287,7 @@ def test_the_command_reports_bad_arguments(eve_data, tmp_path, capsys, argv, mes
 
 def test_config_defaults():
     cfg = ExploreConfig()
-    assert (cfg.images, cfg.size, cfg.dense_size, cfg.max_mb, cfg.display) == (4, 224, None, 20.0, 320)
+    assert (cfg.images, cfg.size, cfg.dense_size, cfg.max_mb, cfg.display) == (4, 224, None, 20.0, 300)
 
 
 # --------------------------------------------------------------------------- in a real browser
