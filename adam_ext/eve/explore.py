@@ -36,11 +36,11 @@ pointer move computes S² · C multiply-adds per other image (0.9 million at S =
 Chromium 156 opens the 19-MB page in 1.1 s and answers a move over 3 other images in 4 ms.
 
 State for tests and scripts: ``window.adamExplorer`` holds ``ready`` (true once the data is
-decoded), ``encoder`` (the name shown), ``source`` (the image under the pointer), ``pointer``
-({x, y} in source image pixels, the point queried), ``matches`` (per image: null for the source,
-else {x, y, mapX, mapY, similarity}: the best match in image pixels and in map pixels, and its
-cosine), ``updates`` (counts queries) and two functions, ``query(image, x, y)`` and
-``setEncoder(name)``. Each image's panel (``.panel``) carries ``data-index``, ``data-match-x``,
+decoded and the images drawn), ``encoder`` (the name shown), ``source`` (the image under the
+pointer), ``pointer`` ({x, y} in source image pixels, the point queried), ``matches`` (per image:
+null for the source, else {x, y, mapX, mapY, similarity}: the best match in image pixels and in
+map pixels, and its cosine), ``updates`` (counts queries) and two functions, ``query(image, x, y)``
+and ``setEncoder(name)``. Each image's panel (``.panel``) carries ``data-index``, ``data-match-x``,
 ``data-match-y`` and ``data-similarity``; ``<body data-ready="true">`` once ready. The data lies
 in ``<script id="adam-explorer-data" type="application/json">``; :func:`read_explorer` reads it
 back (the maps as float16 ndarray[N, C, S, S]).
