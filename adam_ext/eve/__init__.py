@@ -8,6 +8,8 @@
   transfer error (``adam eve correspondence``);
 * :mod:`~adam_ext.eve.gradcam` — Grad-CAM of a fine-tuned classifier against findings' boxes
   (``adam eve gradcam``).
+* :mod:`~adam_ext.eve.explore` — one self-contained HTML page: point at a radiograph, see where that
+  point lands in the others (``adam eve explore``).
 
 Every analysis takes several encoders (``--ckpt NAME=SPEC``, e.g. Adam vs MoCo v2 vs random) and
 writes one table and one figure comparing them under ``--out``.
