@@ -38,7 +38,7 @@ from torch.utils import benchmark as tbench
 
 import adam_ext
 from adam_ext import reference
-from adam_ext._provenance import git_commit, machine
+from adam_ext.provenance import git_commit, machine
 
 TEMPERATURE = 0.2
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

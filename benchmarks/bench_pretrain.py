@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from adam_ext._provenance import git_commit, machine
 from adam_ext.data.synthetic import SyntheticDataset, generate
 from adam_ext.data.views import TwoViews
 from adam_ext.models import BACKBONES, MoCo
+from adam_ext.provenance import git_commit, machine
 from adam_ext.reference import official_loop_pruned_info_nce
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

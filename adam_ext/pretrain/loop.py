@@ -140,6 +140,7 @@ class Trainer:
 
         self.train_reader, self.train_idx, self.val_reader, self.val_idx = open_splits(cfg)
         self.steps_per_epoch = len(self.train_idx) // self.global_batch
+        self.versions = versions()  # the code that runs is the code loaded now: one git look-up per run
         if self.steps_per_epoch == 0:
             raise ValueError(f"optim.batch_size={self.global_batch} exceeds the {len(self.train_idx)} training "
                              f"images: no full batch per epoch")
@@ -221,8 +222,11 @@ class Trainer:
         return autocast(self.device, self.amp_dtype)
 
     def _checkpoint(self, state: dict) -> dict:
+        # "data": the sizes a model card reports (the config names the data set, not how many images it held)
+        data = {"train_images": len(self.train_idx), "val_images": len(self.val_idx),
+                "steps_per_epoch": self.steps_per_epoch}
         return {"kind": PRETRAIN_KIND, "version": PRETRAIN_VERSION, "config": self.cfg.to_dict(),
-                "versions": versions(), "world_size": self.ctx.world, **state}
+                "versions": self.versions, "world_size": self.ctx.world, "data": data, **state}
 
     def _save(self, path: Path, state: dict) -> None:
         if self.ctx.main:

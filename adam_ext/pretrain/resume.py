@@ -10,6 +10,7 @@ import torch
 from .. import __version__
 from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION
 from ..config import PretrainConfig, config_differences
+from ..provenance import git_commit
 
 __all__ = ["RESUMABLE_CHANGES", "ResumeError", "check_resumable", "load_checkpoint", "rng_state", "set_rng_state",
            "versions"]
@@ -61,8 +62,11 @@ def check_resumable(ckpt: dict, cfg: PretrainConfig, path) -> None:
 
 
 def versions() -> dict:
-    """The versions a checkpoint records (adam_ext, torch, Python)."""
-    return {"adam_ext": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+    """The versions a checkpoint records: adam_ext, torch, Python and the git commit of the code
+    (:func:`adam_ext.provenance.git_commit`: ``unknown`` outside a checkout). Runs git: call it once
+    per run, not per checkpoint."""
+    return {"adam_ext": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
+            "git_commit": git_commit()}
 
 
 def rng_state() -> dict:
