@@ -11,6 +11,13 @@ For ResNets, torchvision, segmentation-models-pytorch 0.6 (``Unet(...).encoder``
 use the same parameter and buffer names, so the three formats write the same keys; the format
 decides which library the file is verified against (and the usage hint printed).
 
+Beside ``OUT`` goes its model card (:mod:`adam_ext.checkpoints.card`): ``OUT.card.json`` and
+``OUT.card.md`` say what the weights are (architecture, keys, input normalisation, which encoder,
+how to load them in each library), how they were made (method, stages, data, schedule, config,
+versions, git commit), their monitors at the end of pretraining and their SHA-256. Weights and
+card are written together, all or nothing; :func:`load_pretrained` reads the card back
+(``Pretrained.card``) and warns when it no longer matches the file.
+
 Example:
     >>> from adam_ext.export import export_encoder, load_pretrained      # doctest: +SKIP
     >>> pre = load_pretrained("runs/adam/best.pt")                       # doctest: +SKIP
@@ -30,11 +37,25 @@ From the shell::
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 
 import torch
 
-from .checkpoints import ARCHS, Pretrained, atomic_save, infer_arch, load_pretrained
+from .checkpoints import (
+    ARCHS,
+    Pretrained,
+    atomic_save,
+    atomic_write_files,
+    build_card,
+    card_paths,
+    infer_arch,
+    json_safe,
+    load_pretrained,
+    render_card,
+)
 
 __all__ = [
     "ARCHS",
@@ -43,6 +64,7 @@ __all__ = [
     "export_encoder",
     "infer_arch",
     "load_pretrained",
+    "load_snippets",
     "usage_hint",
     "verify_encoder",
 ]
@@ -114,13 +136,16 @@ def verify_encoder(trunk: dict, arch: str, fmt: str) -> None:
         )
 
 
-def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu") -> str:
-    """Writes one encoder's ResNet trunk (no projection head) as a plain state dict file.
+def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu", card: bool = True) -> str:
+    """Writes one encoder's ResNet trunk (no projection head) as a plain state dict file, with its model card.
 
     The file maps torchvision ResNet key names (``conv1.weight``, ``layer4.2.bn3.running_var``, ...)
     to CPU tensors; it is verified to load in ``fmt``'s library (see :func:`verify_encoder`)
     before it is written, atomically (temp file in the same directory, fsync, ``os.replace``).
-    A missing output directory is created; an existing file at ``out`` is replaced.
+    A missing output directory is created; an existing file at ``out`` is replaced, and so is its
+    card. The card, ``out.card.json`` and ``out.card.md`` (see :mod:`adam_ext.checkpoints.card`),
+    is written with the weights, all three or none: it is named after ``out``'s whole file name,
+    so exports into one folder never overwrite each other's cards.
 
     Args:
         src (str | PathLike | Pretrained): checkpoint file (any layout of :func:`load_pretrained`)
@@ -130,13 +155,15 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
         encoder (str): ``"q"`` (default, the query encoder, the one the paper fine-tunes) or
             ``"k"`` (the momentum key encoder).
         map_location: passed to ``torch.load`` when ``src`` is a path.
+        card (bool): write the model card (default); False writes the weights alone.
 
     Returns:
         str: ``out``.
 
     Raises:
         FileNotFoundError: ``src`` does not exist.
-        ValueError: bad ``fmt`` / ``encoder`` / ``out``, unreadable checkpoint, no key encoder
+        ValueError: bad ``fmt`` / ``encoder`` / ``out`` (a directory, the checkpoint itself, or a
+            name ending in ``.card.json`` / ``.card.md``: another export's card), unreadable checkpoint, no key encoder
             in a torchvision source, or weights that do not load in ``fmt``.
         ImportError: the library of ``fmt`` is not installed.
         OSError: ``out`` cannot be written (read-only folder, full disk): ``cannot write OUT:
@@ -149,6 +176,8 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
     out = os.fspath(out)
     if not out or out.endswith(os.sep) or os.path.isdir(out):
         raise ValueError(f"out must be a file path, got {out!r} (a directory)")
+    if out.endswith((".card.json", ".card.md")):
+        raise ValueError(f"out must not end in .card.json or .card.md (the names of model cards), got {out!r}")
     pre = src if isinstance(src, Pretrained) else load_pretrained(src, map_location=map_location)
     if os.path.exists(out) and os.path.exists(pre.path) and os.path.samefile(out, pre.path):
         raise ValueError(f"out must differ from the checkpoint, got {out!r} for both")
@@ -160,8 +189,56 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
     # Own, contiguous CPU tensors: saving a view would write its whole underlying storage.
     trunk = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in trunk.items()}
     verify_encoder(trunk, pre.arch, fmt)
-    atomic_save(trunk, out)  # makes the folder; its errors name out and the reason (full disk, read-only folder)
+    if not card:
+        atomic_save(trunk, out)  # makes the folder; its errors name out and the reason (full disk, read-only folder)
+        return out
+    buffer = io.BytesIO()  # the bytes the card's SHA-256 is of, written as they were hashed
+    torch.save(trunk, buffer)
+    weights = buffer.getbuffer()
+    folder, name = os.path.split(os.path.abspath(out))
+    model_card = build_card(pre, trunk, fmt=fmt, encoder=encoder, weights_file=name,
+                            sha256=hashlib.sha256(weights).hexdigest(), size_bytes=len(weights),
+                            load=lambda source_input: load_snippets(pre.arch, name, source_input))
+    json_name, md_name = (os.path.basename(p) for p in card_paths(name))
+    text = {json_name: json.dumps(json_safe(model_card), indent=2) + "\n", md_name: render_card(model_card)}
+    # all or nothing; errors name the file and the reason (full disk, read-only folder)
+    atomic_write_files(folder, {name: lambda f: f.write(weights),
+                                **{n: (lambda f, t=t: f.write(t.encode("utf-8"))) for n, t in text.items()}})
     return out
+
+
+def load_snippets(arch: str, filename: str, source_input: dict | None = None) -> dict:
+    """Python that loads an exported file in each library (what its model card shows).
+
+    Each snippet runs as it is from the folder holding ``filename`` and leaves the loaded network in
+    ``model`` (smp: a U-Net whose ``encoder`` holds the weights); torchvision's also builds
+    ``normalize``, the pretraining's normalisation, when ``source_input`` states it.
+
+    Args:
+        arch (str): ResNet name, e.g. ``"resnet50"``.
+        filename (str): the weights file, as the snippets open it.
+        source_input (dict | None): a model card's ``input`` section (``mean``, ``std``).
+
+    Returns:
+        dict[str, str]: ``{"torchvision": ..., "smp": ..., "timm": ...}``.
+    """
+    load = f"torch.load({filename!r}, weights_only=True)"
+    check = 'assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected  # fc stays new: your head'
+    torchvision = ["import torch", "import torchvision", "",
+                   f'model = torchvision.models.{arch}(weights=None)',
+                   f"missing, unexpected = model.load_state_dict({load}, strict=False)", check]
+    mean, std = (source_input or {}).get("mean"), (source_input or {}).get("std")
+    if isinstance(mean, list) and isinstance(std, list):
+        torchvision += ["# inputs: 3-channel float images in [0, 1] (grey repeated), normalised as in pretraining",
+                        f"normalize = torchvision.transforms.Normalize(mean={mean}, std={std})"]
+    smp = ["import segmentation_models_pytorch as smp", "import torch", "",
+           f'model = smp.Unet("{arch}", encoder_weights=None, classes=1)  # classes: your masks',
+           f"model.encoder.load_state_dict({load})"]
+    timm = ["import timm", "import torch", "",
+            f'model = timm.create_model("{arch}", pretrained=False, num_classes=2)  # num_classes: yours',
+            f"missing, unexpected = model.load_state_dict({load}, strict=False)", check]
+    return {name: "\n".join(lines) + "\n" for name, lines in
+            (("torchvision", torchvision), ("smp", smp), ("timm", timm))}
 
 
 def usage_hint(fmt: str, arch: str, out: str) -> str:

@@ -9,6 +9,9 @@ through each other's internals.
 * :mod:`.encoder` — :func:`load_encoder`: an initialisation spec (``random``, ``imagenet:PATH``,
   a checkpoint PATH) into a ResNet encoder, with an :class:`InitReport`.
 * :mod:`.atomic` — atomic writes (temp file, fsync, rename) that name the file on failure.
+* :mod:`.card`, :mod:`.card_build`, :mod:`.card_markdown` — model cards of exported encoders: read
+  and checked against the weights (:func:`read_card`), built from a checkpoint and its run folder
+  (:func:`build_card`), rendered as Markdown (:func:`render_card`).
 """
 
 from .atomic import (
@@ -19,10 +22,24 @@ from .atomic import (
            atomic_write_text,
            json_safe,
 )
+from .card import (
+           CARD_KIND,
+           CARD_VERSION,
+           UNKNOWN,
+           ModelCardWarning,
+           card_line,
+           card_paths,
+           file_sha256,
+           read_card,
+)
+from .card_build import build_card
+from .card_markdown import render_card
 from .encoder import InitReport, init_label, load_encoder, parse_init
 from .format import FINETUNE_KIND, FINETUNE_VERSION, PRETRAIN_KIND, PRETRAIN_VERSION, readable_version
 from .layouts import ARCHS, Pretrained, infer_arch, load_pretrained
 
-__all__ = ["ARCHS", "FINETUNE_KIND", "FINETUNE_VERSION", "PRETRAIN_KIND", "PRETRAIN_VERSION", "InitReport",
-           "Pretrained", "WriteError", "atomic_save", "atomic_write_files", "atomic_write_json", "atomic_write_text",
-           "infer_arch", "init_label", "json_safe", "load_encoder", "load_pretrained", "parse_init", "readable_version"]
+__all__ = ["ARCHS", "CARD_KIND", "CARD_VERSION", "FINETUNE_KIND", "FINETUNE_VERSION", "PRETRAIN_KIND", "PRETRAIN_VERSION",
+           "UNKNOWN", "InitReport", "ModelCardWarning", "Pretrained", "WriteError", "atomic_save", "atomic_write_files",
+           "atomic_write_json", "atomic_write_text", "build_card", "card_line", "card_paths", "file_sha256",
+           "infer_arch", "init_label", "json_safe", "load_encoder", "load_pretrained", "parse_init", "read_card",
+           "readable_version", "render_card"]

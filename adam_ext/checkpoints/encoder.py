@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .card import card_line
 from .layouts import load_pretrained
 
 __all__ = ["InitReport", "init_label", "load_encoder", "parse_init"]
@@ -73,6 +74,8 @@ class InitReport:
         missing: encoder keys left at their random initialisation.
         unused: keys of the file not loaded (projection head, key encoder, queue, ``fc.*``).
         meta: the checkpoint's epoch / step / stage where present.
+        card: one line naming the file's model card and what it says (an ``adam export`` file
+            whose card matches it), else None.
     """
 
     spec: str
@@ -83,6 +86,7 @@ class InitReport:
     missing: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    card: str | None = None
 
     def summary(self) -> str:
         """A few human-readable lines (what the CLI prints)."""
@@ -96,13 +100,15 @@ class InitReport:
             f"  missing (random): {_preview(self.missing) if self.missing else 'none'}",
             f"  not used from the file: {len(self.unused)} tensors ({_groups(self.unused)})",
         ]
+        if self.card is not None:
+            lines.append(f"  {self.card}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {
             "spec": self.spec, "kind": self.kind, "source": self.source, "arch": self.arch,
             "n_loaded": len(self.loaded), "missing": self.missing, "n_unused": len(self.unused),
-            "meta": {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str))},
+            "meta": {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str))}, "card": self.card,
         }
 
 
@@ -172,6 +178,6 @@ def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = Tru
         unused = [k for k in pre.encoder_q if k not in loadable]
     return InitReport(
         spec=spec, kind=kind, source=pre.source, arch=pre.arch, loaded=sorted(loadable), missing=missing,
-        unused=unused, meta=dict(pre.meta),
+        unused=unused, meta=dict(pre.meta), card=card_line(pre.card, pre.path) if pre.card is not None else None,
     )
 

@@ -30,6 +30,10 @@ from resnet18/34, the number of blocks in ``layer3`` tells the depth. A declared
 that does not match the weights is an error.
 
 Every trunk tensor of both encoders is checked: floating point where torchvision's is, and finite.
+
+A file exported by ``adam export`` has a model card beside it (``FILE.card.json``, see
+:mod:`adam_ext.checkpoints.card`): :attr:`Pretrained.card` holds it when its SHA-256 is the file's;
+a stale or malformed card is left out with a :class:`~adam_ext.checkpoints.card.ModelCardWarning`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .card import read_card
 from .format import PRETRAIN_KIND, PRETRAIN_VERSION, readable_version
 
 __all__ = ["ARCHS", "Pretrained", "infer_arch", "load_pretrained"]
@@ -53,6 +58,8 @@ ARCHS = {
 }
 
 _SOURCES = ("adam_ext", "official", "torchvision")
+#: Checkpoint fields kept in :attr:`Pretrained.provenance` (what a model card reports).
+_PROVENANCE = ("versions", "world_size", "data", "val_loss", "summary")
 _LAYOUTS_HELP = (
     "accepted layouts: an adam_ext checkpoint "
     "{'kind': 'adam_ext.pretrain', 'model': MoCo.state_dict(), ...}, "
@@ -82,6 +89,11 @@ class Pretrained:
         config (dict | None): the training config of an ``adam_ext`` checkpoint, else None.
         meta (dict): scalars of the checkpoint worth reporting (``epoch``, ``step``, ``stage``,
             ``version`` where present).
+        provenance (dict): what the file records of how it was made, where present: ``versions``
+            (adam_ext, torch, Python, ``git_commit``), ``world_size``, ``data`` (image counts, steps
+            per epoch), ``val_loss``, ``summary`` (a ``last.pt``'s finished stages).
+        card (dict | None): the model card beside the file (``FILE.card.json``, written by
+            ``adam export``) when its SHA-256 matches the file; else None.
     """
 
     path: str
@@ -92,6 +104,8 @@ class Pretrained:
     encoder_k: dict | None = None
     config: dict | None = None
     meta: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    card: dict | None = None
 
     @property
     def dim(self) -> int | None:
@@ -316,6 +330,10 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
             point where torchvision's is (an int64 conv weight). The message names the tensor's
             key in the file and the file. Integer buffers (``num_batches_tracked``, ``queue_ptr``)
             are fine; the projection head and the queue are not checked (never loaded downstream).
+
+    Warns:
+        ModelCardWarning: the model card beside the file is stale (another file's SHA-256) or
+            malformed; it is then not in :attr:`Pretrained.card`.
     """
     path = os.fspath(path)
     obj = _read(path, map_location)
@@ -327,6 +345,7 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
         for k in ("epoch", "step", "stage", "version")
         if k in obj and not isinstance(obj[k], torch.Tensor)
     }
+    provenance = {k: obj[k] for k in _PROVENANCE if isinstance(obj.get(k), (dict, list, int, float, str))}
     model, wrapper, config, declared, declared_from = _unwrap(obj, path)
     source, state, encoder_q, encoder_k, in_file = _encoders(model, wrapper, config, path)
     arch = declared if declared is not None else infer_arch(encoder_q, what=f"checkpoint {path!r}")
@@ -338,7 +357,7 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
                      key_in_file=lambda key: in_file.get("encoder_k." + key, "encoder_k." + key))
     return Pretrained(
         path=path, source=source, arch=arch, state=state, encoder_q=encoder_q, encoder_k=encoder_k,
-        config=config, meta=meta,
+        config=config, meta=meta, provenance=provenance, card=read_card(path),
     )
 
 
