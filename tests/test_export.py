@@ -203,11 +203,13 @@ def test_export_timm_loads(exported, moco):
 
 
 def test_no_leftover_temp_files(exported):
+    """Each export is its weights and its two card files (tests/test_model_card.py), nothing else."""
     d, files = exported
-    assert _listing(d) == sorted(os.path.basename(f) for f in files.values())
+    names = [os.path.basename(f) for f in files.values()]
+    assert _listing(d) == sorted(n + ext for n in names for ext in ("", ".card.json", ".card.md"))
     umask = os.umask(0)
     os.umask(umask)
-    assert all(os.stat(f).st_mode & 0o777 == 0o666 & ~umask for f in files.values())
+    assert all(os.stat(os.path.join(d, n)).st_mode & 0o777 == 0o666 & ~umask for n in _listing(d))
 
 
 def test_official_exports_identically(ckpts, exported, tmp_path):
@@ -232,7 +234,7 @@ def test_cli_encoder_k_and_missing_outdir(ckpts, moco, tmp_path, capsys):
     assert "resnet18" in printed and "key encoder" in printed and "smp" in printed
     assert f"{len(_trunk(moco.encoder_k))} tensors" in printed and "(official layout, epoch 200)" in printed
     assert 'smp.Unet("resnet18", encoder_weights=None).encoder.load_state_dict(' in printed
-    assert _listing(out.parent) == ["enc_k.pt"]
+    assert _listing(out.parent) == ["enc_k.pt", "enc_k.pt.card.json", "enc_k.pt.card.md"]
 
 
 def test_cli_default_q(ckpts, moco, tmp_path, capsys):
