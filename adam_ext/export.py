@@ -38,7 +38,6 @@ From the shell::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 
@@ -192,19 +191,44 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
     if not card:
         atomic_save(trunk, out)  # makes the folder; its errors name out and the reason (full disk, read-only folder)
         return out
-    buffer = io.BytesIO()  # the bytes the card's SHA-256 is of, written as they were hashed
-    torch.save(trunk, buffer)
-    weights = buffer.getbuffer()
-    folder, name = os.path.split(os.path.abspath(out))
-    model_card = build_card(pre, trunk, fmt=fmt, encoder=encoder, weights_file=name,
-                            sha256=hashlib.sha256(weights).hexdigest(), size_bytes=len(weights),
-                            load=lambda source_input: load_snippets(pre.arch, name, source_input))
-    json_name, md_name = (os.path.basename(p) for p in card_paths(name))
-    text = {json_name: json.dumps(json_safe(model_card), indent=2) + "\n", md_name: render_card(model_card)}
-    # all or nothing; errors name the file and the reason (full disk, read-only folder)
-    atomic_write_files(folder, {name: lambda f: f.write(weights),
-                                **{n: (lambda f, t=t: f.write(t.encode("utf-8"))) for n, t in text.items()}})
+    _write_with_card(pre, trunk, fmt, encoder, out)
     return out
+
+
+def _write_with_card(pre: Pretrained, trunk: dict, fmt: str, encoder: str, out: str) -> None:
+    """Writes ``trunk`` to ``out`` and its model card beside it, all or nothing."""
+    folder, name = os.path.split(os.path.abspath(out))
+    model_card = build_card(pre, trunk, fmt=fmt, encoder=encoder, weights_file=name, sha256=None, size_bytes=None,
+                            load=lambda source_input: load_snippets(pre.arch, name, source_input))
+
+    def weights(f):  # streamed: no second copy of the weights in memory; hashed as written
+        hashed = _HashingWriter(f)
+        torch.save(trunk, hashed)
+        model_card["weights"].update(sha256=hashed.digest.hexdigest(), bytes=hashed.size)
+
+    def text(render):
+        return lambda f: f.write(render(model_card).encode("utf-8"))
+
+    json_name, md_name = (os.path.basename(p) for p in card_paths(name))
+    # In this order (the cards need the weights' hash), all or nothing; errors name the file and the
+    # reason (full disk, read-only folder).
+    atomic_write_files(folder, {name: weights, json_name: text(lambda c: json.dumps(json_safe(c), indent=2) + "\n"),
+                                md_name: text(render_card)})
+
+
+class _HashingWriter:
+    """A binary file's ``write`` that also feeds SHA-256 and counts bytes (what torch.save needs of a file)."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_snippets(arch: str, filename: str, source_input: dict | None = None) -> dict:

@@ -87,7 +87,7 @@ def read_card(weights, sha256: str | None = None) -> dict | None:
     Args:
         weights (str | PathLike): the weights file.
         sha256 (str | None): the file's SHA-256 when already known (else it is computed, only
-            when a card exists: 0.1 s for resnet50's 94 MB).
+            when a card exists: 0.15 s for resnet50's 90 MiB on one core of a Xeon).
 
     Returns:
         dict | None: the parsed card; None when there is none, or when it is stale or malformed

@@ -36,8 +36,8 @@ _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _RUN_IDENTITY = ("seed", "stages", "gamma", "gamma_n0", "model", "optim")
 
 
-def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_file: str, sha256: str,
-               size_bytes: int, load) -> dict:
+def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_file: str, sha256: str | None,
+               size_bytes: int | None, load) -> dict:
     """The model card (a JSON-ready dict, see :mod:`.card`) of an exported trunk.
 
     Args:
@@ -46,8 +46,9 @@ def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_
         fmt (str): the export format (``torchvision``, ``smp``, ``timm``).
         encoder (str): ``"q"`` or ``"k"``, the encoder of ``pre`` exported.
         weights_file (str): the weights' file name (the snippets load it from the card's folder).
-        sha256 (str): SHA-256 of the weights file, 64 hex digits.
-        size_bytes (int): its size.
+        sha256 (str | None): SHA-256 of the weights file, 64 hex digits; None when the file is not
+            written yet (the caller then sets ``card["weights"]["sha256"]`` once it is).
+        size_bytes (int | None): its size likewise (``card["weights"]["bytes"]``).
         load (Callable[[dict], dict[str, str]]): the card's ``input`` section -> ``{library: Python
             snippet}`` that loads the file (and normalises as the pretraining did).
 
