@@ -104,25 +104,55 @@ def _run(cmd, env, cwd, timeout, what):
     return proc.stdout
 
 
+def _imports_of(path: Path) -> set[str]:
+    """The modules one file imports: its ``import``/``from`` statements anywhere (lazy ones in
+    functions too) and the string literals given to ``importlib.import_module`` or ``_require``
+    (adam_ext.export)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", "")) in LOADERS):
+            found.add(node.args[0].value)
+    return found
+
+
+def _third_party(modules, package: Path) -> set[str]:
+    return {m for m in modules if m.split(".")[0] not in (*sys.stdlib_module_names, package.name)}
+
+
+def _integrations(package: Path) -> list[Path]:
+    """``adam_ext/integrations/NAME.py``: each needs its library, from the extra NAME."""
+    return sorted(p for p in (package / "integrations").glob("*.py") if p.name != "__init__.py")
+
+
 def _third_party_imports(package: Path) -> list[str]:
-    """Every module the package's code imports that is neither the standard library nor itself: the
-    ``import``/``from`` statements anywhere (lazy ones in functions too) and the string literals given
-    to ``importlib.import_module`` or ``_require`` (adam_ext.export). ``torch.utils.tensorboard``
-    stands for the ``tensorboard`` it needs."""
+    """Every module the package's code imports that is neither the standard library nor itself, except
+    what only an integration (``adam_ext/integrations/NAME.py``) imports: that comes from the extra
+    NAME (:func:`_optional_imports`). ``torch.utils.tensorboard`` stands for the ``tensorboard`` it
+    needs."""
     found = set()
     for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module)
-            elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-                  and isinstance(node.args[0].value, str)
-                  and getattr(node.func, "attr", getattr(node.func, "id", "")) in LOADERS):
-                found.add(node.args[0].value)
+        found |= _imports_of(path)
+    found -= {m for extra in _optional_imports(package).values() for m in extra}
     if any(m.startswith("torch.utils.tensorboard") for m in found):
         found.add("tensorboard")
-    return sorted(m for m in found if m.split(".")[0] not in (*sys.stdlib_module_names, package.name))
+    return sorted(_third_party(found, package))
+
+
+def _optional_imports(package: Path) -> dict[str, list[str]]:
+    """``{NAME: modules}``: the third-party modules ``adam_ext/integrations/NAME.py`` imports whose
+    top-level package no other file imports (lightly, not torch)."""
+    integrations = _integrations(package)
+    elsewhere = set()
+    for path in set(package.rglob("*.py")) - set(integrations):
+        elsewhere |= {m.split(".")[0] for m in _imports_of(path)}
+    return {path.stem: sorted(m for m in _third_party(_imports_of(path), package) if m.split(".")[0] not in elsewhere)
+            for path in integrations}
 
 
 # Run in the new environment: imports each module and names the declared requirement of adam_ext
@@ -144,6 +174,29 @@ for module in json.loads(sys.argv[1]):
     if not dists & declared:
         problems.append(f"{module} comes from {sorted(dists) or 'nothing'}, not a declared dependency")
 print(json.dumps({"report": report, "problems": problems}))
+"""
+
+# Run in the new environment, where no extra is installed: each integration's modules are named by
+# its extra in adam_ext's metadata, and importing the integration says which extra to install.
+CHECK_OPTIONAL = """
+import importlib, importlib.metadata as md, json, re, sys
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+problems = []
+for extra, modules in json.loads(sys.argv[1]).items():
+    marker = re.compile(r"extra\\s*==\\s*['\\"]" + re.escape(extra) + r"['\\"]")
+    declared = {norm(re.split(r"[ ;<>=!~\\[(]", r, maxsplit=1)[0]) for r in md.requires("adam_ext") or []
+                if marker.search(r)}
+    if not declared:
+        problems.append(f"adam_ext.integrations.{extra}: pyproject.toml declares no extra {extra!r}")
+    problems += [f"{m} (adam_ext.integrations.{extra}) is not declared by the extra {extra!r}: {sorted(declared)}"
+                 for m in modules if norm(m.split(".")[0]) not in declared]
+    try:
+        importlib.import_module(f"adam_ext.integrations.{extra}")
+        problems.append(f"adam_ext.integrations.{extra} imported without the extra {extra!r} installed")
+    except ImportError as exc:
+        if f"pip install adam_ext[{extra}]" not in str(exc):
+            problems.append(f"adam_ext.integrations.{extra}: the ImportError does not name the extra: {exc}")
+print(json.dumps(problems))
 """
 
 
@@ -215,6 +268,11 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     print("  " + ", ".join(f"{m} <- {'/'.join(d)}" for m, d in result["report"].items()))
     assert not result["problems"], "\n".join(result["problems"])
+    optional = _optional_imports(src / "adam_ext")
+    out = _run([str(py), "-c", CHECK_OPTIONAL, json.dumps(optional)], env, tmp_path, 300,
+               f"the optional integrations {sorted(optional)}, without their extras")
+    problems = json.loads(out.strip().splitlines()[-1])
+    assert not problems, "\n".join(problems)
     _run(pip + ["check"], env, tmp_path, 120, "pip check")
 
     adam = str(venv / "bin" / "adam")
@@ -237,3 +295,13 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     for folder in ("venv", "base", "src"):
         shutil.rmtree(tmp_path / folder, ignore_errors=True)
     print(f"  total: {time.perf_counter() - start:.1f} s")
+
+
+def test_integration_imports_are_left_to_their_extras():
+    """What only adam_ext/integrations/NAME.py imports is checked against the extra NAME, not required."""
+    package = REPO / "adam_ext"
+    optional = _optional_imports(package)
+    assert optional == {"lightly": ["lightly.models.modules.memory_bank"]}
+    required = _third_party_imports(package)
+    assert "torch" in required and "tensorboard" in required
+    assert not [m for m in required if m.split(".")[0] == "lightly"]
