@@ -11,6 +11,10 @@ Providers, all forward + backward (gradients of q and k), in one process:
 * ``floor``       only the two matrix products the operator cannot avoid (similarities and
                   the softmax-weighted key sum), on cache-sized tiles: the speed limit.
 
+And, when lightly is installed, lightly's MoCo loss ``NTXentLoss(memory_bank_size=(K, D))``
+against its drop-in ``adam_ext.integrations.lightly.PrunedNTXentLoss`` (γ = None: the same loss;
+γ = 0.8), each call a MoCo training step's: queries with a gradient, detached keys, the enqueue.
+
 Each time is the median of repeated runs after a warm-up (torch.utils.benchmark), with
 all of torch's threads. Peak memory is the extra peak resident memory (CPU, reset through
 /proc/self/clear_refs) or the extra peak allocated memory (CUDA) of one call.
@@ -20,6 +24,7 @@ Usage::
     python benchmarks/bench_loss.py                 # headline case + K/B sweep, writes benchmarks/results/
     python benchmarks/bench_loss.py --headline      # only B=256, K=65536, D=128
     python benchmarks/bench_loss.py --device cuda   # on a GPU (queues rotated so none is timed from L2)
+    python benchmarks/bench_loss.py --lightly-only  # only lightly's NTXentLoss against PrunedNTXentLoss
 """
 
 from __future__ import annotations
@@ -280,6 +285,61 @@ def official_case(case: Case, device: str, args) -> list[Result]:
     return run_case(small, ["fused", "official"], device, args)
 
 
+# ----------------------------------------------------------------------------- lightly
+
+
+def lightly_rows(case: Case, device: str, args) -> list[Result]:
+    """lightly's ``NTXentLoss(memory_bank_size=(K, D))`` and ``PrunedNTXentLoss`` (γ None, 0.8),
+    forward + backward of a MoCo step (gradient of the queries; the keys detached, then enqueued),
+    side by side; [] with a message when lightly is not installed."""
+    try:
+        from lightly.loss import NTXentLoss
+
+        from adam_ext.integrations.lightly import PrunedNTXentLoss
+    except ImportError as exc:
+        print(f"lightly rows skipped: {exc}", flush=True)
+        return []
+    size = (case.K, case.D)
+    criteria = {
+        "lightly NTXentLoss": NTXentLoss(temperature=TEMPERATURE, memory_bank_size=size),
+        "PrunedNTXentLoss, γ=None": PrunedNTXentLoss(temperature=TEMPERATURE, memory_bank_size=size),
+        "PrunedNTXentLoss, γ=0.8": PrunedNTXentLoss(temperature=TEMPERATURE, memory_bank_size=size, gamma=0.8),
+    }
+    q, k, _ = make_inputs(dataclasses.replace(case, K=0), device)
+    k = k.detach()
+    print(f"lightly's MoCo loss, B={case.B} K={case.K} D={case.D}:", flush=True)
+    results = []
+    for name, criterion in criteria.items():
+        criterion.to(device)
+
+        def step(q, k, _queue, criterion=criterion):
+            torch.autograd.grad(criterion(q, k), (q,))
+
+        ms = time_ms(step, q, k, [None], device, args.min_run_time)
+        peak = peak_extra_mb(step, q, k, None, device)
+        results.append(Result(case, name, ms, peak))
+        print(f"  {name:26s} {ms:10.2f} ms, peak +{peak if peak is not None else float('nan'):.1f} MB", flush=True)
+    return results
+
+
+def lightly_table(results: list[Result]) -> str:
+    if not results:
+        return "lightly rows skipped: lightly is not installed (pip install adam_ext[lightly])."
+    theirs = results[0].ms
+    case = results[0].case
+    lines = [
+        (f"lightly's MoCo loss against its drop-in, B={case.B}, K={case.K}, D={case.D}, forward + backward "
+         "of a MoCo step (queries' gradient, keys enqueued):"),
+        "",
+        "| provider | time (ms) | × lightly's time | lightly's time / this | peak extra memory (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        peak = f"{r.peak_mb:.1f}" if r.peak_mb is not None else "—"
+        lines.append(f"| {r.provider} | {r.ms:.2f} | {r.ms / theirs:.2f} | {theirs / r.ms:.2f}× | {peak} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -330,6 +390,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-official", action="store_true")
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timed runs per measurement")
     p.add_argument("--memory-budget-gb", type=float, default=12.0, help="skip baselines whose B x K buffers exceed it")
+    p.add_argument("--no-lightly", action="store_true", help="leave out lightly's NTXentLoss against PrunedNTXentLoss")
+    p.add_argument("--lightly-only", action="store_true", help="only lightly's NTXentLoss against PrunedNTXentLoss")
+    p.add_argument("--lightly-size", default="256,65536", help="B,K of the lightly rows (float32, D=128)")
     p.add_argument("--out", default=None, help="Markdown file to write (default benchmarks/results/<device>.md)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -345,14 +408,19 @@ def main(argv=None) -> int:
     print(f"adam_ext benchmark on {machine(args.device)}; torch {torch.__version__}; build {info}", flush=True)
 
     results: list[Result] = []
-    for case in cases:
-        print(f"case B={case.B} K={case.K} D={case.D} {case.dtype} gamma={case.gamma}", flush=True)
-        results += run_case(case, providers, args.device, args)
-    if not args.no_official:
-        results += official_case(headline, args.device, args)
+    if not args.lightly_only:
+        for case in cases:
+            print(f"case B={case.B} K={case.K} D={case.D} {case.dtype} gamma={case.gamma}", flush=True)
+            results += run_case(case, providers, args.device, args)
+        if not args.no_official:
+            results += official_case(headline, args.device, args)
+    lightly = None
+    if not args.no_lightly:
+        B, K = map(int, args.lightly_size.split(","))
+        lightly = lightly_rows(Case(B, K, 128, torch.float32, None), args.device, args)
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report = "\n".join([
+    lines = [
         f"# bench_loss: {args.device}, {args.dtype}",
         "",
         f"- machine: {machine(args.device)}",
@@ -360,15 +428,15 @@ def main(argv=None) -> int:
         f"- forward + backward (gradients of q and k), τ = {TEMPERATURE}, median after warm-up",
         f"- command: `python benchmarks/bench_loss.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
-        "Headline (B=256, K=65536, D=128):",
-        "",
-        headline_summary(results, headline),
-        "",
-        table(results),
-        "",
-    ])
+    ]
+    if results:
+        lines += ["Headline (B=256, K=65536, D=128):", "", headline_summary(results, headline), "", table(results), ""]
+    if lightly is not None:
+        lines += [lightly_table(lightly), ""]
+    report = "\n".join(lines)
     print("\n" + report)
-    out = args.out or os.path.join(RESULTS_DIR, f"{args.device}{'-headline' if args.headline else ''}.md")
+    suffix = "-lightly" if args.lightly_only else "-headline" if args.headline else ""
+    out = args.out or os.path.join(RESULTS_DIR, f"{args.device}{suffix}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(report)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_inputs
 from test_models import free_port
+from test_scripts import load
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,6 +78,16 @@ def test_import_without_lightly_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "adam_ext.integrations.lightly", raising=False)
     with pytest.raises(ImportError, match=re.escape("pip install adam_ext[lightly]")):
         importlib.import_module("adam_ext.integrations.lightly")
+
+
+def test_bench_says_when_lightly_is_absent(monkeypatch, tmp_path):
+    bench = load("benchmarks/bench_loss.py")
+    for name in [m for m in sys.modules if m == "lightly" or m.startswith("lightly.")] + ["lightly"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "adam_ext.integrations.lightly", raising=False)
+    out = tmp_path / "bench.md"
+    assert bench.main(["--lightly-only", "--lightly-size", "4,100", "--out", str(out)]) == 0
+    assert "lightly rows skipped: lightly is not installed (pip install adam_ext[lightly])" in out.read_text()
 
 
 # ---- parity with lightly's NTXentLoss ---------------------------------------------------------------
@@ -294,6 +305,18 @@ def test_bad_inputs_name_themselves(lightly):
     with pytest.raises(TypeError, match="q must be a float32, float64, bfloat16 or float16 tensor"):
         criterion(torch.ones(4, 8, dtype=torch.int64), torch.ones(4, 8, dtype=torch.int64))
     assert "gamma=0.8" in repr(criterion) and "memory_bank_size=(16, 8)" in repr(criterion)
+
+
+def test_bench_rows_side_by_side(lightly, tmp_path):
+    bench = load("benchmarks/bench_loss.py")
+    out = tmp_path / "bench.md"
+    assert bench.main(["--lightly-only", "--lightly-size", "8,300", "--min-run-time", "0.01", "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = re.findall(r"^\| (lightly NTXentLoss|PrunedNTXentLoss, γ=None|PrunedNTXentLoss, γ=0.8) \| ([\d.]+) \| ([\d.]+) \|",
+                      text, flags=re.MULTILINE)
+    assert [r[0] for r in rows] == ["lightly NTXentLoss", "PrunedNTXentLoss, γ=None", "PrunedNTXentLoss, γ=0.8"]
+    assert rows[0][2] == "1.00" and all(float(ms) > 0 for _, ms, _ in rows)
+    assert "B=8, K=300, D=128" in text and "| fused |" not in text  # --lightly-only: no operator rows
 
 
 # ---- lightly's MoCo example with the one changed line ------------------------------------------------

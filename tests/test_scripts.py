@@ -21,7 +21,7 @@ def test_bench_loss_writes_a_table(tmp_path):
     bench = load("benchmarks/bench_loss.py")
     out = tmp_path / "bench.md"
     assert bench.main(["--Bs", "4", "--Ks", "300", "--providers", "fused,eager,floor", "--official-batch", "2",
-                       "--min-run-time", "0.01", "--out", str(out)]) == 0
+                       "--min-run-time", "0.01", "--no-lightly", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| 256 | 65536 | 128 | float32 | 0.8 | fused |" in text
     assert "| 4 | 300 | 128 | float32 | 0.8 | eager |" in text
@@ -33,7 +33,7 @@ def test_bench_loss_skips_what_does_not_fit(tmp_path):
     bench = load("benchmarks/bench_loss.py")
     out = tmp_path / "bench.md"
     bench.main(["--headline", "--providers", "fused,eager", "--no-official", "--memory-budget-gb", "0.01",
-                "--min-run-time", "0.01", "--out", str(out)])
+                "--min-run-time", "0.01", "--no-lightly", "--out", str(out)])
     assert "skipped: B x K buffers exceed --memory-budget-gb" in out.read_text()
 
 
