@@ -435,7 +435,8 @@ def main(argv=None) -> int:
         "",
         f"- machine: {machine(args.device)}",
         f"- torch {torch.__version__}, adam_ext commit {git_commit()}, {stamp}",
-        f"- forward + backward (gradients of q and k), τ = {TEMPERATURE}, median after warm-up",
+        f"- τ = {TEMPERATURE}, median after warm-up"
+        + ("; operator rows: forward + backward, gradients of q and k" if results else ""),
         f"- command: `python benchmarks/bench_loss.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
     ]
