@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from adam_ext.engine import NonFiniteLossError, amp_dtype, autocast, check_finite, cosine_schedule, lr_factor
+from adam_ext.engine import (
+    NonFiniteLossError,
+    PhaseTimer,
+    amp_dtype,
+    autocast,
+    check_finite,
+    cosine_schedule,
+    lr_factor,
+)
+from adam_ext.engine import timing
 
 
 def test_lr_factor_warms_up_then_follows_a_cosine_to_zero():
@@ -45,3 +54,62 @@ def test_check_finite_names_where_and_what_to_do():
         check_finite(float("nan"), "step 3", "lower lr")
     with pytest.raises(NonFiniteLossError, match=r"loss is inf at"):
         check_finite(float("inf"), "epoch 1", "stop")
+
+
+class FakeClock:
+    """``time.perf_counter`` stepping through given readings; ``syncs`` records, for every device
+    synchronisation, how many readings had been taken before it."""
+
+    def __init__(self, readings):
+        self.readings, self.taken, self.syncs = list(readings), 0, []
+
+    def __call__(self):
+        self.taken += 1
+        return self.readings[self.taken - 1]
+
+
+def fake_timer(monkeypatch, readings, device="cpu", **kwargs) -> tuple[PhaseTimer, FakeClock]:
+    clock = FakeClock(readings)
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda device: clock.syncs.append(clock.taken))
+    return PhaseTimer(device, **kwargs), clock
+
+
+def test_phase_timer_adds_up_contiguous_phases_per_step(monkeypatch):
+    timer, clock = fake_timer(monkeypatch, [10.0, 10.5, 11.0, 11.25, 12.0, 20.0, 21.0, 22.5])
+    timer.mark_between("epoch end")  # the first reading only starts the clock
+    timer.mark("data wait")  # 0.5
+    timer.mark("forward")  # 0.5
+    timer.mark("forward")  # 0.25 more: a phase marked twice in a step is summed
+    timer.end_step("logging/other")  # 0.75
+    timer.mark_between("epoch end")  # 8.0, no step's
+    timer.mark("data wait")
+    timer.end_step("logging/other")
+    assert timer.steps == [{"data wait": 0.5, "forward": 0.75, "logging/other": 0.75},
+                           {"data wait": 1.0, "logging/other": 1.5}]
+    assert timer.between == {"epoch end": 8.0}
+    assert sum(timer.steps[0].values()) == 12.0 - 10.0  # the step's wall-clock time
+    assert clock.syncs == []  # a CPU is never synchronised
+
+
+def test_phase_timer_synchronises_a_gpu_where_told(monkeypatch):
+    """Unsplit steps only read the clock, except at the end of a ``sync_at`` step; split steps and
+    the time between steps synchronise before every reading. (torch.cuda.synchronize is recorded:
+    no GPU needed.)"""
+    timer, clock = fake_timer(monkeypatch, [float(t) for t in range(8)], device="cuda", split_from=2, sync_at={0})
+    assert not timer.split
+    timer.start()  # reading 0
+    for _ in range(3):  # steps 0 and 1 unsplit, step 2 split: readings 1-2, 3-4, 5-6
+        timer.mark("data wait")
+        timer.end_step("logging/other")
+    assert timer.split
+    timer.mark_between("epoch end")  # reading 7
+    assert clock.syncs == [2, 5, 6, 7]  # end of step 0 (sync_at), both marks of step 2, between
+    assert [s["data wait"] for s in timer.steps] == [1.0, 1.0, 1.0] and timer.between == {"epoch end": 1.0}
+    assert PhaseTimer("cpu", split_from=None).split is False and PhaseTimer("cpu").split is True
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_phase_timer_refuses_a_bad_split_from(bad):
+    with pytest.raises(ValueError, match=rf"^split_from must be None or an int >= 0, got {bad!r}"):
+        PhaseTimer("cpu", split_from=bad)
