@@ -219,6 +219,10 @@ class MoCo(nn.Module):
         encoder_k (nn.Module): momentum key encoder, ``requires_grad`` False.
         queue (Tensor[K, dim]): buffer of L2-normalised keys, float32; persistent (checkpointed).
         queue_ptr (Tensor[1], int64): next write position in ``queue``; persistent.
+        phase_timer: None (default), or an object whose ``mark(phase)`` :meth:`forward` calls after
+            each of its parts, for a benchmark's breakdown (:class:`adam_ext.engine.PhaseTimer`):
+            ``forward`` after each encoder, ``momentum+queue`` after the momentum update and after
+            the enqueue, ``loss`` after the loss.
 
     Distributed use: keys are gathered from all ranks and every rank enqueues the same global batch,
     so queues stay identical if they start identical (same seed, or DDP's buffer broadcast at
@@ -266,6 +270,11 @@ class MoCo(nn.Module):
 
         self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.phase_timer = None
+
+    def _mark(self, phase: str) -> None:
+        if self.phase_timer is not None:
+            self.phase_timer.mark(phase)
 
     @torch.no_grad()
     def _momentum_update_key_encoder(self) -> None:
@@ -344,12 +353,17 @@ class MoCo(nn.Module):
             as it was before this batch's keys were enqueued.
         """
         q = self.encoder_q(im_q)
+        self._mark("forward")
         with torch.no_grad():
             self._momentum_update_key_encoder()
+            self._mark("momentum+queue")
             k = self._encode_keys(im_k)
+            self._mark("forward")
         out = self._loss(q, k, self.gamma if gamma is _DEFAULT else gamma)
+        self._mark("loss")
         # The loss's backward never reads the queue, so it may be overwritten now.
         self._dequeue_and_enqueue(_concat_all_gather(out["k"]) if _distributed() else out["k"])
+        self._mark("momentum+queue")
         return out
 
     @torch.no_grad()

@@ -184,6 +184,22 @@ def test_persistent_workers_give_the_batches_of_fresh_loaders(data, reference_ru
     assert strip_timing(train_rows(out)) == strip_timing(train_rows(ref_out))
 
 
+def test_a_phase_timer_sees_every_step_and_changes_nothing(data, reference_run, tmp_path):
+    """The loop told to time its phases (bench_pretrain.py --e2e) trains exactly as without: the same
+    weights and losses as the reference run; every step reports every phase, the epochs' ends apart."""
+    from adam_ext.engine import STEP_PHASES, PhaseTimer
+
+    ref_out = reference_run[0]
+    out = tmp_path / "run"
+    timer = PhaseTimer("cpu")
+    pretrain(tiny(data, out, data__workers=1), progress=False, phase_timer=timer)
+    assert_same_state(model_state(out / "best.pt"), model_state(ref_out / "best.pt"))
+    assert strip_timing(train_rows(out)) == strip_timing(train_rows(ref_out))
+    assert len(timer.steps) == len(train_rows(out)) == 2 * 2 * steps_per_epoch(data)  # 2 stages x 2 epochs
+    assert all(list(step) == list(STEP_PHASES) and min(step.values()) >= 0 for step in timer.steps)
+    assert list(timer.between) == ["epoch end"] and timer.between["epoch end"] > 0  # 3 validations and saves
+
+
 def test_resume_at_a_stage_boundary(data, reference_run, tmp_path):
     ref_out = reference_run[0]
     out = tmp_path / "run"

@@ -125,8 +125,21 @@ class Stopper:
 
 
 class Trainer:
-    def __init__(self, cfg: PretrainConfig, ctx: ProcessContext, progress: bool):
+    """Runs the stages of one pretraining run (see the module's docstring).
+
+    Args:
+        cfg: the configuration.
+        ctx: this process's rank, world and device.
+        progress: show a tqdm bar per epoch (rank 0).
+        phase_timer: None (default), or a :class:`~adam_ext.engine.PhaseTimer` told the phases of
+            every training step (:data:`~adam_ext.engine.STEP_PHASES`: data wait, H2D copy, the
+            model's forward parts, backward, optimiser, logging/other) and, as ``epoch end``, the
+            time between an epoch's last step and the next epoch's first (validation, checkpoints).
+    """
+
+    def __init__(self, cfg: PretrainConfig, ctx: ProcessContext, progress: bool, phase_timer=None):
         self.cfg, self.ctx, self.progress = cfg, ctx, progress and ctx.main
+        self.phase_timer = phase_timer
         self.out = Path(cfg.out)
         self.device = ctx.device
         self.gpu = self.device.type == "cuda"
@@ -158,6 +171,7 @@ class Trainer:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.model.phase_timer = phase_timer  # marks the parts of MoCo.forward
         self.metrics = MetricsLog(self.out, ctx.main, cfg.tensorboard)
         self.summary: list[dict] = []
         self.collapsed: set[int] = set()  # stages whose pruner removed (nearly) the whole queue
@@ -334,17 +348,24 @@ class Trainer:
                 "summary": list(self.summary), "collapsed": sorted(self.collapsed),
                 "monitor_collapsed": sorted(self.monitor_collapsed)}
 
+    def _mark(self, phase: str) -> None:
+        if self.phase_timer is not None:
+            self.phase_timer.mark(phase)
+
     def _train_step(self, s: StageRun, im_q, im_k):
         """One optimiser step; returns (loss, pruned fraction, lr), the first two still on the device."""
         im_q, im_k = self._to_device(im_q), self._to_device(im_k)
+        self._mark("H2D copy")
         with self._autocast():
             out = s.ddp(im_q, im_k, gamma=s.gamma)
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(out["loss"]).backward()
+        self._mark("backward")
         s.scaler.step(s.optimizer)
         s.scaler.update()
         lr = s.scheduler.get_last_lr()[0]
         s.scheduler.step()
+        self._mark("optimiser")
         return out["loss"].detach().float(), out["pruned"].float().mean() / self.cfg.model.K, lr
 
     def _train_epoch(self, s: StageRun, stopper: Stopper) -> tuple[bool, int]:
@@ -359,8 +380,11 @@ class Trainer:
             bar = tqdm(total=spe, initial=s.start, desc=f"stage {s.stage} n={s.n} epoch {s.epoch + 1}/{cfg.optim.epochs}",
                        leave=False, dynamic_ncols=True, file=sys.stderr)
         window = Window()
-        step_in_epoch, stopped = s.start, False
+        step_in_epoch, stopped, timer = s.start, False, self.phase_timer
+        if timer is not None:
+            timer.mark_between("epoch end")  # since the previous epoch's last step (0 s at a run's start)
         for im_q, im_k in self._loader(s.stage, s.epoch, s.start, train=True):
+            self._mark("data wait")
             step = s.epoch * spe + step_in_epoch
             loss, pruned, lr = self._train_step(s, im_q, im_k)
             window.add(loss, pruned, step, lr)
@@ -375,13 +399,14 @@ class Trainer:
             due_ckpt = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
             if (len(window.losses) >= cfg.log_every or due_ckpt or step_in_epoch == spe or limit_hit
                     or (stopper.signal is not None and not self.ctx.distributed)):
-                stop = self._flush(s.stage, s.n, s.epoch, window, bar, stopper)
+                stopped = self._flush(s.stage, s.n, s.epoch, window, bar, stopper) or bool(limit_hit)
                 window = Window()
-                if stop or limit_hit:
-                    stopped = True
-                    break
-                if due_ckpt and step_in_epoch < spe:
+                if not stopped and due_ckpt and step_in_epoch < spe:
                     self._save(self.out / "last.pt", self._state(s, s.epoch, step_in_epoch))
+            if timer is not None:
+                timer.end_step("logging/other")
+            if stopped:
+                break
         if bar is not None:
             bar.close()
         return stopped, step_in_epoch

@@ -35,7 +35,7 @@ def prepare_run_folder(out: Path, cfg: PretrainConfig, fresh: bool) -> None:
         atomic_write_text(out / "metrics.jsonl", "")
 
 
-def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
+def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True, phase_timer=None) -> dict:
     """Runs Adam pretraining as configured (all stages), in this process or as one torchrun rank.
 
     Args:
@@ -43,6 +43,8 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
         resume: a ``last.pt`` to continue from, ``"auto"`` (the run folder's ``last.pt`` if it
             exists), or None to start afresh.
         progress: show a tqdm bar per epoch on rank 0.
+        phase_timer: None (default), or a :class:`~adam_ext.engine.PhaseTimer` that the loop tells
+            where each training step's time goes (``benchmarks/bench_pretrain.py --e2e``).
 
     Returns:
         dict: ``interrupted`` (stopped by a signal or ``max_steps``), ``stages`` (per stage: n,
@@ -84,7 +86,7 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True) -> dict:
                     ensure_synthetic(cfg.data.root, cfg.data.synthetic_n, cfg.data.synthetic_size, seed=cfg.seed,
                                      log=lambda message: print(f"adam pretrain: {message}", flush=True))
                 ctx.barrier()
-            summary = Trainer(cfg, ctx, progress).run(resume, ckpt)
+            summary = Trainer(cfg, ctx, progress, phase_timer).run(resume, ckpt)
         failed = False
         return summary
     except Exception as exc:
