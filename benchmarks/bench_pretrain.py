@@ -19,10 +19,16 @@ the images/s, split the time into data, encoders (forward of both), momentum upd
 forward and its backward to q), backward (encoder_q's, from that gradient) and optimiser + queue;
 each phase is a median over those steps (torch.cuda.synchronize between phases on a GPU).
 
+``--e2e`` measures something else: the real ``adam pretrain`` loop (reader, decomposer, views,
+DataLoader, step, logging) against its floor, the same step on random tensors already on the device,
+with a breakdown of the loop's step into data wait, H2D copy, forward, loss, backward, optimiser,
+momentum + queue and logging (benchmarks/_e2e.py; its own options: ``--e2e --help``).
+
 Usage::
 
     python benchmarks/bench_pretrain.py                   # default config, writes results/pretrain-cpu.md
     python benchmarks/bench_pretrain.py --batch 4 --K 256 --size 32 --rounds 1 --out /tmp/p.md
+    python benchmarks/bench_pretrain.py --e2e --preset demo --set data.root=data/synthetic --steps 20
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import importlib.util
 import os
 import platform
 import statistics
@@ -339,8 +346,22 @@ def report(cfg: Config, args, device, rates, phases) -> tuple[str, bool]:
     return "\n".join(lines), passed
 
 
+def e2e_module():
+    """benchmarks/_e2e.py, loaded by its path (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_pretrain_e2e", Path(__file__).with_name("_e2e.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--e2e" in argv:
+        return e2e_module().main([a for a in argv if a != "--e2e"])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--e2e", action="store_true",
+                   help="benchmark the real adam pretrain loop against its floor instead (see --e2e --help)")
     defaults = Config()
     p.add_argument("--arch", default=defaults.arch, choices=list(BACKBONES))
     p.add_argument("--size", type=int, default=defaults.size, help="view side in pixels")
@@ -363,7 +384,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="Markdown file to write (default benchmarks/results/pretrain-<device>.md; '-': none)")
     args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     args.load = (_load(),)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no GPU is available")
