@@ -169,20 +169,22 @@ def logged_check(loop: Result, rows: list[dict]) -> tuple[int, float, float]:
 
 
 def load_line() -> str:
-    """``uptime``'s three load averages and the busiest processes by ``ps`` (lifetime %CPU)."""
+    """``uptime``'s three load averages and the busiest other processes (``ps``: %CPU over their lifetime)."""
     try:
         one, five, fifteen = os.getloadavg()
     except OSError:
         return "load average unknown"
     text = f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
     try:
-        ps = subprocess.run(["ps", "-eo", "pid=,pcpu=,comm=", "--sort=-pcpu"], capture_output=True, text=True,
-                            timeout=10, check=False).stdout.split("\n")
+        ps = subprocess.run(["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"], capture_output=True, text=True,
+                            timeout=10, check=False).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
         return text
-    busiest = [line.split(None, 2) for line in ps if line.strip()]
-    busiest = [f"{comm} {cpu}%" for pid, cpu, comm in busiest if int(pid) != os.getpid()][:4]
-    return text + (f"; busiest processes (ps %CPU) {', '.join(busiest)}" if busiest else "")
+    busiest = []
+    for pid, cpu, *command in (line.split() for line in ps if len(line.split()) >= 3):
+        if int(pid) != os.getpid() and float(cpu) >= 5:
+            busiest.append(f"`{' '.join([Path(command[0]).name, *command[1:5]])[:60]}` {cpu}%")
+    return text + (f"; busiest other processes: {', '.join(busiest[:4])}" if busiest else "")
 
 
 def _describe(cfg: PretrainConfig, spe: int) -> str:
