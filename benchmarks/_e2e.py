@@ -5,8 +5,9 @@
   on a GPU, the step, the metric log), stopped by ``max_steps`` inside its first stage.
 * **floor**: the same step, :meth:`Trainer._train_step <adam_ext.pretrain.loop.Trainer>` of a
   Trainer built from the same configuration (MoCo model, optimiser, schedule, gradient scaler,
-  autocast, channels-last), on random views already on the device; in the same process, after the
-  loop (so with the backend settings ``pretrain`` made, e.g. cuDNN's autotuner).
+  autocast, channels-last and backend settings, e.g. cuDNN's autotuner), on random views already on
+  the device; in the same process, half its steps before the loop and half after it, so that a
+  machine whose load drifts (other work on shared cores) biases the ratio less and shows the drift.
 
 Set by the benchmark whatever the configuration says: ``monitor.enabled=false``,
 ``snapshots=false``, ``checkpoint_every=0``, no progress bar, ``max_steps`` = warm-up + measured
@@ -46,6 +47,7 @@ from adam_ext.distributed import ProcessContext
 from adam_ext.engine import STEP_PHASES, PhaseTimer
 from adam_ext.pretrain import pretrain
 from adam_ext.pretrain.loop import Trainer, open_splits
+from adam_ext.pretrain.run import set_backends
 from adam_ext.runfolder import read_jsonl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -92,11 +94,22 @@ class Result:
 
     @property
     def images_per_s(self) -> float:
-        return self.batch * self.plan.steps / sum(self.step_seconds(self.plan.measured))
+        return images_per_s([self])
 
     def phases_ms(self) -> dict[str, float]:
-        split = self.timer.steps[self.plan.split]
-        return {p: 1e3 * sum(step.get(p, 0.0) for step in split) / len(split) for p in STEP_PHASES}
+        return phases_ms([self])
+
+
+def images_per_s(results: list[Result]) -> float:
+    """Images/s over the measured steps of ``results`` together."""
+    seconds = sum(sum(r.step_seconds(r.plan.measured)) for r in results)
+    return sum(r.batch * r.plan.steps for r in results) / seconds
+
+
+def phases_ms(results: list[Result]) -> dict[str, float]:
+    """Milliseconds per phase, mean over the split steps of ``results`` together."""
+    split = [step for r in results for step in r.timer.steps[r.plan.split]]
+    return {p: 1e3 * sum(step.get(p, 0.0) for step in split) / len(split) for p in STEP_PHASES}
 
 
 # ----------------------------------------------------------------------------- running
@@ -197,20 +210,19 @@ def _describe(cfg: PretrainConfig, spe: int) -> str:
             f"data.workers {cfg.data.workers}, log_every {cfg.log_every}, tensorboard {cfg.tensorboard}")
 
 
-def _timing_tables(loop: Result, floor: Result) -> list[str]:
-    ratio = loop.images_per_s / floor.images_per_s
-    lines = [
-        "| run | images/s | ms / step | × floor |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, r in (("loop (`adam pretrain`)", loop), ("floor (the step on device tensors)", floor)):
-        lines.append(f"| {name} | {r.images_per_s:.1f} | {1e3 * r.batch / r.images_per_s:.1f} | "
-                     f"{r.images_per_s / floor.images_per_s:.2f}× |")
+def _timing_tables(loop: Result, floors: list[Result]) -> list[str]:
+    floor = images_per_s(floors)
+    runs = [("loop (`adam pretrain`)", loop.images_per_s), ("floor (the step on device tensors)", floor)]
+    if len(floors) == 2:
+        runs += [(f"floor's {r.plan.steps} steps {when} the loop", r.images_per_s)
+                 for when, r in zip(("before", "after"), floors)]
+    lines = ["| run | images/s | ms / step | × floor |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {rate:.1f} | {1e3 * loop.batch / rate:.1f} | {rate / floor:.2f}× |" for name, rate in runs]
     where = ("Where the time goes (ms per step, mean over the breakdown steps; forward = both encoders, "
              "backward includes the loss's, logging/other = the window's bookkeeping and flush):")
-    lines += ["", f"**loop / floor = {ratio:.2f}**", "", where, "",
+    lines += ["", f"**loop / floor = {loop.images_per_s / floor:.2f}**", "", where, "",
               "| run | " + " | ".join(STEP_PHASES) + " | sum |", "|---|" + "---:|" * (len(STEP_PHASES) + 1)]
-    ms = {"loop": loop.phases_ms(), "floor": floor.phases_ms()}
+    ms = {"loop": loop.phases_ms(), "floor": phases_ms(floors)}
     ms["loop − floor"] = {p: ms["loop"][p] - ms["floor"][p] for p in STEP_PHASES}
     for name, row in ms.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[p]:.1f}" for p in STEP_PHASES)
@@ -230,7 +242,7 @@ def epoch_start_line(loop: Result, spe: int) -> list[str]:
                  f"{sum(rest) / len(rest):.1f} ms ({len(rest)}).")]
 
 
-def report(args, cfg: PretrainConfig, spe: int, loop: Result, rows: list[dict], floor: Result) -> str:
+def report(args, cfg: PretrainConfig, spe: int, loop: Result, rows: list[dict], floors: list[Result]) -> str:
     plan = loop.plan
     breakdown = (f"then {plan.steps} more steps synchronised at every phase boundary give the breakdown"
                  if plan.gpu else "the same steps give the breakdown (on a CPU there is nothing to synchronise)")
@@ -247,9 +259,10 @@ def report(args, cfg: PretrainConfig, spe: int, loop: Result, rows: list[dict], 
          f"validation and best.pt / last.pt are timed apart (epoch end) and left out of the step times"),
         (f"- method: {plan.warmup} warm-up step(s), then {plan.steps} measured steps (images/s, timed as one "
          f"range between two synchronisations); {breakdown}. Floor: the Trainer's own step "
-         f"(`Trainer._train_step`) on random views already on the device, same plan, same process, after the loop"),
+         f"(`Trainer._train_step`) on random views already on the device, in the same process: half its measured "
+         f"steps before the loop and half after, each half after {plan.warmup} warm-up step(s) of its own"),
         "",
-        *_timing_tables(loop, floor),
+        *_timing_tables(loop, floors),
     ]
     steps, logged, timed = logged_check(loop, rows)
     if steps:
@@ -313,12 +326,20 @@ def main(argv=None) -> int:
                              f" = {args.plan.total} steps exceed the first stage's {cfg.optim.epochs} epochs x "
                              f"{spe} steps; raise optim.epochs (--set optim.epochs=N) or lower --steps")
         print(f"bench_pretrain --e2e on {machine(torch.device(args.device))}: {args.plan}", flush=True)
-        loop, rows = run_loop(cfg, args.plan)
-        floor = run_floor(configure(args, Path(tmp) / "floor", ["tensorboard=false"]), args.plan)
-    text = report(args, cfg, spe, loop, rows, floor)
+        # The floor's steps half before and half after the loop: a machine whose load drifts (other
+        # work on shared cores) biases the ratio less, and the two halves show the drift.
+        plan, floor_cfg = args.plan, configure(args, Path(tmp) / "floor", ["tensorboard=false"])
+        before, after = (Plan(plan.warmup, n, plan.gpu) if n else None for n in (-(-plan.steps // 2), plan.steps // 2))
+        set_backends(floor_cfg, torch.device(args.device))  # what pretrain sets, before the loop sets it
+        floors = [run_floor(floor_cfg, before)]
+        loop, rows = run_loop(cfg, plan)
+        if after is not None:
+            floors.append(run_floor(floor_cfg, after))
+    text = report(args, cfg, spe, loop, rows, floors)
     print("\n" + text)
-    print(f"loop {loop.images_per_s:.1f} images/s, floor {floor.images_per_s:.1f} images/s, "
-          f"loop / floor = {loop.images_per_s / floor.images_per_s:.2f}")
+    floor = images_per_s(floors)
+    print(f"loop {loop.images_per_s:.1f} images/s, floor {floor:.1f} images/s, "
+          f"loop / floor = {loop.images_per_s / floor:.2f}")
     out = args.out or RESULTS_DIR / f"pretrain-e2e-{args.device}.md"
     if str(out) != "-":
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,9 @@ def test_e2e_reports_both_rates_their_ratio_and_phases_that_add_up(driver_data, 
         rates[name] = [float(x) for x in row.groups()]
         images_per_s, ms_per_step, _ = rates[name]
         assert images_per_s > 0 and ms_per_step == pytest.approx(1e3 * 4 / images_per_s, rel=0.01)  # rounding
+    halves = [float(re.search(rf"^\| floor's 2 steps {when} the loop \| {NUMBER} \|", text, re.M).group(1))
+              for when in ("before", "after")]
+    assert min(halves) - 0.1 <= rates["floor"][0] <= max(halves) + 0.1  # the floor: both halves together
     ratio = float(re.search(rf"\*\*loop / floor = {NUMBER}\*\*", text).group(1))
     assert ratio == pytest.approx(rates["loop"][0] / rates["floor"][0], abs=0.01)
     assert rates["loop"][2] == pytest.approx(ratio, abs=0.01) and rates["floor"][2] == 1.0

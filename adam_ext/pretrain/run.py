@@ -17,7 +17,7 @@ from ..engine import NonFiniteLossError
 from .loop import Trainer
 from .resume import ResumeError, check_resumable, load_checkpoint
 
-__all__ = ["prepare_run_folder", "pretrain"]
+__all__ = ["prepare_run_folder", "pretrain", "set_backends"]
 
 
 def prepare_run_folder(out: Path, cfg: PretrainConfig, fresh: bool) -> None:
@@ -33,6 +33,17 @@ def prepare_run_folder(out: Path, cfg: PretrainConfig, fresh: bool) -> None:
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     if fresh:
         atomic_write_text(out / "metrics.jsonl", "")
+
+
+def set_backends(cfg: PretrainConfig, device: torch.device) -> None:
+    """The process-wide backend settings a run trains under: deterministic algorithms when
+    ``cfg.deterministic``, else cuDNN's autotuner on a GPU (the view size is fixed). A benchmark that
+    times the training step outside :func:`pretrain` sets the same."""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed view size: let cuDNN pick its fastest kernels
 
 
 def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True, phase_timer=None) -> dict:
@@ -65,11 +76,7 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True, phase_time
     ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     failed = True
     try:
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-        elif ctx.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed view size: let cuDNN pick its fastest kernels
+        set_backends(cfg, ctx.device)
         out = Path(cfg.out)
         if resume == "auto":
             resume = out / "last.pt" if (out / "last.pt").is_file() else None
