@@ -53,6 +53,8 @@ from adam_ext.runfolder import read_jsonl
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Settings the benchmark imposes on the loop (see the module's docstring).
 FORCED = ("monitor.enabled=false", "snapshots=false", "checkpoint_every=0")
+#: The phases of the loop's step that are (nearly) empty in its floor: no loader, no copy, no metric log.
+OVERHEAD = ("data wait", "H2D copy", "logging/other")
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,21 @@ def _timing_tables(loop: Result, floors: list[Result]) -> list[str]:
     return lines
 
 
+def overhead_line(loop: Result, floors: list[Result]) -> list[str]:
+    """The loop's time in the phases that are (nearly) empty in the floor, beyond the floor's, as a share of
+    its step: what loop / floor would be if the two computed equally fast (no drift of the machine's load)."""
+    ms, floor_ms = loop.phases_ms(), phases_ms(floors)
+    overhead = sum(ms[p] - floor_ms[p] for p in OVERHEAD)
+    share = overhead / sum(ms.values())
+    halves = " and ".join(f"{r.images_per_s:.1f}" for r in floors)
+    return ["", (f"The loop's own work ({', '.join(OVERHEAD)}, beyond the floor's) takes {overhead:.1f} ms, "
+                 f"{100 * share:.1f}% of its step: computing as fast as the floor, loop / floor would be "
+                 f"{1 - share:.2f}. "
+                 f"The measured ratio also holds how the machine's load moved between the runs (the floor: "
+                 f"{halves} images/s) and any CPU a loader worker takes from the step (slower compute phases, "
+                 f"in the loop − floor row).")]
+
+
 def epoch_start_line(loop: Result, spe: int) -> list[str]:
     """The data wait of the breakdown's steps that begin an epoch against the others', when it has both."""
     split = list(enumerate(loop.timer.steps))[loop.plan.split]
@@ -264,6 +281,7 @@ def report(args, cfg: PretrainConfig, spe: int, loop: Result, rows: list[dict], 
         "",
         *_timing_tables(loop, floors),
     ]
+    lines += overhead_line(loop, floors)
     steps, logged, timed = logged_check(loop, rows)
     if steps:
         lines += ["", (f"The loop's own clock (`images_per_s` of metrics.jsonl, {steps} measured steps in whole "

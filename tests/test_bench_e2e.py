@@ -59,6 +59,13 @@ def test_e2e_reports_both_rates_their_ratio_and_phases_that_add_up(driver_data, 
         assert all(p >= 0 for p in phases) and phases[STEP_PHASES.index("forward")] > 0
         assert sum(phases) == pytest.approx(total, abs=0.5)
         assert total == pytest.approx(rates[name][1], abs=0.5)  # the measured step time
+    diff = re.search(rf"^\| loop − floor((?: \| {NUMBER}){{{len(STEP_PHASES) + 1}}}) \|$", text, re.M)
+    diff = dict(zip(STEP_PHASES, (float(x) for x in diff.group(1).split(" | ")[1:])))
+    own = re.search(rf"own work \(data wait, H2D copy, logging/other, beyond the floor's\) takes {NUMBER} ms, "
+                    rf"{NUMBER}% of its step: computing as fast as the floor, loop / floor would be {NUMBER}\.", text)
+    assert own and float(own.group(1)) == pytest.approx(sum(diff[p] for p in ("data wait", "H2D copy", "logging/other")), abs=0.2)
+    assert float(own.group(2)) == pytest.approx(100 * float(own.group(1)) / rates["loop"][1], abs=0.1)
+    assert float(own.group(3)) == pytest.approx(1 - float(own.group(2)) / 100, abs=0.01)
     clock = re.search(rf"metrics.jsonl, (\d+) measured steps[^)]*\): {NUMBER} ms per step against the phase "
                       rf"timer's {NUMBER} ms", text)
     assert clock and int(clock.group(1)) == 4  # two whole windows of log_every = 2 steps
