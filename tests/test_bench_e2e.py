@@ -40,12 +40,12 @@ def test_e2e_reports_both_rates_their_ratio_and_phases_that_add_up(driver_data, 
     assert "monitor.enabled=false, snapshots=false, checkpoint_every=0" in text and "max_steps 6" in text
     rates = {}
     for name in ("loop", "floor"):
-        row = re.search(rf"^\| {name} \([^|]*\) \| {NUMBER} \| {NUMBER} \| {NUMBER}× \|$", text, re.M)
+        row = re.search(rf"^\| {name} \([^|]*\) \| {NUMBER} \| {NUMBER} \| {NUMBER}× \|$", text, re.MULTILINE)
         assert row, name
         rates[name] = [float(x) for x in row.groups()]
         images_per_s, ms_per_step, _ = rates[name]
         assert images_per_s > 0 and ms_per_step == pytest.approx(1e3 * 4 / images_per_s, rel=0.01)  # rounding
-    halves = [float(re.search(rf"^\| floor's 2 steps {when} the loop \| {NUMBER} \|", text, re.M).group(1))
+    halves = [float(re.search(rf"^\| floor's 2 steps {when} the loop \| {NUMBER} \|", text, re.MULTILINE).group(1))
               for when in ("before", "after")]
     assert min(halves) - 0.1 <= rates["floor"][0] <= max(halves) + 0.1  # the floor: both halves together
     ratio = float(re.search(rf"\*\*loop / floor = {NUMBER}\*\*", text).group(1))
@@ -53,13 +53,13 @@ def test_e2e_reports_both_rates_their_ratio_and_phases_that_add_up(driver_data, 
     assert rates["loop"][2] == pytest.approx(ratio, abs=0.01) and rates["floor"][2] == 1.0
     assert "| run | " + " | ".join(STEP_PHASES) + " | sum |" in text
     for name in ("loop", "floor"):
-        row = re.search(rf"^\| {name}((?: \| {NUMBER}){{{len(STEP_PHASES) + 1}}}) \|$", text, re.M)
+        row = re.search(rf"^\| {name}((?: \| {NUMBER}){{{len(STEP_PHASES) + 1}}}) \|$", text, re.MULTILINE)
         assert row, name
         *phases, total = [float(x) for x in row.group(1).split(" | ")[1:]]
         assert all(p >= 0 for p in phases) and phases[STEP_PHASES.index("forward")] > 0
         assert sum(phases) == pytest.approx(total, abs=0.5)
         assert total == pytest.approx(rates[name][1], abs=0.5)  # the measured step time
-    diff = re.search(rf"^\| loop − floor((?: \| {NUMBER}){{{len(STEP_PHASES) + 1}}}) \|$", text, re.M)
+    diff = re.search(rf"^\| loop − floor((?: \| {NUMBER}){{{len(STEP_PHASES) + 1}}}) \|$", text, re.MULTILINE)
     diff = dict(zip(STEP_PHASES, (float(x) for x in diff.group(1).split(" | ")[1:])))
     own = re.search(rf"own work \(data wait, H2D copy, logging/other, beyond the floor's\) takes {NUMBER} ms, "
                     rf"{NUMBER}% of its step: computing as fast as the floor, loop / floor would be {NUMBER}\.", text)
@@ -72,7 +72,7 @@ def test_e2e_reports_both_rates_their_ratio_and_phases_that_add_up(driver_data, 
     assert float(clock.group(2)) == pytest.approx(float(clock.group(3)), rel=0.1)
     assert re.search(r"Epoch ends inside the run: 1, [\d.]+ s each", text)
     assert re.search(r"^loop [\d.]+ images/s, floor [\d.]+ images/s, loop / floor = [\d.]+$",
-                     capsys.readouterr().out, re.M)
+                     capsys.readouterr().out, re.MULTILINE)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -95,8 +95,8 @@ def test_e2e_refuses_cuda_without_a_gpu(driver_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--steps", "40"], r"--warmup \+ --steps = 42 steps exceed the first stage's 10 epochs x 4 steps; "
-                        r"raise optim.epochs"),
+    (["--steps", "40"], (r"--warmup \+ --steps = 42 steps exceed the first stage's 10 epochs x 4 steps; "
+                         r"raise optim.epochs")),
     (["--set", "optim.nope=1"], r"unknown config key 'optim.nope'"),
     (["--set", "data.dataset=folder", "--set", "data.root=/nonexistent/e2e"], r"/nonexistent/e2e"),
 ])
@@ -130,5 +130,5 @@ def test_e2e_on_a_gpu_times_the_breakdown_on_steps_of_its_own(driver_data, tmp_p
                      "--out", str(out)]) == 0
     text = out.read_text()
     assert "max_steps 6" in text and "then 2 more steps synchronised at every phase boundary" in text
-    assert re.search(r"^\| loop \(`adam pretrain`\) \| [\d.]+ \|", text, re.M)
+    assert re.search(r"^\| loop \(`adam pretrain`\) \| [\d.]+ \|", text, re.MULTILINE)
     assert re.search(r"Data wait at the first step of an epoch [^:]*: [\d.]+ ms \(1 step\(s\)\)", text)  # step 4

@@ -15,8 +15,8 @@ from adam_ext.engine import (
     check_finite,
     cosine_schedule,
     lr_factor,
+    timing,
 )
-from adam_ext.engine import timing
 
 
 def test_lr_factor_warms_up_then_follows_a_cosine_to_zero():
