@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from adam_ext._provenance import git_commit, machine
+from adam_ext.provenance import git_commit, machine
 from adam_ext.config import PretrainConfig, load_config
 from adam_ext.data.synthetic import ensure_synthetic
 from adam_ext.distributed import ProcessContext
