@@ -52,7 +52,11 @@ class DataConfig:
         views: other fields of :class:`adam_ext.data.views.ViewConfig` (``scale``, ``degrees``,
             ``blur_sigma``...). Unset sizes in pixels (``blur_sigma``, ``blur_kernel``) scale with
             ``view_size`` from the paper's values at 224 px.
-        workers: DataLoader worker processes per rank (0: load in the training process).
+        workers: DataLoader worker processes per rank (0: load in the training process), or
+            ``auto`` (the default): the CPUs available to this process, shared by the node's
+            ranks, less one for the training process, at most 16
+            (:func:`adam_ext.distributed.auto_workers`; 1 on a 2-core machine, 15 for one GPU
+            with 16 cores). The run prints the number it chose.
         synthetic_n / synthetic_size: images and their side when ``synthetic`` data is generated.
     """
 
@@ -65,7 +69,7 @@ class DataConfig:
     val_fraction: float = 0.1
     view_size: int = 224
     views: dict = field(default_factory=dict)
-    workers: int = 4
+    workers: int | str = "auto"
     synthetic_n: int = 1000
     synthetic_size: int = 256
 
@@ -260,7 +264,8 @@ def validate(cfg: PretrainConfig) -> None:
     check_field(is_num(d.val_fraction) and 0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
     for name in ("view_size", "synthetic_n", "synthetic_size"):
         check_field(is_int(getattr(d, name)) and getattr(d, name) > 0, f"data.{name}", "a positive int", getattr(d, name))
-    check_field(is_int(d.workers) and d.workers >= 0, "data.workers", "an int >= 0", d.workers)
+    check_field(d.workers == "auto" or (is_int(d.workers) and d.workers >= 0), "data.workers",
+                "an int >= 0 or auto", d.workers)
     check_field(isinstance(d.views, dict), "data.views", "a mapping of ViewConfig fields", d.views)
     from .data.views import ViewConfig
 

@@ -13,7 +13,36 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["ProcessContext"]
+__all__ = ["AUTO_WORKERS_MAX", "ProcessContext", "auto_workers", "resolve_workers"]
+
+#: The most DataLoader workers ``workers="auto"`` gives one rank.
+AUTO_WORKERS_MAX = 16
+
+
+def auto_workers(cpus: int | None = None, local_world: int | None = None) -> int:
+    """DataLoader workers per rank for ``data.workers: auto``.
+
+    The CPUs this process may run on (``os.sched_getaffinity``, which honours ``taskset``, cgroup
+    cpusets and Slurm's binding; ``os.cpu_count`` where it does not exist) are shared by the ranks
+    of this node (torchrun's ``LOCAL_WORLD_SIZE``); each rank keeps one for its own training
+    process and gives the rest to workers, at most :data:`AUTO_WORKERS_MAX`. One rank on 2 cores:
+    1 worker (the demo's setting); 8 ranks on 64 cores: 7 each; 1 rank on 16 cores: 15.
+
+    Args:
+        cpus: the CPUs available (default: this process's).
+        local_world: ranks on this node (default: ``LOCAL_WORLD_SIZE``, else 1).
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if local_world is None:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(AUTO_WORKERS_MAX, cpus // max(1, local_world) - 1))
+
+
+def resolve_workers(workers) -> int:
+    """``workers`` as a number of DataLoader workers: an int >= 0 as it is, ``"auto"`` by :func:`auto_workers`."""
+    return auto_workers() if workers == "auto" else workers
+
 
 
 class ProcessContext:

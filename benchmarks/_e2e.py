@@ -43,7 +43,7 @@ import torchvision
 from adam_ext.provenance import git_commit, machine
 from adam_ext.config import PretrainConfig, load_config
 from adam_ext.data.synthetic import ensure_synthetic
-from adam_ext.distributed import ProcessContext
+from adam_ext.distributed import ProcessContext, resolve_workers
 from adam_ext.engine import STEP_PHASES, PhaseTimer
 from adam_ext.pretrain import pretrain
 from adam_ext.pretrain.loop import Trainer, open_splits
@@ -209,7 +209,7 @@ def _describe(cfg: PretrainConfig, spe: int) -> str:
             f"global batch {cfg.optim.batch_size}, K = {cfg.model.K}, dim {cfg.model.dim}, m = {cfg.model.m}, "
             f"{cfg.optim.optimizer}, amp {cfg.amp}, channels-last {cfg.channels_last}; first stage n = {n} "
             f"(γ = {cfg.gamma_for(n)}); data: {cfg.data.dataset} at {cfg.data.root}, {spe} steps per epoch, "
-            f"data.workers {cfg.data.workers}, log_every {cfg.log_every}, tensorboard {cfg.tensorboard}")
+            f"data.workers {cfg.data.workers} ({resolve_workers(cfg.data.workers)} per rank), log_every {cfg.log_every}, tensorboard {cfg.tensorboard}")
 
 
 def _timing_tables(loop: Result, floors: list[Result]) -> list[str]:

@@ -56,6 +56,22 @@ def test_defaults_are_the_papers_protocol():
     assert cfg.data.val_fraction == 0.1 and cfg.data.view_size == 224
 
 
+def test_workers_auto_shares_the_cpus_among_the_nodes_ranks(monkeypatch):
+    from adam_ext.distributed import AUTO_WORKERS_MAX, auto_workers, resolve_workers
+
+    assert PretrainConfig().data.workers == "auto"
+    assert load_config(None, ["data.workers=auto"]).data.workers == "auto"
+    assert load_config(None, ["data.workers=3"]).data.workers == 3
+    # one for each rank's own training process, the rest to its workers
+    assert [auto_workers(2, 1), auto_workers(16, 1), auto_workers(64, 8), auto_workers(4, 8), auto_workers(1, 1)] == \
+        [1, 15, 7, 0, 0]
+    assert auto_workers(256, 1) == AUTO_WORKERS_MAX
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(10)))
+    assert auto_workers() == 4 and resolve_workers("auto") == 4
+    assert resolve_workers(0) == 0 and resolve_workers(6) == 6
+
+
 def test_yaml_then_overrides_then_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  epochs: 7\n  lr: 0.06\nmodel:\n  backbone: resnet18\nstages: [0, 2]\n")
@@ -72,6 +88,7 @@ def test_yaml_then_overrides_then_round_trip(tmp_path):
     ("optim.lr=-1", "optim.lr"), ("optim.batch_size=1", "optim.batch_size"), ("model.backbone=vgg", "model.backbone"),
     ("stages=[0, -2]", "stages"), ("gamma=1.5", "gamma"), ("amp=fp8", "amp"), ("data.dataset=imagenet", "data.dataset"),
     ("model.K=0", "model.K"), ("optim.warmup_epochs=500", "optim.warmup_epochs"), ("device=tpu", "device"),
+    ("data.workers=-1", "data.workers"), ("data.workers=many", "data.workers"), ("data.workers=1.5", "data.workers"),
 ])
 def test_bad_values_name_the_field(override, name):
     with pytest.raises(ValueError, match=rf"^{name} must be"):

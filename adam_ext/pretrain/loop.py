@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION, atomic_save, atomic_write_text
 from ..config import PretrainConfig
 from ..data.sampling import EpochBatches, PretrainViews, sample_seed
-from ..distributed import ProcessContext
+from ..distributed import ProcessContext, resolve_workers
 from ..engine import MetricsLog, amp_dtype, autocast, check_finite, cosine_schedule
 from ..models import MoCo, check_queue_size
 from .resume import rng_state, set_rng_state, versions
@@ -152,6 +152,9 @@ class Trainer:
             warnings.warn(f"amp={cfg.amp!r} applies on GPU only; training in float32 on {self.device}", stacklevel=2)
 
         self.train_reader, self.train_idx, self.val_reader, self.val_idx = open_splits(cfg)
+        self.workers = resolve_workers(cfg.data.workers)
+        if cfg.data.workers == "auto" and ctx.main:
+            print(f"adam pretrain: data.workers=auto: {self.workers} loader worker(s) per rank", flush=True)
         self.steps_per_epoch = len(self.train_idx) // self.global_batch
         self.versions = versions()  # the code that runs is the code loaded now: one git look-up per run
         if self.steps_per_epoch == 0:
@@ -215,7 +218,7 @@ class Trainer:
             reader, indices = (self.train_reader, self.train_idx) if train else (self.val_reader, self.val_idx)
             sampler = EpochBatches(len(indices), self.global_batch, self.ctx.world, self.ctx.rank, self.cfg.seed,
                                    stage, epoch, start, shuffle=train)
-            workers = self.cfg.data.workers
+            workers = self.workers
             loader = DataLoader(PretrainViews(reader, indices, views), batch_sampler=sampler, num_workers=workers,
                                 worker_init_fn=worker_init if workers else None, pin_memory=self.gpu,
                                 generator=torch.Generator().manual_seed(self.cfg.seed),  # leaves the global RNG alone
