@@ -7,7 +7,10 @@
 #
 #   bash benchmarks/gpu_checks.sh OUTDIR
 #
-# Each step has its own time limit and a failing step does not stop the next; OUTDIR receives
+# Each step has its own time limit, cut to what is left of the whole run's budget (BUDGET seconds,
+# default 470: a session's device time is ~15 minutes, and one call may run 10; a step that would get
+# under 20 s is skipped and says so), so the steps that come first — highest priority — always run.
+# A failing step does not stop the next; OUTDIR receives
 # log.txt (everything printed), the benchmark tables and pytest's summary. Uses the python3 on the
 # PATH (a GPU image's own torch); builds in place, so nothing is installed. The last section needs
 # segmentation-models-pytorch, albumentations and grad-cam importable (on a machine without a package
@@ -19,7 +22,13 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
 step() { echo; echo "=== $(date +%T) $*"; }
-run() { local limit=$1; shift; timeout "$limit" "$@"; local rc=$?; echo "--- rc=$rc ($*)"; return 0; }
+DEADLINE=$((SECONDS + ${BUDGET:-470}))
+run() {
+  local limit=$1 left=$((DEADLINE - SECONDS)); shift
+  if [ "$left" -lt 20 ]; then echo "--- skipped: ${left} s of BUDGET left ($*)"; return 0; fi
+  [ "$left" -lt "$limit" ] && limit=$left
+  timeout "$limit" "$@"; local rc=$?; echo "--- rc=$rc (limit ${limit} s: $*)"; return 0
+}
 
 step machine
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -39,9 +48,10 @@ $PY -c "import adam_ext, json; print(json.dumps(adam_ext.build_info()))" || { ec
 
 step "learning curve at resnet50 / 224 px, issue 11 (needs segmentation-models-pytorch and albumentations)"
 # Adam (n = 0, 2, 4) and MoCo v2 (n = 0) for the same 3 x 4 epochs over 2,000 synthetic 512-px films,
-# snapshots at 1/4, 1/2 and all of the run, 16-shot heart + clavicles at 224 px fine-tuned and frozen, 10 seeds.
+# snapshots at 1/2 and all of the run, 16-shot heart + clavicles at 224 px fine-tuned and frozen, 10 seeds;
+# resumable: a rerun of the script continues the curve where the time limit cut it.
 if $PY -c "import segmentation_models_pytorch, albumentations" 2>/dev/null; then
-  run 480 $PY python/learning_curve.py --out "$OUT/curve_resnet50" --budgets 0.25,0.5,1 --runs 10 --device cuda \
+  run 240 $PY python/learning_curve.py --out "$OUT/curve_resnet50" --budgets 0.5,1 --runs 10 --device cuda \
     --arch resnet50 --size 224 --epochs 30 --patience 10 --batch-size 16 --workers 8 --no-progress \
     --set data.root=/tmp/gpu_curve_data --set data.synthetic_n=2000 --set data.synthetic_size=512 \
     --set data.view_size=224 --set data.workers=8 --set model.backbone=resnet50 --set model.dim=128 \
