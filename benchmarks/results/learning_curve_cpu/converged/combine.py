@@ -1,0 +1,33 @@
+"""10-seed table: seeds 0-2 (long_*_e150) + seeds 3-9 (test_*_e150_seeds3to9), test Dice, t-tests."""
+import json, sys
+from pathlib import Path
+import numpy as np
+from scipy import stats
+
+E = Path("/work/exp11")
+def runs(folder, label):
+    f = folder / label / "results.json"
+    if not f.exists():
+        return {}
+    return {r["seed"]: r for r in json.load(open(f))["runs"]}
+
+rows = {}
+for mode in ("ft", "frozen"):
+    for label in ("random", "stage2_n4_epoch10"):
+        r = {**runs(E / f"long_{mode}_e150", label), **runs(E / f"test_{mode}_e150_seeds3to9", label)}
+        rows[(mode, label)] = r
+keys = ["mean_dice", "dice/heart", "dice/left clavicle", "dice/right clavicle"]
+out = {}
+for mode in ("ft", "frozen"):
+    a, b = rows[(mode, "random")], rows[(mode, "stage2_n4_epoch10")]
+    seeds = sorted(set(a) & set(b))
+    print(f"## {mode}: seeds {seeds}")
+    for k in keys:
+        x = np.array([a[s]["test"][k] for s in seeds]); y = np.array([b[s]["test"][k] for s in seeds])
+        t = stats.ttest_ind(y, x)
+        v = np.array([a[s]["val"]["mean_dice"] for s in seeds]), np.array([b[s]["val"]["mean_dice"] for s in seeds])
+        print(f"{k:22s} random {x.mean():.3f} ± {x.std(ddof=1):.3f}   adam {y.mean():.3f} ± {y.std(ddof=1):.3f}   p={t.pvalue:.3g}"
+              + (f"   (val mean_dice: random {v[0].mean():.3f}, adam {v[1].mean():.3f})" if k == "mean_dice" else ""))
+        out.setdefault(mode, {})[k] = {"random": x.tolist(), "adam": y.tolist(), "p": float(t.pvalue), "seeds": seeds}
+    print("best epochs random", [a[s]["best_epoch"] for s in seeds], "adam", [b[s]["best_epoch"] for s in seeds])
+json.dump(out, open(E / "combined.json", "w"), indent=1)
