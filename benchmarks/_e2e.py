@@ -40,7 +40,6 @@ from pathlib import Path
 import torch
 import torchvision
 
-from adam_ext.provenance import git_commit, machine
 from adam_ext.config import PretrainConfig, load_config
 from adam_ext.data.synthetic import ensure_synthetic
 from adam_ext.distributed import ProcessContext, resolve_workers
@@ -48,6 +47,7 @@ from adam_ext.engine import STEP_PHASES, PhaseTimer
 from adam_ext.pretrain import pretrain
 from adam_ext.pretrain.loop import Trainer, open_splits
 from adam_ext.pretrain.run import set_backends
+from adam_ext.provenance import git_commit, machine
 from adam_ext.runfolder import read_jsonl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

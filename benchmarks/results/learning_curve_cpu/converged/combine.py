@@ -1,15 +1,18 @@
-"""10-seed table: seeds 0-2 (long_*_e150) + seeds 3-9 (test_*_e150_seeds3to9), test Dice, t-tests."""
-import json, sys
+"""python combine.py FOLDER — 10-seed table: seeds 0-2 (long_*_e150) + seeds 3-9 (test_*_e150_seeds3to9), test Dice, t-tests."""
+import json
+import sys
 from pathlib import Path
+
 import numpy as np
 from scipy import stats
 
-E = Path("/work/exp11")
+E = Path(sys.argv[1] if len(sys.argv) > 1 else ".")  # the folder holding the four compare outputs
 def runs(folder, label):
     f = folder / label / "results.json"
     if not f.exists():
         return {}
-    return {r["seed"]: r for r in json.load(open(f))["runs"]}
+    with open(f) as fh:
+        return {r["seed"]: r for r in json.load(fh)["runs"]}
 
 rows = {}
 for mode in ("ft", "frozen"):
@@ -30,4 +33,5 @@ for mode in ("ft", "frozen"):
               + (f"   (val mean_dice: random {v[0].mean():.3f}, adam {v[1].mean():.3f})" if k == "mean_dice" else ""))
         out.setdefault(mode, {})[k] = {"random": x.tolist(), "adam": y.tolist(), "p": float(t.pvalue), "seeds": seeds}
     print("best epochs random", [a[s]["best_epoch"] for s in seeds], "adam", [b[s]["best_epoch"] for s in seeds])
-json.dump(out, open(E / "combined.json", "w"), indent=1)
+with open(E / "combined.json", "w") as f:
+    json.dump(out, f, indent=1)

@@ -1,5 +1,8 @@
 """The encoder of a fine-tuned segmentation checkpoint as a torchvision ResNet state dict."""
-import sys, torch
+import sys
+
+import torch
+
 ck = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
 sd = ck.get("model", ck)
 for wrap in ("state_dict", "model"):
