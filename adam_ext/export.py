@@ -198,7 +198,7 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
 def _write_with_card(pre: Pretrained, trunk: dict, fmt: str, encoder: str, out: str) -> None:
     """Writes ``trunk`` to ``out`` and its model card beside it, all or nothing."""
     folder, name = os.path.split(os.path.abspath(out))
-    model_card = build_card(pre, trunk, fmt=fmt, encoder=encoder, weights_file=name, sha256=None, size_bytes=None,
+    model_card = build_card(pre, trunk, fmt=fmt, encoder=encoder, weights_file=name,
                             load=lambda source_input: load_snippets(pre.arch, name, source_input))
 
     def weights(f):  # streamed: no second copy of the weights in memory; hashed as written

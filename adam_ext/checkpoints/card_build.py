@@ -36,8 +36,7 @@ _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _RUN_IDENTITY = ("seed", "stages", "gamma", "gamma_n0", "model", "optim")
 
 
-def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_file: str, sha256: str | None,
-               size_bytes: int | None, load) -> dict:
+def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_file: str, load) -> dict:
     """The model card (a JSON-ready dict, see :mod:`.card`) of an exported trunk.
 
     Args:
@@ -46,15 +45,14 @@ def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_
         fmt (str): the export format (``torchvision``, ``smp``, ``timm``).
         encoder (str): ``"q"`` or ``"k"``, the encoder of ``pre`` exported.
         weights_file (str): the weights' file name (the snippets load it from the card's folder).
-        sha256 (str | None): SHA-256 of the weights file, 64 hex digits; None when the file is not
-            written yet (the caller then sets ``card["weights"]["sha256"]`` once it is).
-        size_bytes (int | None): its size likewise (``card["weights"]["bytes"]``).
         load (Callable[[dict], dict[str, str]]): the card's ``input`` section -> ``{library: Python
             snippet}`` that loads the file (and normalises as the pretraining did).
 
     Returns:
         dict: ``kind``, ``version``, ``weights``, ``input``, ``load``, ``source``, ``training``,
         ``monitors``, ``provenance``, ``created``; unknown fields are :data:`~.card.UNKNOWN`.
+        ``weights.sha256`` and ``weights.bytes`` are None: the file is not written yet, and its
+        writer sets them as it writes it.
     """
     inherited = pre.card if pre.source == "torchvision" else None
     which = {"q": "query", "k": "key"}[encoder]
@@ -64,7 +62,7 @@ def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_
     source_input = inherited["input"] if inherited is not None else _input(pre, trunk)
     card = {
         "kind": CARD_KIND, "version": CARD_VERSION,
-        "weights": {"file": weights_file, "sha256": sha256, "bytes": size_bytes, "format": fmt, "encoder": which,
+        "weights": {"file": weights_file, "sha256": None, "bytes": None, "format": fmt, "encoder": which,
                     "arch": pre.arch, **_layers(trunk)},
         "input": source_input,
         "load": dict(load(source_input)),
