@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _ranks import launch_two_ranks
 from conftest import make_inputs
-from test_models import free_port
 from test_scripts import load
 from torch import nn
 
@@ -237,16 +237,9 @@ WORKER = textwrap.dedent(
 def test_gather_distributed_two_gloo_ranks(lightly, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(out=str(tmp_path)))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2",
-               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r)), cwd=REPO,
-                              stderr=subprocess.PIPE) for r in range(2)]
-    try:
-        errors = [p.communicate(timeout=120)[1].decode() for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], errors
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    codes, outputs, _ = launch_two_ranks([sys.executable, script], timeout=120, env={"PYTHONPATH": pythonpath})
+    assert codes == [0, 0], outputs
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert torch.equal(r0["ours"], r0["theirs"]) and torch.equal(r1["ours"], r1["theirs"])
     assert torch.equal(r0["ours"], r1["ours"])

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 import warnings
@@ -14,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from _ranks import launch_two_ranks
 from torch import nn
 
 from adam_ext import reference
 from adam_ext.models import MLPHead, MoCo, build_backbone, check_queue_size
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_encoder(dim=8):
@@ -260,29 +256,11 @@ WORKER = textwrap.dedent(
 )
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_distributed_enqueue_two_gloo_ranks(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    env.update(WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script)], env=dict(env, RANK=str(r)), cwd=REPO, stderr=subprocess.PIPE
-        )
-        for r in range(2)
-    ]
-    try:
-        errors = [p.communicate(timeout=60)[1].decode() for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], errors
+    codes, outputs, _ = launch_two_ranks([sys.executable, script], timeout=60)
+    assert codes == [0, 0], outputs
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert torch.equal(r0["queue"], r1["queue"]) and torch.equal(r0["ptr"], r1["ptr"])
     in_rank_order = torch.cat([r0["keys"][0], r1["keys"][0], r0["keys"][1], r1["keys"][1]])

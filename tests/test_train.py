@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from _ranks import free_port, launch_two_ranks
 from _runs import (
     REPO,
     assert_same_state,
@@ -295,11 +294,6 @@ def test_cli_pretrain_errors_exit_2(tmp_path, capsys):
 # Several processes (gloo on loopback)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 RANK_SCRIPT = textwrap.dedent(
     """
@@ -334,17 +328,8 @@ RANK_SCRIPT = textwrap.dedent(
 def launch_ranks(tmp_path, cfg, fail_rank=-1, timeout=150):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script), json.dumps(cfg.to_dict()), str(fail_rank), str(tmp_path)],
-                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    t0 = time.time()
-    try:
-        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    return [p.returncode for p in procs], outputs, time.time() - t0
+    return launch_two_ranks([sys.executable, script, json.dumps(cfg.to_dict()), str(fail_rank), tmp_path],
+                            timeout=timeout)
 
 
 def test_two_gloo_ranks_keep_identical_queues_and_weights(data, tmp_path):
