@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Sequence
 from types import MappingProxyType
 
 import torch
@@ -37,10 +38,14 @@ from torch import nn
 
 from .ops import pruned_info_nce
 
-__all__ = ["BACKBONES", "MOCO_DEFAULTS", "Classifier", "MLPHead", "MoCo", "build_backbone", "check_queue_size"]
+__all__ = ["BACKBONES", "MOCO_DEFAULTS", "TRUNK_MODULES", "Classifier", "MLPHead", "MoCo", "build_backbone",
+           "check_queue_size"]
 
 #: Backbone names accepted by :func:`build_backbone`, with their feature dimension.
 BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+
+#: The top-level modules of a torchvision ResNet trunk, input to output: what ``MoCo(frozen=...)`` may name.
+TRUNK_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 #: The defaults of :class:`MoCo` (the paper's MoCo v2), their single home: :class:`MoCo`'s arguments and
 #: :class:`adam_ext.config.ModelConfig`'s fields both read them (config imports models, not the reverse).
@@ -54,6 +59,7 @@ MOCO_DEFAULTS = MappingProxyType({
     "mlp_hidden": None,  # None: the backbone's feature dimension
     "shuffle_bn_groups": 2,
     "sync_bn": False,
+    "frozen": (),  # trunk modules kept at their initialisation (none: the paper trains everything)
 })
 
 # Sentinel telling forward() to use self.gamma: None is a meaningful gamma (no pruning).
@@ -188,6 +194,21 @@ def _concat_all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered, dim=0)
 
 
+def _check_frozen(frozen, encoder: nn.Module) -> tuple[str, ...]:
+    """``frozen`` as a tuple of unique :data:`TRUNK_MODULES` names the encoder has; ValueError naming it."""
+    if not isinstance(frozen, (list, tuple)) or not all(isinstance(name, str) for name in frozen):
+        raise ValueError(f"frozen must be a list of trunk module names ({', '.join(TRUNK_MODULES)}), got {frozen!r}")
+    names, children = tuple(frozen), dict(encoder.named_children())
+    for name in names:
+        if name not in TRUNK_MODULES:
+            raise ValueError(f"frozen must name trunk modules among {', '.join(TRUNK_MODULES)}, got {name!r}")
+        if name not in children:
+            raise ValueError(f"frozen names {name!r}, but the encoder has no module of that name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"frozen must not repeat a module, got {list(names)}")
+    return names
+
+
 class MoCo(nn.Module):
     """MoCo v2 with a momentum key encoder, a queue of keys and the purposive pruner loss.
 
@@ -213,6 +234,14 @@ class MoCo(nn.Module):
         sync_bn (bool): convert both encoders with ``nn.SyncBatchNorm.convert_sync_batchnorm``
             (default False; only meaningful distributed). Shuffle-BN is then skipped: BN
             statistics are global anyway.
+        frozen (Sequence[str]): trunk modules of the query encoder kept at their initialisation,
+            any of :data:`TRUNK_MODULES` (default none). Their parameters get ``requires_grad``
+            False, so the optimiser (which takes the parameters that require a gradient) leaves
+            them as they are; BN running statistics inside them still follow the data. The key
+            encoder's copy goes through the momentum update as every parameter does, so it stays
+            equal to the query's up to float rounding (~5e-8). MoCo v3 freezes its random patch
+            projection for the same reason: the first layer is the one short, noisy training
+            damages most (README, "Keeping the stem at its initialisation").
 
     Attributes:
         encoder_q (nn.Module): query encoder (trained by the optimiser).
@@ -245,6 +274,7 @@ class MoCo(nn.Module):
         mlp_hidden: int | None = MOCO_DEFAULTS["mlp_hidden"],
         shuffle_bn_groups: int = MOCO_DEFAULTS["shuffle_bn_groups"],
         sync_bn: bool = MOCO_DEFAULTS["sync_bn"],
+        frozen: Sequence[str] = MOCO_DEFAULTS["frozen"],
     ):
         super().__init__()
         for arg, value in (("dim", dim), ("K", K), ("shuffle_bn_groups", shuffle_bn_groups)):
@@ -264,6 +294,9 @@ class MoCo(nn.Module):
             encoder.fc = MLPHead(feature_dim, mlp_hidden or feature_dim, dim)
         if sync_bn:
             encoder = nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+        self.frozen = _check_frozen(frozen, encoder)
+        for name in self.frozen:
+            getattr(encoder, name).requires_grad_(False)
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)
         self.encoder_k.requires_grad_(False)

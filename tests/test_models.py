@@ -216,6 +216,48 @@ def test_moco_rejects_bad_hyper_parameters(kwargs, name):
         MoCo(tiny_encoder(), dim=8, **kwargs)
 
 
+def test_frozen_trunk_modules_stay_at_their_initialisation(seed):
+    """model.frozen: conv1 + bn1 of the query encoder keep their initial values bit for bit through
+    SGD steps with momentum and weight decay, even when the optimiser is handed every parameter;
+    the rest trains, BN running statistics inside the frozen part still follow the data, and the
+    key encoder's copy stays equal to the query's up to rounding."""
+    torch.manual_seed(seed)
+    model = MoCo("resnet18", dim=8, K=16, m=0.9, mlp_hidden=16, frozen=["conv1", "bn1"])
+    assert model.frozen == ("conv1", "bn1")
+    frozen = {n for n, p in model.encoder_q.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1.weight", "bn1.weight", "bn1.bias"}
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
+    for step in range(3):
+        out = model(images(4, seed + step, 32), images(4, seed + 10 + step, 32))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+    after = model.state_dict()
+    for name in ("conv1.weight", "bn1.weight", "bn1.bias"):
+        assert torch.equal(after[f"encoder_q.{name}"], before[f"encoder_q.{name}"]), name
+        torch.testing.assert_close(after[f"encoder_k.{name}"], before[f"encoder_q.{name}"], rtol=0, atol=1e-6)
+    assert not torch.equal(after["encoder_q.bn1.running_mean"], before["encoder_q.bn1.running_mean"])
+    assert not torch.equal(after["encoder_q.layer1.0.conv1.weight"], before["encoder_q.layer1.0.conv1.weight"])
+    assert all(model.encoder_q.get_parameter(n).grad is None for n in frozen)
+
+
+@pytest.mark.parametrize(("frozen", "message"), [
+    ("conv1", "frozen must be a list of trunk module names"),
+    (["conv1", 3], "frozen must be a list of trunk module names"),
+    (["fc"], "frozen must name trunk modules among conv1, bn1, layer1, layer2, layer3, layer4, got 'fc'"),
+    (["layer1", "layer1"], "frozen must not repeat a module"),
+])
+def test_moco_rejects_bad_frozen_modules(frozen, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        MoCo("resnet18", dim=8, K=16, mlp_hidden=16, frozen=frozen)
+
+
+def test_frozen_needs_the_module_in_a_custom_encoder():
+    with pytest.raises(ValueError, match="^frozen names 'conv1', but the encoder has no module of that name"):
+        MoCo(tiny_encoder(), dim=8, K=10, frozen=["conv1"])
+
+
 def test_check_queue_size():
     with pytest.warns(UserWarning, match="K=800"):
         assert check_queue_size(800, 1000) == 800

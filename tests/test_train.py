@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from _ranks import free_port, launch_two_ranks
 from _runs import (
     REPO,
@@ -88,6 +89,8 @@ def test_yaml_then_overrides_then_round_trip(tmp_path):
     ("stages=[0, -2]", "stages"), ("gamma=1.5", "gamma"), ("amp=fp8", "amp"), ("data.dataset=imagenet", "data.dataset"),
     ("model.K=0", "model.K"), ("optim.warmup_epochs=500", "optim.warmup_epochs"), ("device=tpu", "device"),
     ("data.workers=-1", "data.workers"), ("data.workers=many", "data.workers"), ("data.workers=1.5", "data.workers"),
+    ("model.frozen=[conv9]", "model.frozen"), ("model.frozen=conv1", "model.frozen"),
+    ("model.frozen=[conv1, conv1]", "model.frozen"),
 ])
 def test_bad_values_name_the_field(override, name):
     with pytest.raises(ValueError, match=rf"^{name} must be"):
@@ -187,6 +190,25 @@ def test_killed_and_resumed_run_ends_with_identical_weights(data, reference_run,
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]
 
     assert strip(train_rows(out)) == strip(train_rows(ref_out))  # no step logged twice, same losses
+
+
+def test_a_frozen_stem_stays_at_its_initialisation_and_resumes_exactly(data, tmp_path):
+    """model.frozen (the demo preset's stem): conv1 and bn1 end both stages as torchvision initialised
+    them under the run's seed, the rest trains, and a killed run resumes to the same weights."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    pretrain(tiny(data, whole, model__frozen=["conv1", "bn1"]), progress=False)
+    torch.manual_seed(0)  # the run's seed, then MoCo builds the trunk first: torchvision's initialisation
+    initial = torchvision.models.resnet18().state_dict()
+    final = model_state(whole / "last.pt")
+    for name in ("conv1.weight", "bn1.weight", "bn1.bias"):
+        assert torch.equal(final[f"encoder_q.{name}"], initial[name]), name
+        torch.testing.assert_close(final[f"encoder_k.{name}"], initial[name], rtol=0, atol=1e-6)
+    assert not torch.equal(final["encoder_q.layer1.0.conv1.weight"], initial["layer1.0.conv1.weight"])
+    assert not torch.equal(final["encoder_q.bn1.running_var"], initial["bn1.running_var"])  # statistics follow
+    assert torch.load(whole / "last.pt", weights_only=True)["config"]["model"]["frozen"] == ["conv1", "bn1"]
+    assert pretrain(tiny(data, part, model__frozen=["conv1", "bn1"], max_steps=5), progress=False)["interrupted"]
+    pretrain(tiny(data, part, model__frozen=["conv1", "bn1"]), resume=part / "last.pt", progress=False)
+    assert_same_state(model_state(part / "last.pt"), final)
 
 
 def test_persistent_workers_give_the_batches_of_fresh_loaders(data, reference_run, tmp_path):

@@ -170,7 +170,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         m = cfg.model
         self.model = MoCo(m.backbone, dim=m.dim, K=m.K, m=m.m, T=m.T, weights=m.weights, mlp_hidden=m.mlp_hidden,
-                          shuffle_bn_groups=m.shuffle_bn_groups, sync_bn=m.sync_bn and ctx.distributed)
+                          shuffle_bn_groups=m.shuffle_bn_groups, sync_bn=m.sync_bn and ctx.distributed, frozen=m.frozen)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -192,10 +192,11 @@ class Trainer:
     def _new_optimizer(self):
         o = self.cfg.optim
         lr = o.lr * self.global_batch / 256
+        params = [p for p in self.model.encoder_q.parameters() if p.requires_grad]  # model.frozen's stay out
         if o.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(self.model.encoder_q.parameters(), lr=lr, weight_decay=o.weight_decay)
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
         else:
-            optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=lr, momentum=o.momentum,
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum,
                                         weight_decay=o.weight_decay)
         total = o.epochs * self.steps_per_epoch
         warmup = round(o.warmup_epochs * self.steps_per_epoch)
