@@ -1,0 +1,58 @@
+"""python combine.py [FOLDER] — the 10-seed table of the frozen-stem encoder against random initialisation.
+
+Inputs: ``ten_fstem_ft/results.json`` and ``ten_fstem_frozen/results.json`` (``adam finetune seg --runs 10``
+outputs, or their per-seed extracts ``fstem_ft.json`` / ``fstem_frozen.json`` kept here) and
+``../converged/combined.json`` (random initialisation and the trained-stem Adam encoder, same seeds 0-9,
+same recipe). Prints test mean Dice per structure, mean ± sample std, two-sample t-tests (scipy), and
+writes ``combined.json`` and the per-seed extracts.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+HERE = Path(__file__).resolve().parent
+RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+KEYS = ["mean_dice", "dice/heart", "dice/left clavicle", "dice/right clavicle"]
+
+
+def per_seed(mode):
+    """{seed: {"val": val mean Dice, "test": {key: value}, "best_epoch": e}} of the frozen-stem runs."""
+    extract = HERE / f"fstem_{mode}.json"
+    source = RUNS / f"ten_fstem_{mode}" / "results.json"
+    if source.exists():
+        with open(source) as f:
+            runs = json.load(f)["runs"]
+        rows = {str(r["seed"]): {"val": r["val"]["mean_dice"], "best_epoch": r["best_epoch"],
+                                 "test": {k: r["test"][k] for k in KEYS}} for r in runs}
+        with open(extract, "w") as f:
+            json.dump(rows, f, indent=1)
+    with open(extract) as f:
+        return {int(s): r for s, r in json.load(f).items()}
+
+
+with open(HERE.parent / "converged" / "combined.json") as f:
+    converged = json.load(f)
+out = {}
+for mode in ("ft", "frozen"):
+    new = per_seed(mode)
+    seeds = sorted(new)
+    print(f"## {mode}: seeds {seeds}")
+    for k in KEYS:
+        old = converged[mode][k]
+        assert old["seeds"] == seeds, (old["seeds"], seeds)
+        random, adam = np.array(old["random"]), np.array(old["adam"])
+        stem = np.array([new[s]["test"][k] for s in seeds])
+        p_random, p_adam = stats.ttest_ind(stem, random).pvalue, stats.ttest_ind(stem, adam).pvalue
+        print(f"{k:20s} random {random.mean():.3f} ± {random.std(ddof=1):.3f}   trained stem {adam.mean():.3f} ± "
+              f"{adam.std(ddof=1):.3f}   frozen stem {stem.mean():.3f} ± {stem.std(ddof=1):.3f}   "
+              f"p vs random {p_random:.2g}   p vs trained stem {p_adam:.2g}")
+        out.setdefault(mode, {})[k] = {"seeds": seeds, "random": random.tolist(), "trained_stem": adam.tolist(),
+                                       "frozen_stem": stem.tolist(), "p_vs_random": float(p_random),
+                                       "p_vs_trained_stem": float(p_adam)}
+    print("validation mean Dice, frozen stem:", [round(new[s]["val"], 3) for s in seeds])
+    print("best epochs, frozen stem:", [new[s]["best_epoch"] for s in seeds])
+with open(HERE / "combined.json", "w") as f:
+    json.dump(out, f, indent=1)
