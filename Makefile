@@ -42,7 +42,7 @@ bench: $(VENV)/.built
 # (3 runs each, same seeds, t-tests), fine-tuned and with the encoder frozen; then the Eve analyses of locality (landmark patches at three
 # scales, t-SNE) and correspondence (landmark transfer across views and subjects), Adam vs random,
 # and the explorer page runs/demo/eve/explore/explore.html (4 test images, 4.4 MB); writes
-# runs/demo/report.md. About 20 minutes on the 2-core CI machine. Run again after an interruption
+# runs/demo/report.md. About 12 minutes on the 2-core machine once the data exist (measured). Run again after an interruption
 # and the pretraining resumes.
 # The few-shot recipe trains 160 steps (40 epochs of 4 batches of 4): the earlier 15 epochs of 2
 # batches (30 steps) stopped every run while its validation Dice was still rising, so the table

@@ -239,9 +239,10 @@ class MoCo(nn.Module):
             False, so the optimiser (which takes the parameters that require a gradient) leaves
             them as they are; BN running statistics inside them still follow the data. The key
             encoder's copy goes through the momentum update as every parameter does, so it stays
-            equal to the query's up to float rounding (~5e-8). MoCo v3 freezes its random patch
-            projection for the same reason: the first layer is the one short, noisy training
-            damages most (README, "Keeping the stem at its initialisation").
+            equal to the query's up to float rounding (~5e-8). MoCo v3 likewise keeps its first
+            layer (the random patch projection) frozen, there for stability; here a short run's
+            first steps smooth the stem's filters and a frozen decoder loses the detail it needs
+            (README, "Keeping the stem at its initialisation").
 
     Attributes:
         encoder_q (nn.Module): query encoder (trained by the optimiser).
