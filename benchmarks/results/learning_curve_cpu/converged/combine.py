@@ -3,8 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
+from adam_ext.downstream import summarize, ttest
 
 E = Path(sys.argv[1] if len(sys.argv) > 1 else ".")  # the folder holding the four compare outputs
 def runs(folder, label):
@@ -26,12 +25,13 @@ for mode in ("ft", "frozen"):
     seeds = sorted(set(a) & set(b))
     print(f"## {mode}: seeds {seeds}")
     for k in keys:
-        x = np.array([a[s]["test"][k] for s in seeds]); y = np.array([b[s]["test"][k] for s in seeds])
-        t = stats.ttest_ind(y, x)
-        v = np.array([a[s]["val"]["mean_dice"] for s in seeds]), np.array([b[s]["val"]["mean_dice"] for s in seeds])
-        print(f"{k:22s} random {x.mean():.3f} ± {x.std(ddof=1):.3f}   adam {y.mean():.3f} ± {y.std(ddof=1):.3f}   p={t.pvalue:.3g}"
-              + (f"   (val mean_dice: random {v[0].mean():.3f}, adam {v[1].mean():.3f})" if k == "mean_dice" else ""))
-        out.setdefault(mode, {})[k] = {"random": x.tolist(), "adam": y.tolist(), "p": float(t.pvalue), "seeds": seeds}
+        x = [a[s]["test"][k] for s in seeds]; y = [b[s]["test"][k] for s in seeds]
+        p = ttest(y, x)["p"]
+        sx, sy = summarize(x), summarize(y)
+        v = summarize([a[s]["val"]["mean_dice"] for s in seeds]), summarize([b[s]["val"]["mean_dice"] for s in seeds])
+        print(f"{k:22s} random {sx['mean']:.3f} ± {sx['std']:.3f}   adam {sy['mean']:.3f} ± {sy['std']:.3f}   p={p:.3g}"
+              + (f"   (val mean_dice: random {v[0]['mean']:.3f}, adam {v[1]['mean']:.3f})" if k == "mean_dice" else ""))
+        out.setdefault(mode, {})[k] = {"random": x, "adam": y, "p": p, "seeds": seeds}
     print("best epochs random", [a[s]["best_epoch"] for s in seeds], "adam", [b[s]["best_epoch"] for s in seeds])
 with open(E / "combined.json", "w") as f:
     json.dump(out, f, indent=1)

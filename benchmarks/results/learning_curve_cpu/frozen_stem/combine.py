@@ -3,15 +3,15 @@
 Inputs: ``ten_fstem_ft/results.json`` and ``ten_fstem_frozen/results.json`` (``adam finetune seg --runs 10``
 outputs, or their per-seed extracts ``fstem_ft.json`` / ``fstem_frozen.json`` kept here) and
 ``../converged/combined.json`` (random initialisation and the trained-stem Adam encoder, same seeds 0-9,
-same recipe). Prints test mean Dice per structure, mean ± sample std, two-sample t-tests (scipy), and
-writes ``combined.json`` and the per-seed extracts.
+same recipe). Prints test mean Dice per structure, mean ± sample std, two-sample t-tests
+(:func:`adam_ext.downstream.ttest`, :func:`~adam_ext.downstream.summarize`), and writes
+``combined.json`` and the per-seed extracts.
 """
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
+from adam_ext.downstream import summarize, ttest
 
 HERE = Path(__file__).resolve().parent
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
@@ -43,15 +43,15 @@ for mode in ("ft", "frozen"):
     for k in KEYS:
         old = converged[mode][k]
         assert old["seeds"] == seeds, (old["seeds"], seeds)
-        random, adam = np.array(old["random"]), np.array(old["adam"])
-        stem = np.array([new[s]["test"][k] for s in seeds])
-        p_random, p_adam = stats.ttest_ind(stem, random).pvalue, stats.ttest_ind(stem, adam).pvalue
-        print(f"{k:20s} random {random.mean():.3f} ± {random.std(ddof=1):.3f}   trained stem {adam.mean():.3f} ± "
-              f"{adam.std(ddof=1):.3f}   frozen stem {stem.mean():.3f} ± {stem.std(ddof=1):.3f}   "
-              f"p vs random {p_random:.2g}   p vs trained stem {p_adam:.2g}")
-        out.setdefault(mode, {})[k] = {"seeds": seeds, "random": random.tolist(), "trained_stem": adam.tolist(),
-                                       "frozen_stem": stem.tolist(), "p_vs_random": float(p_random),
-                                       "p_vs_trained_stem": float(p_adam)}
+        random, adam = old["random"], old["adam"]
+        stem = [new[s]["test"][k] for s in seeds]
+        p_random, p_adam = ttest(stem, random)["p"], ttest(stem, adam)["p"]
+        shown = "   ".join(f"{name} {r['mean']:.3f} ± {r['std']:.3f}" for name, r in
+                           (("random", summarize(random)), ("trained stem", summarize(adam)),
+                            ("frozen stem", summarize(stem))))
+        print(f"{k:20s} {shown}   p vs random {p_random:.2g}   p vs trained stem {p_adam:.2g}")
+        out.setdefault(mode, {})[k] = {"seeds": seeds, "random": random, "trained_stem": adam,
+                                       "frozen_stem": stem, "p_vs_random": p_random, "p_vs_trained_stem": p_adam}
     print("validation mean Dice, frozen stem:", [round(new[s]["val"], 3) for s in seeds])
     print("best epochs, frozen stem:", [new[s]["best_epoch"] for s in seeds])
 with open(HERE / "combined.json", "w") as f:
