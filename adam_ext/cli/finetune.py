@@ -27,7 +27,7 @@ _FLAGS = {
     "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "patience": "patience",
     "shots": "shots", "runs": "runs", "seed": "seed", "out": "out", "workers": "workers", "device": "device",
     "seg_mode": "seg_mode", "train_split": "train_split", "test_split": "test_split",
-    "freeze_encoder": "freeze_encoder",
+    "freeze_encoder": "freeze_encoder", "frozen_epochs": "frozen_epochs", "encoder_lr_scale": "encoder_lr_scale",
 }
 
 
@@ -61,6 +61,11 @@ def add_recipe_arguments(parser, task: str | None) -> None:
     parser.add_argument("--freeze-encoder", action="store_true", default=None,
                         help="frozen-encoder evaluation: the encoder stays as loaded (eval-mode BN, no gradient), "
                              "only the head trains (cls: linear probe; seg: U-Net decoder)")
+    parser.add_argument("--frozen-epochs", type=int, metavar="N",
+                        help="LP-FT: the encoder frozen as with --freeze-encoder for the first N epochs, "
+                             "then fine-tuned (default 0)")
+    parser.add_argument("--encoder-lr-scale", type=float, metavar="S",
+                        help="the encoder's learning rate as a fraction of --lr (default 1)")
     if task != "cls":
         parser.add_argument("--masks", help="seg: comma-separated mask names (default: all of the data set's)")
         parser.add_argument("--seg-mode", choices=("multilabel", "multiclass"), help="seg: default multilabel")

@@ -34,6 +34,11 @@ class FinetuneConfig:
         freeze_encoder: the standard frozen-encoder protocol of self-supervised learning: the
             encoder's weights and BN statistics stay as loaded (eval mode, no gradient) and only
             the head trains (cls: a linear probe; seg: the U-Net decoder and head).
+        frozen_epochs: the encoder is frozen as with ``freeze_encoder`` for the first this many
+            epochs, then fine-tuned with the rest (LP-FT: linear probing, then fine-tuning; Kumar
+            et al. 2022); 0: fine-tuned from the first step.
+        encoder_lr_scale: the encoder's learning rate as a fraction of ``lr`` (the head's,
+            decoder's and every other layer's stay ``lr``); 1: one rate for all.
         size: input side in px (None: 512 for fundus, 224 otherwise).
         masks: seg: mask names to segment (None: all of the reader's); seg_mode: ``multilabel``
             (sigmoid per mask) or ``multiclass`` (softmax).
@@ -60,6 +65,8 @@ class FinetuneConfig:
     arch: str = "resnet50"
     init: str = "random"
     freeze_encoder: bool = False
+    frozen_epochs: int = 0
+    encoder_lr_scale: float = 1.0
     size: int | None = None
     masks: list | None = None
     seg_mode: str = "multilabel"
@@ -141,6 +148,14 @@ def validate(cfg: FinetuneConfig) -> None:
     check_field(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
     check_field(isinstance(cfg.save_weights, bool), "save_weights", "true or false", cfg.save_weights)
     check_field(isinstance(cfg.freeze_encoder, bool), "freeze_encoder", "true or false", cfg.freeze_encoder)
+    check_field(is_int(cfg.frozen_epochs) and 0 <= cfg.frozen_epochs < cfg.epochs, "frozen_epochs",
+                f"an int in [0, epochs = {cfg.epochs})", cfg.frozen_epochs)
+    check_field(not (cfg.freeze_encoder and cfg.frozen_epochs), "frozen_epochs",
+                "0 with freeze_encoder (the encoder is then frozen throughout)", cfg.frozen_epochs)
+    check_field(is_num(cfg.encoder_lr_scale) and 0 < cfg.encoder_lr_scale <= 10, "encoder_lr_scale",
+                "a number in (0, 10]", cfg.encoder_lr_scale)
+    check_field(not (cfg.freeze_encoder and cfg.encoder_lr_scale != 1), "encoder_lr_scale",
+                "1 with freeze_encoder (a frozen encoder has no learning rate)", cfg.encoder_lr_scale)
     check_field(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
 
 

@@ -156,19 +156,15 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
     torch.manual_seed(seed)
     model, encoder = task.build_model()
     report = load_encoder(encoder, cfg.init, cfg.arch)
-    frozen = encoder if cfg.freeze_encoder else None
-    if frozen is not None:
-        frozen.requires_grad_(False)
+    if cfg.freeze_encoder or cfg.frozen_epochs:  # before DDP: it reduces only what needs a gradient
+        encoder.requires_grad_(False)
     model.to(ctx.device)
-    net = model
-    if ctx.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index]
-                                                        if ctx.device.type == "cuda" else None)
+    net = _wrap(model, ctx)
     train_set = task.dataset(splits.train, splits.train_idx, train=True, seed=seed)
     val_set = task.dataset(splits.val, splits.val_idx, train=False, seed=seed)
     test_set = task.dataset(splits.test, splits.test_idx, train=False, seed=seed)
     loader, sampler = _train_loader(cfg, train_set, seed, ctx)
-    fit = _fit(cfg, task, model, net, frozen, loader, sampler, val_set, ctx,
+    fit = _fit(cfg, task, model, net, encoder, loader, sampler, val_set, ctx,
                run=f"{label} seed {seed}" if progress and ctx.main else None, log=log,
                row_head={"init": label, "seed": seed})
     test_metrics, test_loss = evaluate(model, task, test_set, cfg, ctx)
@@ -187,6 +183,26 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
             "checkpoint": checkpoint}
 
 
+def _wrap(model, ctx):
+    """``model`` under DDP when distributed (its parameters that need a gradient), else itself."""
+    if not ctx.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index]
+                                                     if ctx.device.type == "cuda" else None)
+
+
+def _param_groups(cfg, model, encoder) -> list[dict]:
+    """The optimiser's groups: the encoder's parameters at ``lr * encoder_lr_scale``, the rest at
+    ``lr``. A frozen encoder (``freeze_encoder``) is left out; one frozen only for the first
+    ``frozen_epochs`` is in (AdamW skips a parameter while it has no gradient)."""
+    own = {id(p) for p in encoder.parameters()}
+    trained = [p for p in model.parameters() if (id(p) in own and not cfg.freeze_encoder) or p.requires_grad]
+    if cfg.encoder_lr_scale == 1:
+        return [{"params": trained, "lr": cfg.lr}]
+    return [{"params": [p for p in trained if id(p) not in own], "lr": cfg.lr},
+            {"params": [p for p in trained if id(p) in own], "lr": cfg.lr * cfg.encoder_lr_scale}]
+
+
 def _train_loader(cfg, train_set, seed, ctx):
     """(DataLoader, DistributedSampler or None) of the training set: seeded order, batches split over ranks."""
     local_batch = max(1, cfg.batch_size // ctx.world)
@@ -199,12 +215,15 @@ def _train_loader(cfg, train_set, seed, ctx):
     return loader, sampler
 
 
-def _fit(cfg, task, model, net, frozen, loader, sampler, val_set, ctx, *, run, log, row_head) -> dict:
+def _fit(cfg, task, model, net, encoder, loader, sampler, val_set, ctx, *, run, log, row_head) -> dict:
     """Trains up to ``cfg.epochs`` epochs with early stopping on the validation set and leaves the
-    best weights in ``model``. ``run``: progress-bar prefix (None: no bar); ``row_head``: the
-    first fields of each epoch's row. Returns ``history``, ``best_state``, ``best_epoch``,
-    ``monitor`` and ``val`` (the best epoch's validation metrics)."""
-    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    best weights in ``model``. ``encoder``: the encoder module inside ``model`` (frozen in eval mode
+    with ``freeze_encoder``, and for the first ``frozen_epochs``, then unfrozen). ``run``:
+    progress-bar prefix (None: no bar); ``row_head``: the first fields of each epoch's row. Returns
+    ``history``, ``best_state``, ``best_epoch``, ``monitor`` and ``val`` (the best epoch's
+    validation metrics)."""
+    optimizer = make_optimizer(cfg, _param_groups(cfg, model, encoder))
+    frozen = encoder if cfg.freeze_encoder or cfg.frozen_epochs else None
     total = cfg.epochs * len(loader)
     schedule = cosine_schedule(optimizer, total)
 
@@ -214,6 +233,10 @@ def _fit(cfg, task, model, net, frozen, loader, sampler, val_set, ctx, *, run, l
         t0 = time.time()
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if cfg.frozen_epochs and epoch == cfg.frozen_epochs + 1:  # LP-FT: the encoder joins in
+            encoder.requires_grad_(True)
+            frozen = None
+            net = _wrap(model, ctx)
         train_loss = train_epoch(net, task, loader, optimizer, schedule, cfg, ctx,
                                  f"{run} epoch {epoch}/{cfg.epochs}" if run is not None else None, frozen)
         metrics, val_loss = evaluate(model, task, val_set, cfg, ctx)
