@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -223,6 +224,122 @@ def test_freeze_encoder_must_be_a_bool():
         FinetuneConfig(task="seg", root="x", freeze_encoder="yes").resolved()
 
 
+def test_frozen_epochs_keep_the_encoder_as_loaded_then_fine_tune_it(synth, tmp_path, checkpoints, monkeypatch):
+    """LP-FT: after each of the first ``frozen_epochs`` epochs the encoder (weights and BN statistics)
+    is exactly as loaded while the decoder trains; after the next one it has moved."""
+    from adam_ext.downstream import protocol
+
+    path, moco = checkpoints["adam"]
+    seen = []
+    real = protocol.evaluate
+
+    def recording(model, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "evaluate", recording)
+    cfg = FinetuneConfig(task="seg", dataset="scr", root=str(synth / "scr"), masks=SCR_MASKS, arch="resnet18",
+                         size=32, epochs=3, patience=0, batch_size=4, workers=0, lr=1e-2, init=str(path),
+                         frozen_epochs=2, out=str(tmp_path / "lpft"), save_weights=False)
+    run = finetune(cfg, progress=False)["runs"][0]
+    assert len(seen) == 4 and run["epochs_run"] == 3  # 3 validations, then the test
+    trunk = [k[len("encoder_q."):] for k in moco if k.startswith("encoder_q.") and not k.startswith("encoder_q.fc.")]
+    for epoch in (1, 2):
+        assert all(torch.equal(seen[epoch - 1]["encoder." + k], moco["encoder_q." + k]) for k in trunk), epoch
+    moved = [k for k in trunk if seen[2]["encoder." + k].is_floating_point()
+             and not torch.equal(seen[2]["encoder." + k], moco["encoder_q." + k])]
+    assert any(k.endswith("conv1.weight") for k in moved) and any(k.endswith("running_mean") for k in moved)
+    decoder = [k for k in seen[0] if k.startswith("decoder.") and k.endswith(".weight")]
+    assert any(not torch.equal(seen[0][k], seen[1][k]) for k in decoder)  # the decoder trains while frozen
+    assert "encoder frozen for the first 2 epochs (LP-FT)" in (tmp_path / "lpft" / "results.md").read_text()
+
+
+class _EncoderAndHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Linear(4, 3).double()
+        self.head = torch.nn.Linear(3, 2).double()
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+def _first_step(cfg: FinetuneConfig) -> tuple[dict, dict]:
+    """(start, after one AdamW step) of :class:`_EncoderAndHead`'s parameters under ``cfg``'s groups."""
+    from adam_ext.downstream.protocol import _param_groups
+    from adam_ext.downstream.training import make_optimizer
+
+    torch.manual_seed(0)
+    model = _EncoderAndHead()
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimizer = make_optimizer(cfg, _param_groups(cfg, model, model.encoder))
+    model(x).square().mean().backward()
+    optimizer.step()
+    return start, {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_encoder_lr_scale_scales_only_the_encoders_step():
+    """AdamW's first step is lr · (sign-like ratio + weight decay · w): scaling the encoder's rate by
+    0.1 makes its step exactly 0.1 of the unscaled one (float64) and leaves the head's unchanged."""
+    base = FinetuneConfig(task="seg", root="x", lr=1e-2, optimizer="adamw").resolved()
+    start, one = _first_step(base)
+    _, scaled = _first_step(dataclasses.replace(base, encoder_lr_scale=0.1))
+    for name in start:
+        step_one, step_scaled = one[name] - start[name], scaled[name] - start[name]
+        assert step_one.abs().min() > 0
+        if name.startswith("encoder."):
+            torch.testing.assert_close(step_scaled, 0.1 * step_one, rtol=1e-9, atol=0)
+        else:
+            assert torch.equal(step_scaled, step_one)
+
+
+def test_param_groups_hold_each_trained_parameter_once():
+    from adam_ext.downstream.protocol import _param_groups
+
+    model = _EncoderAndHead()
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    cfg = FinetuneConfig(task="seg", root="x", lr=1e-3, encoder_lr_scale=0.3).resolved()
+    groups = _param_groups(cfg, model, model.encoder)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(3e-4)]
+    assert {id(p) for p in groups[1]["params"]} == encoder_ids
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    # a frozen encoder is left out; one frozen for the first epochs is in (it joins later)
+    model.encoder.requires_grad_(False)
+    frozen = _param_groups(dataclasses.replace(cfg, encoder_lr_scale=1, freeze_encoder=True), model, model.encoder)
+    assert {id(p) for g in frozen for p in g["params"]} == {id(p) for p in model.head.parameters()}
+    lpft = _param_groups(dataclasses.replace(cfg, frozen_epochs=5), model, model.encoder)
+    assert {id(p) for p in lpft[1]["params"]} == encoder_ids
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"frozen_epochs": -1}, r"frozen_epochs must be an int in \[0, epochs = 100\), got -1"),
+    ({"frozen_epochs": 100}, r"frozen_epochs must be an int in \[0, epochs = 100\), got 100"),
+    ({"frozen_epochs": 2.5}, r"frozen_epochs must be an int in \[0, epochs = 100\), got 2.5"),
+    ({"frozen_epochs": 3, "freeze_encoder": True}, "frozen_epochs must be 0 with freeze_encoder"),
+    ({"encoder_lr_scale": 0}, r"encoder_lr_scale must be a number in \(0, 10\], got 0"),
+    ({"encoder_lr_scale": -0.1}, r"encoder_lr_scale must be a number in \(0, 10\], got -0.1"),
+    ({"encoder_lr_scale": 11}, r"encoder_lr_scale must be a number in \(0, 10\], got 11"),
+    ({"encoder_lr_scale": "low"}, r"encoder_lr_scale must be a number in \(0, 10\], got 'low'"),
+    ({"encoder_lr_scale": 0.1, "freeze_encoder": True}, "encoder_lr_scale must be 1 with freeze_encoder"),
+])
+def test_encoder_recipe_errors_name_the_field(values, message):
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig(task="seg", root="x", **values).resolved()
+
+
+def test_encoder_recipe_flags_reach_the_config():
+    from adam_ext.cli.finetune import _config
+
+    args = build_parser().parse_args(["finetune", "seg", "--data", "x", "--frozen-epochs", "5",
+                                      "--encoder-lr-scale", "0.1"])
+    cfg = _config(args, "seg")
+    assert cfg.frozen_epochs == 5 and cfg.encoder_lr_scale == 0.1
+    with pytest.raises(ValueError, match="frozen_epochs must be 0 with freeze_encoder"):
+        _config(build_parser().parse_args(["finetune", "seg", "--data", "x", "--frozen-epochs", "5",
+                                           "--freeze-encoder"]), "seg")
+
+
 def test_multiclass_segmentation_targets_and_loss(synth):
     from adam_ext.data.registry import open_dataset
 
@@ -256,8 +373,10 @@ def test_compare_cli_reports_p_values(synth, tmp_path, checkpoints):
         args.func(args)
 
 
-def test_torchrun_two_gloo_ranks_evaluate_the_whole_test_set(synth, tmp_path):
-    """2 CPU ranks (gloo, 127.0.0.1): the reported test Dice is that of the whole fold2, not of one shard."""
+@pytest.mark.parametrize("extra", [[], ["--epochs", "2", "--frozen-epochs", "1"]], ids=["plain", "lpft"])
+def test_torchrun_two_gloo_ranks_evaluate_the_whole_test_set(synth, tmp_path, extra):
+    """2 CPU ranks (gloo, 127.0.0.1): the reported test Dice is that of the whole fold2, not of one shard.
+    With ``--frozen-epochs`` the DDP wrapper is rebuilt when the encoder joins in."""
     import os
     import socket
     import subprocess
@@ -280,13 +399,13 @@ def test_torchrun_two_gloo_ranks_evaluate_the_whole_test_set(synth, tmp_path):
         "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
         "finetune", "seg", "--data", str(synth / "scr"), "--masks", "heart", "--arch", "resnet18", "--size", "32",
         "--epochs", "1", "--batch-size", "4", "--workers", "0", "--shots", "4", "--device", "cpu",
-        "--out", str(out), "--no-progress",
+        "--out", str(out), "--no-progress", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("adam finetune seg: test mean_dice") == 1  # rank 0 reports
     run = _strict_json(out / "results.json")["runs"][0]
-    assert run["n_test"] == 12
+    assert run["n_test"] == 12 and run["epochs_run"] == (2 if extra else 1)
     whole = evaluate_checkpoint(out / "seed0" / "best.pt", device="cpu")
     assert run["test"]["mean_dice"] == pytest.approx(whole["mean_dice"], abs=1e-6)

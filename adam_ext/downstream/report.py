@@ -35,13 +35,25 @@ def write_results(out: Path, result: dict) -> dict:
     return paths
 
 
+def _encoder_note(cfg: dict) -> str:
+    """How the encoder trained, for a setup line: ``, frozen encoder ...``, ``, encoder frozen for the
+    first N epochs (LP-FT)``, ``, encoder lr × S``; empty for the default (all layers at ``lr``)."""
+    if cfg.get("freeze_encoder"):
+        return ", frozen encoder (only the head trains)"
+    note = ""
+    if cfg.get("frozen_epochs"):
+        note += f", encoder frozen for the first {cfg['frozen_epochs']} epochs (LP-FT)"
+    if cfg.get("encoder_lr_scale", 1) != 1:
+        note += f", encoder lr × {cfg['encoder_lr_scale']:g}"
+    return note
+
+
 def results_markdown(result: dict) -> str:
     """A Markdown page: setup line, then one row per test metric with mean ± std over runs."""
     cfg, runs = result["config"], result["runs"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     shots = f", {cfg['shots']}-shot" if cfg.get("shots") else ""
-    if cfg.get("freeze_encoder"):
-        shots += ", frozen encoder (only the head trains)"
+    shots += _encoder_note(cfg)
     lines = [
         f"# Fine-tuning: {result['task']} on {result['dataset']} from {result['label']}",
         "",
@@ -133,7 +145,7 @@ def compare_markdown(result: dict, cfg: FinetuneConfig) -> str:
         f"# Comparison: {result['task']} on {result['dataset']}",
         "",
         (f"{cfg.arch}, {len(result['seeds'])} run(s) per initialisation under the same seeds "
-         f"({', '.join(map(str, result['seeds']))}){f', {cfg.shots}-shot' if cfg.shots else ''}{', frozen encoder' if cfg.freeze_encoder else ''}. "
+         f"({', '.join(map(str, result['seeds']))}){f', {cfg.shots}-shot' if cfg.shots else ''}{_encoder_note(cfg.to_dict())}. "
          "Test metrics, mean ± sample std; p: independent two-sample t-test (scipy.stats.ttest_ind) "
          f"against `{base}`; n/a: undefined."),
         "",
