@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     if not Path(base.root).is_dir():
         print(f"learning_curve: error: the downstream data {base.root!r} does not exist (--data)", file=sys.stderr)
         return 2
-    frozen = dataclasses.replace(base, freeze_encoder=True)
+    frozen = dataclasses.replace(base, freeze_encoder=True, frozen_epochs=0, encoder_lr_scale=1.0)  # frozen throughout
     result = {"finetune": base.to_dict(), "seeds": list(range(base.seed, base.seed + base.runs)), "points": [],
               "random": {}, "pretraining": {m: c.to_dict() for m, c in configs.items()}}
     result["random"] = {"finetuned": evaluate(base, "random", "random", progress),

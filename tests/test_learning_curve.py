@@ -98,3 +98,24 @@ def test_tiny_curve_end_to_end_then_resumed(curve, synth, tmp_path, monkeypatch)
     assert (out / "curve.png").stat().st_size > 0
     calls.clear()
     assert curve.main(tiny_args(synth, out)) == 0 and calls == []  # all reused
+
+
+def test_the_frozen_evaluation_drops_the_encoder_recipe(curve, synth, tmp_path, monkeypatch):
+    """--encoder-lr-scale / --frozen-epochs shape the fine-tuned evaluation; the frozen one keeps the
+    encoder frozen throughout (and so must not inherit them: the config would refuse the mix)."""
+    seen = []
+
+    def recording(cfg, init, label, progress):
+        seen.append(cfg)
+        if len(seen) == 2:
+            raise Interrupted
+        return []
+
+    monkeypatch.setattr(curve, "run_pretraining", lambda cfg, progress: None)
+    monkeypatch.setattr(curve, "evaluate", recording)
+    with pytest.raises(Interrupted):
+        curve.main(tiny_args(synth, tmp_path / "c", "--epochs", "3", "--frozen-epochs", "1",
+                             "--encoder-lr-scale", "0.5"))
+    finetuned, frozen = seen
+    assert (finetuned.freeze_encoder, finetuned.frozen_epochs, finetuned.encoder_lr_scale) == (False, 1, 0.5)
+    assert (frozen.freeze_encoder, frozen.frozen_epochs, frozen.encoder_lr_scale) == (True, 0, 1.0)
