@@ -46,7 +46,7 @@ from adam_ext.checkpoints import atomic_write_json, atomic_write_text
 from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
 from adam_ext.config import PretrainConfig, config_differences, load_config
 from adam_ext.downstream import FinetuneConfig, finetune, load_finetune_config, summarize, ttest
-from adam_ext.pretrain import pretrain
+from adam_ext.pretrain import initial_knn, pretrain
 from adam_ext.report import read_metrics, read_monitors
 
 METHODS = ("adam", "mocov2")
@@ -185,13 +185,15 @@ def curve_markdown(result: dict) -> str:
         f"{len(result['seeds'])} seeds ({', '.join(map(str, result['seeds']))}), the same for every row. Test mean "
         "Dice, mean ± sample std; p: two-sample t-test (scipy.stats.ttest_ind) against random initialisation "
         "(and, last column, Adam against MoCo v2 at the same budget). Monitors: logged by the pretraining at "
-        "that point (landmark k-NN accuracy, RankMe).", "",
+        "that point (landmark k-NN accuracy, RankMe); the k-NN's patches are cut at the stage's scale, so each "
+        "value has beside it the random (initial) encoder's at the same scale.", "",
         "| method | budget | images seen | Dice fine-tuned | p vs random | Dice frozen | p vs random | "
         "p Adam vs MoCo (ft / frozen) | landmark k-NN | RankMe |",
         "|---|---|---|---|---|---|---|---|---|---|"]
     rnd = result["random"]
+    reference = rnd.get("knn_landmark", {})
     lines.append(f"| random | — | 0 | {_cell(rnd['finetuned'])} | — | {_cell(rnd['frozen'])} | — | — | "
-                 f"{rnd.get('knn_landmark', '')} | |")
+                 + ", ".join(f"n={n}: {v:.3f}" for n, v in reference.items()) + " | |")
     by_key = {(p["method"], p["budget"]): p for p in result["points"]}
     for p in result["points"]:
         other = by_key.get(("mocov2", p["budget"])) if p["method"] == "adam" else None
@@ -199,6 +201,8 @@ def curve_markdown(result: dict) -> str:
                   if other else "—")
         mon = p["monitors"]
         knn = f"{mon['knn_landmark']:.3f}" if "knn_landmark" in mon else ""
+        if knn and str(p["n"]) in reference:
+            knn += f" (random {reference[str(p['n'])]:.3f})"
         rank = f"{mon['rankme']:.1f}" if "rankme" in mon else ""
         lines.append(f"| {p['method']} | {p['budget']:g} (stage {p['stage']} n={p['n']} epoch {p['epoch']}) | "
                      f"{p['images']} | {_cell(p['finetuned'])} | {_p(p['finetuned'], rnd['finetuned'])} | "
@@ -262,10 +266,11 @@ def main(argv=None) -> int:
               "random": {}, "pretraining": {m: c.to_dict() for m, c in configs.items()}}
     result["random"] = {"finetuned": evaluate(base, "random", "random", progress),
                         "frozen": evaluate(frozen, "random", "random_frozen", progress)}
-    first_run = Path(next(iter(configs.values())).out)
-    start = monitors_at(first_run, 0, 0)
-    if "knn_landmark" in start:
-        result["random"]["knn_landmark"] = f"{start['knn_landmark']:.3f}"
+    # the random encoder's landmark k-NN at every stage's scale (a stage's patches depend on its n)
+    reference = {str(n): v["knn_landmark"] for cfg in configs.values() for n, v in initial_knn(cfg).items()
+                 if "knn_landmark" in v}
+    if reference:
+        result["random"]["knn_landmark"] = reference
     for method, cfg in configs.items():
         per_epoch = images_per_epoch(Path(cfg.out))
         for point in budget_points(cfg, budgets):

@@ -88,6 +88,10 @@ def test_tiny_curve_end_to_end_then_resumed(curve, synth, tmp_path, monkeypatch)
     assert (adam_half["stage"], adam_half["epoch"]) == (0, 2)  # half of 2 stages x 2 epochs
     assert all(len(p["finetuned"]) == 2 and len(p["frozen"]) == 2 for p in result["points"])
     assert "knn_landmark" in adam_half["monitors"] and "rankme" in adam_half["monitors"]
+    # the random reference at each stage's scale; at n = 0 it is what the run itself logged before step 1
+    reference = result["random"]["knn_landmark"]
+    assert set(reference) == {"0", "2"}
+    assert reference["0"] == curve.monitors_at(out / "adam", 0, 0)["knn_landmark"]
     # MoCo v2: one stage (n = 0, no pruner) with the same number of epochs in all
     moco = result["pretraining"]["mocov2"]
     assert moco["stages"] == [0] and moco["gamma"] is None and moco["optim"]["epochs"] == 4
@@ -95,6 +99,8 @@ def test_tiny_curve_end_to_end_then_resumed(curve, synth, tmp_path, monkeypatch)
         assert (out / p["method"] / "snapshots").is_dir() and __import__("pathlib").Path(p["path"]).is_file()
     text = (out / "curve.md").read_text()
     assert "| random | — | 0 |" in text and "| adam | 0.5 (stage 0 n=0 epoch 2) |" in text
+    assert f"n=0: {reference['0']:.3f}, n=2: {reference['2']:.3f}" in text
+    assert f"(random {reference['2']:.3f})" in text  # the n = 2 points beside the n = 2 reference
     assert (out / "curve.png").stat().st_size > 0
     calls.clear()
     assert curve.main(tiny_args(synth, out)) == 0 and calls == []  # all reused
@@ -119,3 +125,16 @@ def test_the_frozen_evaluation_drops_the_encoder_recipe(curve, synth, tmp_path, 
     finetuned, frozen = seen
     assert (finetuned.freeze_encoder, finetuned.frozen_epochs, finetuned.encoder_lr_scale) == (False, 1, 0.5)
     assert (frozen.freeze_encoder, frozen.frozen_epochs, frozen.encoder_lr_scale) == (True, 0, 1.0)
+
+
+def test_initial_knn_is_repeatable_and_leaves_the_global_generator_alone(curve, synth, tmp_path):
+    import torch
+
+    from adam_ext.pretrain import initial_knn
+
+    cfg = curve.pretrain_configs(curve.build_parser().parse_args(tiny_args(synth, tmp_path / "c")))["adam"]
+    before = torch.random.get_rng_state()
+    first = initial_knn(cfg)
+    assert torch.equal(before, torch.random.get_rng_state())
+    assert set(first) == {0, 2} and all(0 <= v["knn_landmark"] <= 1 for v in first.values())
+    assert initial_knn(cfg) == first

@@ -32,7 +32,7 @@ from ..engine import MetricsLog, amp_dtype, autocast, check_finite, cosine_sched
 from ..models import MoCo, check_queue_size
 from .resume import rng_state, set_rng_state, versions
 
-__all__ = ["StageRun", "Stopper", "Trainer", "Window", "open_splits"]
+__all__ = ["StageRun", "Stopper", "Trainer", "Window", "build_model", "initial_knn", "open_splits", "stage_monitor"]
 
 #: Mean fraction of the queue pruned over a logging window above which the run warns of a collapse.
 COLLAPSE_PRUNED = 0.95
@@ -97,6 +97,46 @@ def open_splits(cfg: PretrainConfig):
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(sample_seed(cfg.seed, 7))).tolist()
     n_val = max(1, round(d.val_fraction * len(train)))
     return train, sorted(order[n_val:]), train, sorted(order[:n_val])
+
+
+def build_model(cfg: PretrainConfig, distributed: bool = False) -> MoCo:
+    """The run's MoCo model as ``cfg.model`` says, drawn from torch's global generator (the
+    Trainer seeds it with ``cfg.seed`` first)."""
+    m = cfg.model
+    return MoCo(m.backbone, dim=m.dim, K=m.K, m=m.m, T=m.T, weights=m.weights, mlp_hidden=m.mlp_hidden,
+                shuffle_bn_groups=m.shuffle_bn_groups, sync_bn=m.sync_bn and distributed, frozen=m.frozen)
+
+
+def stage_monitor(cfg: PretrainConfig, stage: int, splits):
+    """The :class:`~adam_ext.monitors.RepresentationMonitor` of stage ``stage`` (its grid ``n`` sets
+    the landmark patches' scale). ``splits``: :func:`open_splits`'s result."""
+    from ..data.views import TwoViews
+    from ..monitors import RepresentationMonitor
+
+    n, mon = cfg.stages[stage], cfg.monitor
+    views = TwoViews(cfg.data.view_size, n, **cfg.data.view_options())
+    train_reader, train_idx, val_reader, val_idx = splits
+    return RepresentationMonitor(views.config.size, views.normalize, train_reader, train_idx, val_reader, val_idx,
+                                 n=n, seed=cfg.seed, images=mon.images, knn_images=mon.knn_images, k=mon.k,
+                                 temperature=mon.temperature)
+
+
+@torch.no_grad()
+def initial_knn(cfg: PretrainConfig) -> dict[int, dict]:
+    """The k-NN monitor of the run's *initial* encoder (torch seeded with ``cfg.seed``, built as the
+    Trainer builds it) at every stage's scale: ``{n: {"knn_landmark": ...}}`` ({} inner dicts when the
+    data set has neither landmarks nor labels). The random-initialisation reference for a stage's
+    k-NN: the landmark patches' side is the image's / max(n, 2), so values of different stages are
+    measured on different patches and compare only with the reference at the same n."""
+    splits = open_splits(cfg)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+    return {cfg.stages[i]: stage_monitor(cfg, i, splits).knn_monitor(model.encoder_q, torch.device("cpu"))
+            for i in range(len(cfg.stages))}
 
 
 class Stopper:
@@ -168,9 +208,7 @@ class Trainer:
                 print(f"adam pretrain: warning: {w.message}", file=sys.stderr, flush=True)
 
         torch.manual_seed(cfg.seed)
-        m = cfg.model
-        self.model = MoCo(m.backbone, dim=m.dim, K=m.K, m=m.m, T=m.T, weights=m.weights, mlp_hidden=m.mlp_hidden,
-                          shuffle_bn_groups=m.shuffle_bn_groups, sync_bn=m.sync_bn and ctx.distributed, frozen=m.frozen)
+        self.model = build_model(cfg, ctx.distributed)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -252,17 +290,9 @@ class Trainer:
         self.ctx.barrier()
 
     def _new_monitor(self, stage: int):
-        from ..data.views import TwoViews
-        from ..monitors import RepresentationMonitor
-
-        cfg, n = self.cfg, self.cfg.stages[stage]
-        mon = cfg.monitor
-        if not (mon.enabled and self.ctx.main):
+        if not (self.cfg.monitor.enabled and self.ctx.main):
             return None
-        views = TwoViews(cfg.data.view_size, n, **cfg.data.view_options())
-        return RepresentationMonitor(views.config.size, views.normalize, self.train_reader, self.train_idx,
-                                     self.val_reader, self.val_idx, n=n, seed=cfg.seed, images=mon.images,
-                                     knn_images=mon.knn_images, k=mon.k, temperature=mon.temperature)
+        return stage_monitor(self.cfg, stage, (self.train_reader, self.train_idx, self.val_reader, self.val_idx))
 
     def _measure(self, stage: int, epoch: int, step: int, gamma, warn: bool = True) -> tuple[float, dict | None]:
         """The validation loss and, on rank 0, the monitors (logged); changes nothing of the training
