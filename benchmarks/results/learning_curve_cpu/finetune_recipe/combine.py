@@ -12,6 +12,9 @@ from pathlib import Path
 
 from adam_ext.downstream import summarize, ttest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from extracts import per_seed  # this folder's shared helper
+
 HERE = Path(__file__).resolve().parent
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else None
 KEYS = ["mean_dice", "dice/heart", "dice/left clavicle", "dice/right clavicle"]
@@ -20,16 +23,8 @@ SEEDS = [str(s) for s in range(10)]
 
 def extract(name):
     """{seed: {"val", "best_epoch", "test": {key: value}}} of one 10-seed run folder."""
-    path = HERE / f"ten_{name}.json"
-    if RUNS is not None and (RUNS / f"ten_{name}" / "results.json").exists():
-        with open(RUNS / f"ten_{name}" / "results.json") as f:
-            runs = json.load(f)["runs"]
-        rows = {str(r["seed"]): {"val": r["val"]["mean_dice"], "best_epoch": r["best_epoch"],
-                                 "test": {k: r["test"][k] for k in KEYS}} for r in runs}
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=1)
-    with open(path) as f:
-        return json.load(f)
+    return per_seed(RUNS / f"ten_{name}" / "results.json" if RUNS is not None else None, HERE / f"ten_{name}.json",
+                    KEYS)
 
 
 with open(HERE.parent / "converged" / "combined.json") as f:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from adam_ext.downstream import summarize, ttest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import extracts  # this folder's shared helper
+
 HERE = Path(__file__).resolve().parent
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
 KEYS = ["mean_dice", "dice/heart", "dice/left clavicle", "dice/right clavicle"]
@@ -20,17 +23,8 @@ KEYS = ["mean_dice", "dice/heart", "dice/left clavicle", "dice/right clavicle"]
 
 def per_seed(mode):
     """{seed: {"val": val mean Dice, "test": {key: value}, "best_epoch": e}} of the frozen-stem runs."""
-    extract = HERE / f"fstem_{mode}.json"
-    source = RUNS / f"ten_fstem_{mode}" / "results.json"
-    if source.exists():
-        with open(source) as f:
-            runs = json.load(f)["runs"]
-        rows = {str(r["seed"]): {"val": r["val"]["mean_dice"], "best_epoch": r["best_epoch"],
-                                 "test": {k: r["test"][k] for k in KEYS}} for r in runs}
-        with open(extract, "w") as f:
-            json.dump(rows, f, indent=1)
-    with open(extract) as f:
-        return {int(s): r for s, r in json.load(f).items()}
+    rows = extracts.per_seed(RUNS / f"ten_fstem_{mode}" / "results.json", HERE / f"fstem_{mode}.json", KEYS)
+    return {int(s): r for s, r in rows.items()}
 
 
 with open(HERE.parent / "converged" / "combined.json") as f:
