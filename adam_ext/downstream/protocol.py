@@ -223,7 +223,6 @@ def _fit(cfg, task, model, net, encoder, loader, sampler, val_set, ctx, *, run, 
     ``history``, ``best_state``, ``best_epoch``, ``monitor`` and ``val`` (the best epoch's
     validation metrics)."""
     optimizer = make_optimizer(cfg, _param_groups(cfg, model, encoder))
-    frozen = encoder if cfg.freeze_encoder or cfg.frozen_epochs else None
     total = cfg.epochs * len(loader)
     schedule = cosine_schedule(optimizer, total)
 
@@ -235,8 +234,8 @@ def _fit(cfg, task, model, net, encoder, loader, sampler, val_set, ctx, *, run, 
             sampler.set_epoch(epoch)
         if cfg.frozen_epochs and epoch == cfg.frozen_epochs + 1:  # LP-FT: the encoder joins in
             encoder.requires_grad_(True)
-            frozen = None
             net = _wrap(model, ctx)
+        frozen = encoder if cfg.freeze_encoder or epoch <= cfg.frozen_epochs else None
         train_loss = train_epoch(net, task, loader, optimizer, schedule, cfg, ctx,
                                  f"{run} epoch {epoch}/{cfg.epochs}" if run is not None else None, frozen)
         metrics, val_loss = evaluate(model, task, val_set, cfg, ctx)
