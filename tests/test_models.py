@@ -160,6 +160,57 @@ def test_shuffle_bn_uses_per_chunk_statistics_in_train_mode(seed):
     assert not torch.allclose(keys, whole_batch, atol=1e-4)
 
 
+def split_bn_reference(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's SplitBatchNorm update of (running_mean, running_var) for input ``x`` (N, C, H, W) split into
+    ``groups`` equal consecutive groups: the running statistics repeated per group, one batch_norm over
+    the (N / G, C * G, H, W) view, then averaged over the groups."""
+    n, c, h, w = x.shape
+    mean, var = bn.running_mean.repeat(groups), bn.running_var.repeat(groups)
+    # SplitBatchNorm's view puts sample i in group i % G; ours are consecutive chunks: interleave them first
+    x = x.view(groups, n // groups, c, h, w).transpose(0, 1).reshape(n // groups, c * groups, h, w)
+    torch.nn.functional.batch_norm(x, mean, var, training=True, momentum=bn.momentum, eps=bn.eps)
+    return mean.view(groups, c).mean(0), var.view(groups, c).mean(0)
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_split_bn_running_statistics_move_once_a_step(seed, groups):
+    model = tiny_moco(seed, shuffle_bn_groups=groups)
+    conv, bn = model.encoder_k[0], model.encoder_k[1]
+    bn.momentum = 0.1
+    ref_mean, ref_var = bn.running_mean.clone(), bn.running_var.clone()
+    whole = nn.BatchNorm2d(4, momentum=0.1)  # one BatchNorm over the whole batch: the same running mean
+    whole.train()
+    for step in range(4):
+        im_k = images(6, seed + step)
+        torch.manual_seed(seed + step)
+        model._encode_keys(im_k)
+        torch.manual_seed(seed + step)
+        shuffled = im_k[torch.randperm(6)]
+        with torch.no_grad():
+            features = conv(shuffled)
+            bn_ref = nn.BatchNorm2d(4, momentum=0.1)
+            bn_ref.running_mean.copy_(ref_mean)
+            bn_ref.running_var.copy_(ref_var)
+            ref_mean, ref_var = split_bn_reference(bn_ref, features, groups)
+            whole(features)
+    torch.testing.assert_close(bn.running_mean, ref_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, ref_var, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_mean, whole.running_mean, rtol=1e-5, atol=1e-6)
+    assert int(bn.num_batches_tracked) == 4
+    # the momentum was applied once a step: G updates a step would have moved further from the start
+    assert not torch.allclose(whole.running_var, ref_var, atol=1e-4)  # unbiased per-group variances, averaged
+
+
+def test_split_bn_leaves_eval_mode_and_frozen_statistics_alone(seed):
+    model = tiny_moco(seed, shuffle_bn_groups=2)
+    bn = model.encoder_k[1]
+    bn.eval()
+    before = (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+    with torch.no_grad():
+        model._encode_keys(images(6, seed))
+    assert all(torch.equal(a, b) for a, b in zip(before, (bn.running_mean, bn.running_var, bn.num_batches_tracked)))
+
+
 def test_shuffle_bn_falls_back_to_one_group_for_tiny_batches(seed):
     model = tiny_moco(seed, shuffle_bn_groups=4)
     im_k = images(3, seed)
