@@ -147,7 +147,10 @@ class PretrainConfig:
 
     Attributes:
         stages: the decomposer's n for each stage, coarse to fine; each stage starts from the
-            previous stage's best weights and queue.
+            previous stage's state as ``stage_init`` says, with a fresh optimiser and schedule.
+        stage_init: what a stage starts from: ``best`` (default), the previous stage's weights and
+            queue with the lowest validation loss; or ``last``, its state at the end of its last
+            epoch (both encoders, queue and pointer), as the official code chains its stages.
         gamma: the purposive pruner's threshold at n > 0 (None: off).
         gamma_n0: the threshold at n = 0 (None: off, the paper's choice).
         val_pruning: compute the validation loss with the stage's γ (True) or without pruning
@@ -178,6 +181,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     stages: list = field(default_factory=lambda: [0, 2, 4])
+    stage_init: str = "best"
     gamma: float | None = 0.8
     gamma_n0: float | None = None
     val_pruning: bool = False
@@ -301,6 +305,7 @@ def validate(cfg: PretrainConfig) -> None:
     check_field(isinstance(cfg.stages, (list, tuple)) and len(cfg.stages) > 0
            and all(is_int(n) and n >= 0 for n in cfg.stages), "stages", "a non-empty list of ints >= 0", cfg.stages)
     cfg.stages = list(cfg.stages)
+    check_field(cfg.stage_init in ("best", "last"), "stage_init", "best or last", cfg.stage_init)
     for name in ("gamma", "gamma_n0"):
         value = getattr(cfg, name)
         check_field(value is None or (is_num(value) and -1 <= value <= 1), name, "null or in [-1, 1]", value)

@@ -34,7 +34,7 @@ def tiny(data, out, **overrides) -> PretrainConfig:
     for key, value in overrides.items():
         section, _, field = key.partition("__")
         if field:
-            values[section] = dict(values[section], **{field: value})
+            values[section] = dict(values.get(section, {}), **{field: value})
         else:
             values[key] = value
     return PretrainConfig.from_dict(values)

@@ -178,6 +178,39 @@ def test_next_stage_starts_from_previous_best_weights_and_queue(reference_run):
     assert not torch.equal(entry[0]["queue"], best0["queue"])  # stage 0 did train and enqueue
 
 
+@pytest.mark.parametrize("stage_init", ["last", "best"])
+def test_stage_init_chains_stages_from_the_last_or_the_best_state(data, tmp_path, monkeypatch, stage_init):
+    """stage_init: stage 1 begins bit for bit with stage 0's state after its last epoch (both encoders, BN
+    statistics, queue and pointer) or with its best weights; validation is made to prefer epoch 1, so
+    the two differ. The same holds when a run stopped at the stage boundary is resumed."""
+    from adam_ext.pretrain import loop
+
+    losses = iter([1.0, 2.0] * 4)  # each stage: epoch 1 is the best, epoch 2 the last
+    monkeypatch.setattr(loop.Trainer, "_validate", lambda self, stage, gamma, collected=None: next(losses))
+    entry, original = {}, loop.Trainer.run_stage
+
+    def run_stage(self, stage, resume):
+        entry[stage] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return original(self, stage, resume)
+
+    monkeypatch.setattr(loop.Trainer, "run_stage", run_stage)
+    out = tmp_path / "run"
+    cfg = dict(stage_init=stage_init, snapshots=True, monitor__enabled=False)
+    pretrain(tiny(data, out, **cfg), progress=False)
+    best0, last0 = model_state(out / "stage0_n0/best.pt"), model_state(out / "snapshots/stage0_n0_epoch2.pt")
+    assert torch.load(out / "stage0_n0/best.pt", weights_only=True)["epoch"] == 1
+    assert not torch.equal(best0["queue"], last0["queue"]) and not torch.equal(best0["queue_ptr"], last0["queue_ptr"])
+    assert_same_state(entry[1], last0 if stage_init == "last" else best0)
+    # stopped at the boundary, then resumed: the same start
+    entry.clear()
+    losses = iter([1.0, 2.0] * 4)
+    resumed = tmp_path / "resumed"
+    pretrain(tiny(data, resumed, max_steps=2 * steps_per_epoch(data), **cfg), progress=False)
+    pretrain(tiny(data, resumed, **cfg), resume="auto", progress=False)
+    assert_same_state(entry[1], model_state(resumed / "snapshots/stage0_n0_epoch2.pt") if stage_init == "last"
+                      else model_state(resumed / "stage0_n0/best.pt"))
+
+
 def test_killed_and_resumed_run_ends_with_identical_weights(data, reference_run, tmp_path):
     ref_out = reference_run[0]
     out = tmp_path / "run"

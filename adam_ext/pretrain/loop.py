@@ -562,7 +562,7 @@ class Trainer:
                 set_rng_state(ckpt["rng"])
                 stage, resume = stage + 1, None
                 if stage < len(cfg.stages):
-                    self._load_best(stage - 1)
+                    self._init_next_stage(stage - 1)
                 self.metrics.truncate_after(stage - 1, ckpt["step"])
             else:
                 resume = ckpt
@@ -578,15 +578,18 @@ class Trainer:
             resume = None
             stage += 1
             if stage < len(cfg.stages):
-                self._load_best(stage - 1)
+                self._init_next_stage(stage - 1)
         self.close_loaders()
         self.metrics.close()
         return self._finish(interrupted)
 
-    def _load_best(self, stage: int) -> None:
-        """The next stage starts from this stage's best weights and queue."""
-        best = torch.load(self._stage_dir(stage) / "best.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(best["model"])
+    def _init_next_stage(self, stage: int) -> None:
+        """The stage after ``stage`` starts from its state (both encoders, BN statistics, queue and
+        pointer) at the end of its last epoch (``stage_init: last``, the official code's chaining: the
+        model as it is now) or from its best weights by validation (``best``)."""
+        if self.cfg.stage_init == "best":
+            best = torch.load(self._stage_dir(stage) / "best.pt", map_location="cpu", weights_only=True)
+            self.model.load_state_dict(best["model"])
 
     def _finish(self, interrupted: bool) -> dict:
         summary = {"interrupted": interrupted, "stopped_by": self.stopped_by if interrupted else None,
