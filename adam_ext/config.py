@@ -58,6 +58,9 @@ class DataConfig:
             (:func:`adam_ext.distributed.auto_workers`; 1 on a 2-core machine, 15 for one GPU
             with 16 cores). The run prints the number it chose.
         synthetic_n / synthetic_size: images and their side when ``synthetic`` data is generated.
+        film_features: film features of generated ``synthetic`` data switched off or on (fields of
+            :class:`adam_ext.data.synthetic.FilmFeatures`: ``markers``, ``electrodes``,
+            ``collimation``, ``exposure_variation``; unnamed ones stay on), e.g. ``{markers: false}``.
     """
 
     dataset: str = "folder"
@@ -72,6 +75,7 @@ class DataConfig:
     workers: int | str = "auto"
     synthetic_n: int = 1000
     synthetic_size: int = 256
+    film_features: dict = field(default_factory=dict)
 
     def view_options(self) -> dict:
         """``views`` as keyword arguments of :class:`adam_ext.data.views.TwoViews` (YAML lists as tuples)."""
@@ -278,6 +282,11 @@ def validate(cfg: PretrainConfig) -> None:
     check_field(d.workers == "auto" or (is_int(d.workers) and d.workers >= 0), "data.workers",
                 "an int >= 0 or auto", d.workers)
     check_field(isinstance(d.views, dict), "data.views", "a mapping of ViewConfig fields", d.views)
+    from .data.synthetic import FilmFeatures
+
+    check_field(isinstance(d.film_features, dict) and set(d.film_features) <= set(FilmFeatures.__dataclass_fields__)
+                and all(isinstance(v, bool) for v in d.film_features.values()), "data.film_features",
+                f"a mapping of {', '.join(FilmFeatures.__dataclass_fields__)} to true or false", d.film_features)
     from .data.views import ViewConfig
 
     try:

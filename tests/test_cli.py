@@ -57,3 +57,16 @@ def test_unknown_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["pretrian"])
     assert stop.value.code == 2 and "invalid choice: 'pretrian'" in capsys.readouterr().err
+
+
+def test_synth_without_leaves_film_features_out(tmp_path, capsys):
+    import json
+
+    assert cli.main(["synth", "--out", str(tmp_path / "d"), "--n", "2", "--size", "64", "--workers", "1",
+                     "--without", "markers", "--without", "exposure_variation"]) == 0
+    meta = json.loads((tmp_path / "d" / "synthetic.json").read_text())
+    assert (meta["markers"], meta["electrodes"], meta["collimation"], meta["exposure_variation"]) == (
+        False, True, True, False)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["synth", "--out", str(tmp_path / "e"), "--n", "2", "--without", "logo"])
+    assert stop.value.code == 2 and "invalid choice: 'logo'" in capsys.readouterr().err

@@ -90,7 +90,9 @@ def test_yaml_then_overrides_then_round_trip(tmp_path):
     ("model.K=0", "model.K"), ("optim.warmup_epochs=500", "optim.warmup_epochs"), ("device=tpu", "device"),
     ("data.workers=-1", "data.workers"), ("data.workers=many", "data.workers"), ("data.workers=1.5", "data.workers"),
     ("model.frozen=[conv9]", "model.frozen"), ("model.frozen=conv1", "model.frozen"),
-    ("model.frozen=[conv1, conv1]", "model.frozen"),
+    ("model.frozen=[conv1, conv1]", "model.frozen"), ("stage_init=first", "stage_init"),
+    ("data.film_features={markers: 0}", "data.film_features"), ("data.film_features={logo: false}", "data.film_features"),
+    ("data.film_features=[markers]", "data.film_features"),
 ])
 def test_bad_values_name_the_field(override, name):
     with pytest.raises(ValueError, match=rf"^{name} must be"):

@@ -25,6 +25,10 @@ def synth_parser(parser: argparse.ArgumentParser) -> None:
                         help="probability that an image has findings (default %(default)s)")
     parser.add_argument("--scr-count", type=int, default=None,
                         help="images also written in the SCR layout (default: min(n, 247))")
+    parser.add_argument("--without", action="append", default=[], metavar="FEATURE",
+                        choices=["markers", "electrodes", "collimation", "exposure_variation"],
+                        help="leave a film feature out (markers, electrodes, collimation, exposure_variation); "
+                             "repeat for several. Everything else stays as with the same seed")
     parser.set_defaults(func=run_synth)
 
 
@@ -33,7 +37,8 @@ def run_synth(args) -> int:
 
     start = time.perf_counter()
     out = generate(args.out, args.n, size=args.size, seed=args.seed, workers=args.workers,
-                   finding_rate=args.finding_rate, scr_count=args.scr_count)
+                   finding_rate=args.finding_rate, scr_count=args.scr_count,
+                   **{feature: False for feature in args.without})
     seconds = time.perf_counter() - start
     print(f"adam synth: {args.n} images of {args.size} px in {seconds:.1f} s "
           f"({args.n / seconds:.1f} images/s) -> {out}")

@@ -287,9 +287,35 @@ def _sample_clavicles(rng: np.random.Generator, apex_y: float, thorax: float) ->
     return clavicles
 
 
-def sample_view(rng: np.random.Generator, finding_rate: float) -> View:
+@dataclass(frozen=True)
+class FilmFeatures:
+    """Which film-to-film variations besides anatomy and pose the phantoms carry (all on by
+    default, as on real radiographs). Each tells two films apart without any anatomy, so a
+    contrastive model may learn it instead of anatomy: switching one off keeps every random draw
+    (the same subjects, poses, findings and noise), only that feature is not drawn on the film.
+
+    Attributes:
+        markers: the lead side marker ("L"/"R") near an upper corner (80% of films).
+        electrodes: ECG electrodes and their leads (35% of films).
+        collimation: unexposed borders (50% of films).
+        exposure_variation: gain, contrast curve, sharpening, equalisation and grain vary per film;
+            off, every film has the middle of each range.
+    """
+
+    markers: bool = True
+    electrodes: bool = True
+    collimation: bool = True
+    exposure_variation: bool = True
+
+
+#: The exposure of a film when exposure_variation is off: the middle of each range sample_view draws from.
+_MID_EXPOSURE = {"gain": 1.025, "gamma": 0.9, "sharpen": 0.55, "equalize": 0.35, "grain": 0.0275}
+
+
+def sample_view(rng: np.random.Generator, finding_rate: float, features: FilmFeatures = FilmFeatures()) -> View:
     """Draws one exposure: pose (rotation up to ±7°), exposure, the findings to draw, a side marker
-    (80% of films), ECG electrodes (35%) and collimation borders (50%)."""
+    (80% of films), ECG electrodes (35%) and collimation borders (50%); ``features`` switches the
+    last four off (the draws are made all the same, so nothing else changes)."""
     findings: tuple = ()
     if rng.random() < finding_rate:
         k = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
@@ -302,11 +328,21 @@ def sample_view(rng: np.random.Generator, finding_rate: float) -> View:
     electrodes = rng.uniform((0.15, 0.12), (0.85, 0.55), (int(rng.integers(2, 6)), 2)) if rng.random() < 0.35 \
         else np.zeros((0, 2))
     collimation = rng.uniform(0.0, 0.06, 4) * (rng.random(4) < 0.5) if rng.random() < 0.5 else np.zeros(4)
-    return View(zoom=rng.uniform(0.8, 1.08), aspect=rng.normal(1.0, 0.03), angle=rng.uniform(-7.0, 7.0),
+    view = View(zoom=rng.uniform(0.8, 1.08), aspect=rng.normal(1.0, 0.03), angle=rng.uniform(-7.0, 7.0),
                 shift=rng.normal(0.0, 0.025, 2), gain=rng.uniform(0.75, 1.3), gamma=rng.uniform(0.6, 1.2),
                 sharpen=rng.uniform(0.2, 0.9), equalize=rng.uniform(0.2, 0.5), grain=rng.uniform(0.01, 0.045),
                 bubble=rng.uniform(0.6, 1.3) if rng.random() < 0.7 else 0.0, findings=findings, marker=marker,
                 electrodes=electrodes, collimation=collimation)
+    if not features.markers:
+        view.marker = ()
+    if not features.electrodes:
+        view.electrodes = np.zeros((0, 2))
+    if not features.collimation:
+        view.collimation = np.zeros(4)
+    if not features.exposure_variation:
+        for name, value in _MID_EXPOSURE.items():
+            setattr(view, name, value)
+    return view
 
 
 def _scale_about(pts: np.ndarray, center, sx: float, sy: float) -> np.ndarray:

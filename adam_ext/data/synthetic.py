@@ -43,10 +43,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import _phantom, _phantom_render
-from ._phantom import CLASSES, FINDINGS, LANDMARKS, MASKS
+from ._phantom import CLASSES, FINDINGS, LANDMARKS, MASKS, FilmFeatures
 from .readers import Reader, require_files
 
-__all__ = ["CLASSES", "FINDINGS", "LANDMARKS", "MASKS", "SynthConfig", "SyntheticDataset", "ensure_synthetic",
+__all__ = ["CLASSES", "FINDINGS", "LANDMARKS", "MASKS", "FilmFeatures", "SynthConfig", "SyntheticDataset", "ensure_synthetic",
            "contact_sheet", "generate"]
 
 DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -80,6 +80,9 @@ class SynthConfig:
         workers: worker processes (None: ``os.cpu_count()``; 1: in this process).
         finding_rate: probability in [0, 1] that an image has at least one finding.
         scr_count: images also written in the SCR/JSRT layout (None: ``min(n, 247)``).
+        markers, electrodes, collimation, exposure_variation: the film features of
+            :class:`~adam_ext.data._phantom.FilmFeatures` (all on by default). Off, the images are
+            those of the same seed with that feature left out (every other pixel's draw unchanged).
     """
 
     n: int
@@ -88,6 +91,10 @@ class SynthConfig:
     workers: int | None = None
     finding_rate: float = 0.5
     scr_count: int | None = None
+    markers: bool = True
+    electrodes: bool = True
+    collimation: bool = True
+    exposure_variation: bool = True
 
     def __post_init__(self):
         if not isinstance(self.n, int) or self.n < 1:
@@ -106,6 +113,14 @@ class SynthConfig:
             self.scr_count = min(self.n, SCR_MAX)
         if not isinstance(self.scr_count, int) or not 0 <= self.scr_count <= self.n:
             raise ValueError(f"scr_count must be an integer in [0, n={self.n}], got {self.scr_count!r}")
+        for name in ("markers", "electrodes", "collimation", "exposure_variation"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    @property
+    def features(self) -> FilmFeatures:
+        """The film features as the phantoms take them."""
+        return FilmFeatures(self.markers, self.electrodes, self.collimation, self.exposure_variation)
 
 
 # --------------------------------------------------------------------------- generation
@@ -135,15 +150,17 @@ def _schedule(seed: int, n: int) -> list[tuple[int, int]]:
     return visits[:n]
 
 
-def render_image(seed: int, index: int, patient: int, size: int, finding_rate: float):
-    """Renders image ``index`` (of patient ``patient``) of a run with ``seed``, in memory.
+def render_image(seed: int, index: int, patient: int, size: int, finding_rate: float,
+                 features: FilmFeatures = FilmFeatures()):
+    """Renders image ``index`` (of patient ``patient``) of a run with ``seed``, in memory, with the
+    film ``features`` given (all by default).
 
     Returns:
         (Subject, View, Phantom), see :mod:`adam_ext.data._phantom`.
     """
     subject = _phantom.sample_subject(np.random.default_rng([seed, 1, patient]))
     rng = np.random.default_rng([seed, 2, index])
-    view = _phantom.sample_view(rng, finding_rate)
+    view = _phantom.sample_view(rng, finding_rate, features)
     return subject, view, _phantom_render.render(subject, view, size, rng)
 
 
@@ -174,9 +191,9 @@ def _write_scr(out: Path, index: int, phantom) -> None:
 
 def _make_image(task: tuple) -> dict:
     """Worker: renders one image, writes its files, returns its metadata rows."""
-    out, seed, size, finding_rate, scr_count, index, patient, follow_up = task
+    out, seed, size, finding_rate, scr_count, features, index, patient, follow_up = task
     out = Path(out)
-    subject, _, ph = render_image(seed, index, patient, size, finding_rate)
+    subject, _, ph = render_image(seed, index, patient, size, finding_rate, features)
     name = image_name(patient, follow_up)
     _png(out / "images" / name, ph.image)
     for key in MASKS:
@@ -220,7 +237,8 @@ def _prepare(out: Path, cfg: SynthConfig) -> None:
 
 
 def generate(out_dir, n: int, size: int = 512, seed: int = 0, workers: int | None = None,
-             finding_rate: float = 0.5, scr_count: int | None = None, progress: bool | None = None) -> Path:
+             finding_rate: float = 0.5, scr_count: int | None = None, progress: bool | None = None,
+             **features: bool) -> Path:
     """Writes ``n`` synthetic PA chest radiographs with ground truth under ``out_dir``.
 
     The layout is described in the module docstring. Deterministic: the same arguments give
@@ -235,6 +253,8 @@ def generate(out_dir, n: int, size: int = 512, seed: int = 0, workers: int | Non
         finding_rate: probability that an image has findings (1-3 of :data:`FINDINGS`).
         scr_count: how many of the first images also go to the SCR layout (None: min(n, 247)).
         progress: show a tqdm bar (None: only on a terminal).
+        **features: ``markers``, ``electrodes``, ``collimation``, ``exposure_variation`` (each True by
+            default; see :class:`SynthConfig`).
 
     Returns:
         The output folder.
@@ -242,11 +262,15 @@ def generate(out_dir, n: int, size: int = 512, seed: int = 0, workers: int | Non
     Raises:
         ValueError: an argument out of range, or ``out_dir`` holds something else.
     """
+    unknown = set(features) - {"markers", "electrodes", "collimation", "exposure_variation"}
+    if unknown:
+        raise ValueError(f"generate() takes the film features markers, electrodes, collimation and "
+                         f"exposure_variation, got {sorted(unknown)}")
     cfg = SynthConfig(n=n, size=size, seed=seed, workers=workers, finding_rate=finding_rate,
-                      scr_count=scr_count)
+                      scr_count=scr_count, **features)
     out = Path(out_dir)
     _prepare(out, cfg)
-    tasks = [(str(out), cfg.seed, cfg.size, cfg.finding_rate, cfg.scr_count, i, p, v)
+    tasks = [(str(out), cfg.seed, cfg.size, cfg.finding_rate, cfg.scr_count, cfg.features, i, p, v)
              for i, (p, v) in enumerate(_schedule(cfg.seed, cfg.n))]
     rows = []
     disable = None if progress is None else not progress  # None: tqdm shows it on terminals only
@@ -494,21 +518,34 @@ def _sheet_palette(colours) -> Image.Image:
     return palette
 
 
-def ensure_synthetic(root, n: int, size: int, seed: int = 0, log=print) -> bool:
+def ensure_synthetic(root, n: int, size: int, seed: int = 0, log=print, features: dict | None = None) -> bool:
     """Generates the synthetic data set in ``root`` when it is missing, or when ``synthetic.json``
     says an older generator made it (its phantoms differ; ``n`` and ``size`` of an existing
     folder are its own). A folder in the ChestX-ray14 layout that we did not make is used as it is.
 
+    Args:
+        features: film features to switch (``{"markers": False}``...; see :class:`SynthConfig`).
+
     Returns:
         True when it generated.
+
+    Raises:
+        ValueError: ``root`` was generated with other film features than ``features`` asks for.
     """
     root = Path(root)
-    made = None
+    features = dict(features or {})
+    made, meta = None, {}
     if (root / "synthetic.json").is_file():
-        made = json.loads((root / "synthetic.json").read_text()).get("version")
+        meta = json.loads((root / "synthetic.json").read_text())
+        made = meta.get("version")
     if (root / "Data_Entry_2017.csv").is_file() and made in (None, GENERATOR_VERSION):
+        differ = {k: (meta.get(k, True), v) for k, v in features.items() if meta and meta.get(k, True) != v}
+        if differ:
+            details = ", ".join(f"{k}: made {a}, asked {b}" for k, (a, b) in differ.items())
+            raise ValueError(f"data.root {str(root)!r} holds synthetic films made with other film features "
+                             f"({details}); point data.root at another folder for these features")
         return False
     why = f" (it held version {made} of the phantoms, now {GENERATOR_VERSION})" if made else " (once)"
     log(f"generating {n} synthetic radiographs of {size} px in {root}{why}")
-    generate(root, n, size=size, seed=seed, workers=None)
+    generate(root, n, size=size, seed=seed, workers=None, **features)
     return True

@@ -91,7 +91,8 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True, phase_time
             if cfg.data.dataset == "synthetic":  # generated once (or again for an older generator's)
                 if ctx.main:
                     ensure_synthetic(cfg.data.root, cfg.data.synthetic_n, cfg.data.synthetic_size, seed=cfg.seed,
-                                     log=lambda message: print(f"adam pretrain: {message}", flush=True))
+                                     log=lambda message: print(f"adam pretrain: {message}", flush=True),
+                                     features=cfg.data.film_features)
                 ctx.barrier()
             summary = Trainer(cfg, ctx, progress, phase_timer).run(resume, ckpt)
         failed = False

@@ -187,6 +187,50 @@ def test_right_hemidiaphragm_is_higher_and_rotation_is_small(seed):
         assert subject.heart[_phantom._HEART_APEX][0] > 0.5  # apex to the patient's left
 
 
+FEATURES = ("markers", "electrodes", "collimation", "exposure_variation")
+
+
+@pytest.mark.parametrize("off", FEATURES)
+def test_a_film_feature_switched_off_changes_only_itself(seed, off):
+    features = _phantom.FilmFeatures(**{off: False})
+    for k in range(12):
+        rng_on, rng_off = np.random.default_rng([seed, k]), np.random.default_rng([seed, k])
+        on, less = _phantom.sample_view(rng_on, 0.5), _phantom.sample_view(rng_off, 0.5, features)
+        assert rng_on.bit_generator.state == rng_off.bit_generator.state  # the same draws were made
+        changed = {"markers": ["marker"], "electrodes": ["electrodes"], "collimation": ["collimation"],
+                   "exposure_variation": list(_phantom._MID_EXPOSURE)}[off]
+        for name in ("zoom", "aspect", "angle", "shift", "bubble", "findings", "marker", "electrodes", "collimation",
+                     *_phantom._MID_EXPOSURE):
+            if name not in changed:
+                assert np.array_equal(getattr(on, name), getattr(less, name)), name
+        assert less.marker == () if off == "markers" else True
+        assert len(less.electrodes) == 0 if off == "electrodes" else True
+        assert not less.collimation.any() if off == "collimation" else True
+        if off == "exposure_variation":
+            assert {n: getattr(less, n) for n in _phantom._MID_EXPOSURE} == _phantom._MID_EXPOSURE
+
+
+def test_films_without_features_keep_anatomy_lists_and_say_so(tmp_path):
+    off = {name: False for name in FEATURES}
+    plain = generate(tmp_path / "plain", 8, size=64, seed=2, workers=1, progress=False, **off)
+    full = generate(tmp_path / "full", 8, size=64, seed=2, workers=1, progress=False)
+    for name in ("landmarks.csv", "findings.csv", "test_list.txt", "train_val_list.txt", "Data_Entry_2017.csv"):
+        assert (plain / name).read_bytes() == (full / name).read_bytes(), name
+    for path in (full / "masks").rglob("*.png"):
+        assert path.read_bytes() == (plain / path.relative_to(full)).read_bytes()
+    assert any(grey(p).tobytes() != grey(plain / "images" / p.name).tobytes() for p in (full / "images").iterdir())
+    meta = __import__("json").loads((plain / "synthetic.json").read_text())
+    assert {k: meta[k] for k in FEATURES} == off
+    with pytest.raises(ValueError, match="film features"):
+        generate(tmp_path / "x", 2, size=64, progress=False, side_markers=False)
+    with pytest.raises(ValueError, match="markers must be true or false"):
+        generate(tmp_path / "x", 2, size=64, progress=False, markers="no")
+    # a pretraining run asking for other features than the folder holds is refused, naming both
+    with pytest.raises(ValueError, match=r"markers: made False, asked True"):
+        synthetic.ensure_synthetic(plain, 8, 64, features={"markers": True})
+    assert synthetic.ensure_synthetic(plain, 8, 64, features=off) is False
+
+
 # --------------------------------------------------------------------------- ChestX-ray14 layout
 
 
