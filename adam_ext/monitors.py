@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._util.seeds import numpy_rng
+
 __all__ = ["alignment", "collapse_std", "knn_accuracy", "knn_mean_auc", "rankme", "uniformity",
            "weighted_knn_scores"]
 
@@ -250,7 +252,7 @@ class RepresentationMonitor:
                  batch_size: int = 128):
         self.size, self.normalize, self.n, self.images = size, normalize, n, images
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
-        generator = np.random.default_rng([seed, 21, n])
+        generator = numpy_rng(seed, "monitor_patches", n)
 
         def pick(indices, count):
             indices = list(indices)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_data(folder: Path) -> Path:
-    return generate(folder, 32, size=64, seed=3, workers=1, progress=False)
+    return generate(folder, 32, size=64, seed=0, workers=1, progress=False)  # 23 training films: 5 steps an epoch
 
 
 def tiny(data, out, **overrides) -> PretrainConfig:

@@ -335,6 +335,20 @@ def test_resume_errors(data, reference_run, tmp_path):
         pretrain(tiny(data, ref_out), progress=False)
 
 
+def test_a_resume_across_split_versions_is_refused_naming_both(data, reference_run, tmp_path):
+    from adam_ext._util.seeds import SPLIT_VERSION
+
+    ckpt = torch.load(reference_run[0] / "last.pt", weights_only=True)
+    assert ckpt["split_version"] == SPLIT_VERSION == json.loads(
+        (reference_run[0] / "summary.json").read_text())["split_version"]
+    ckpt.pop("split_version")  # as checkpoints written before split version 2
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(ResumeError, match=rf"written under split version 1, this adam_ext uses split version "
+                                          rf"{SPLIT_VERSION}"):
+        pretrain(tiny(data, tmp_path / "run"), resume=tmp_path / "old.pt", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was touched
+
+
 def test_bad_setups_are_clear_errors(data, tmp_path):
     with pytest.raises(ValueError, match="optim.batch_size=64 exceeds the"):
         pretrain(tiny(data, tmp_path / "a", optim__batch_size=64), progress=False)

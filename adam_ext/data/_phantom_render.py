@@ -13,6 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .._util.seeds import numpy_rng
 from ._phantom import (
     _APEX,
     _CP,
@@ -257,7 +258,7 @@ def _soft_tissue(scene: _Scene) -> None:
 def _vessels(scene: _Scene) -> None:
     """Branching pulmonary vessel trees from each hilum, curving and tapering towards the periphery."""
     s, f, size = scene.subject, scene.frame, scene.size
-    rng = np.random.default_rng(s.vessel_seed)
+    rng = numpy_rng(s.vessel_seed, "synthetic_vessels")
     canvas = np.zeros((size, size), np.uint8)
     for name, sign in SIDES:
         n0 = 6

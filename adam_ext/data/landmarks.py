@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._util.seeds import numpy_rng
+
 __all__ = ["LandmarkPatches", "extract_patch", "landmark_names_of", "landmark_patches", "level_sides"]
 
 
@@ -123,7 +125,7 @@ def landmark_patches(dataset, *, levels: Sequence[float] = (0.125, 0.25, 0.5), i
     if n == 0:
         raise ValueError("dataset holds no images")
     chosen = np.arange(n) if images is None or images >= n else np.sort(
-        np.random.default_rng(seed).choice(n, size=images, replace=False))
+        numpy_rng(seed, "landmark_images").choice(n, size=images, replace=False))
     patches, lab, lev, img = [], [], [], []
     for index in chosen.tolist():
         item = dataset[index]

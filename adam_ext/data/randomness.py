@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import get_worker_info
 
+from .._util.seeds import stream_seed
+
 SeedLike = int | torch.Generator | None
 
 
@@ -49,8 +51,8 @@ class ProcessRandomness:
         return self._generator
 
     def process_seed(self, worker_seed: int) -> int:
-        """A 63-bit seed mixing ``self.seed`` with a worker's seed (a fixed odd-multiplier hash)."""
-        return (self.seed * 0x9E3779B97F4A7C15 + worker_seed) % (1 << 63)
+        """A 63-bit seed mixing ``self.seed`` with a worker's seed (the ``worker`` stream)."""
+        return stream_seed(self.seed, "worker", worker_seed)
 
     def __getstate__(self):
         state = dict(self.__dict__)

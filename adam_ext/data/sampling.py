@@ -1,7 +1,8 @@
 """What a pretraining epoch reads: the order of its samples and the seeds of their views.
 
 Data order, anchors and views are functions of (seed, stage, epoch, sample), never of worker
-scheduling: :func:`sample_seed` mixes them, :class:`EpochBatches` orders an epoch for one rank,
+scheduling: the named streams of :mod:`adam_ext._util.seeds` mix them (``epoch_order``, ``views``,
+``val_views``), :class:`EpochBatches` orders an epoch for one rank,
 :class:`PretrainViews` turns ``(index, seed)`` into two views. A resumed epoch skips the batches
 done without reading them, so a resumed run sees exactly what an uninterrupted one saw.
 """
@@ -13,18 +14,12 @@ import math
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .._util.seeds import mix, stream_seed, torch_generator
+
 __all__ = ["EpochBatches", "PretrainViews", "sample_seed"]
 
-
-def sample_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed mixing ``seed`` with ``parts`` (stage, epoch, sample...): splitmix64 steps."""
-    x = seed & 0xFFFFFFFFFFFFFFFF
-    for part in parts:
-        x = (x + 0x9E3779B97F4A7C15 + (part & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x >> 1
+#: The package's one seed mixer (:func:`adam_ext._util.seeds.mix`), under its earlier name.
+sample_seed = mix
 
 
 class PretrainViews(Dataset):
@@ -82,10 +77,10 @@ class EpochBatches(Sampler):
         if not self.shuffle:
             mine = list(range(self.rank, self.n, self.world))
             for at in range(0, len(mine), self.local):
-                yield [(i, sample_seed(self.seed, 1 << 20, i)) for i in mine[at : at + self.local]]
+                yield [(i, stream_seed(self.seed, "val_views", i)) for i in mine[at : at + self.local]]
             return
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.stage, self.epoch))
+        generator = torch_generator(self.seed, "epoch_order", self.stage, self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
         for step in range(self.start, self.n // self.global_batch):
             at = step * self.global_batch + self.rank * self.local
-            yield [(i, sample_seed(self.seed, self.stage, self.epoch, i)) for i in order[at : at + self.local]]
+            yield [(i, stream_seed(self.seed, "views", self.stage, self.epoch, i)) for i in order[at : at + self.local]]

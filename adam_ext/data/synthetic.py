@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .._util.seeds import holdout, numpy_rng
 from . import _phantom, _phantom_render
 from ._phantom import CLASSES, FINDINGS, LANDMARKS, MASKS, FilmFeatures
 from .readers import Reader, require_files
@@ -63,7 +64,9 @@ FIELD_OF_VIEW_MM = 358.0  # ChestX-ray14: 0.143 mm pixels on ~2500 px films
 VAL_FRACTION = 0.1
 #: Version of the phantoms (synthetic.json). 2: wider habitus, pose and exposure, side markers,
 #: ECG electrodes and collimation (version 1's phantoms were too alike for MoCo to tell apart).
-GENERATOR_VERSION = 2
+#: 3: every draw from the package's one seed mixer and named streams (split version 2), the test
+#: list from its one hold-out: the films and lists of a seed differ from version 2's.
+GENERATOR_VERSION = 3
 TEST_FRACTION = 0.2
 _OWNED = ("images", "masks", "rib_index", "finding_masks", "scr", "Data_Entry_2017.csv", "BBox_List_2017.csv",
           "train_val_list.txt", "test_list.txt", "landmarks.csv", "findings.csv", "synthetic.json")
@@ -140,7 +143,7 @@ def jsrt_name(index: int) -> str:
 
 def _schedule(seed: int, n: int) -> list[tuple[int, int]]:
     """(patient id, follow-up #) of images 0..n-1: patients have 1-5 visits, numbered from 1."""
-    rng = np.random.default_rng([seed, 0])
+    rng = numpy_rng(seed, "synthetic_schedule")
     visits: list[tuple[int, int]] = []
     patient = 0
     while len(visits) < n:
@@ -158,8 +161,8 @@ def render_image(seed: int, index: int, patient: int, size: int, finding_rate: f
     Returns:
         (Subject, View, Phantom), see :mod:`adam_ext.data._phantom`.
     """
-    subject = _phantom.sample_subject(np.random.default_rng([seed, 1, patient]))
-    rng = np.random.default_rng([seed, 2, index])
+    subject = _phantom.sample_subject(numpy_rng(seed, "synthetic_subject", patient))
+    rng = numpy_rng(seed, "synthetic_image", index)
     view = _phantom.sample_view(rng, finding_rate, features)
     return subject, view, _phantom_render.render(subject, view, size, rng)
 
@@ -308,11 +311,9 @@ def _write_tables(out: Path, cfg: SynthConfig, rows: list[dict]) -> None:
     for name, lines in (("Data_Entry_2017.csv", entry), ("BBox_List_2017.csv", boxes),
                         ("findings.csv", findings), ("landmarks.csv", landmarks)):
         (out / name).write_text("\n".join(lines) + "\n")
-    patients = sorted({r["patient"] for r in rows})
-    n_test = max(1, round(TEST_FRACTION * len(patients))) if len(patients) > 1 else 0
-    test = set(np.random.default_rng([cfg.seed, 3]).permutation(patients)[:n_test].tolist())
+    held = holdout([r["patient"] for r in rows], TEST_FRACTION, cfg.seed, stream="synthetic_test")
     for name, keep in (("train_val_list.txt", False), ("test_list.txt", True)):
-        names = [r["name"] for r in rows if (r["patient"] in test) == keep]
+        names = [r["name"] for r, test in zip(rows, held) if test == keep]
         (out / name).write_text("".join(f"{x}\n" for x in names))
     meta = {"generator": "adam_ext.data.synthetic", "version": GENERATOR_VERSION, **asdict(cfg), "classes": CLASSES,
             "findings": FINDINGS, "masks": MASKS, "landmarks": LANDMARKS,
@@ -398,10 +399,8 @@ class SyntheticDataset(Reader):
             lists[key] = (self.root / file).read_text().split()
         if split == "test":
             return lists["test"]
-        patients = sorted({n.split("_")[0] for n in lists["train_val"]})
-        n_val = max(1, round(VAL_FRACTION * len(patients))) if len(patients) > 1 else 0
-        val = set(np.random.default_rng(seed).permutation(patients)[:n_val].tolist())
-        return [n for n in lists["train_val"] if (n.split("_")[0] in val) == (split == "val")]
+        held = holdout([n.split("_")[0] for n in lists["train_val"]], VAL_FRACTION, seed, stream="reader_val")
+        return [n for n, val in zip(lists["train_val"], held) if val == (split == "val")]
 
     def _read_findings(self):
         boxes = {n: [] for n in self.names}
@@ -425,6 +424,10 @@ class SyntheticDataset(Reader):
                 if name in points and key in order:
                     points[name][order[key]] = (float(x), float(y))
         return [points[n] for n in self.names]
+
+    def groups(self) -> list[str]:
+        """The patient of each item (the file name's ``PPPPPPPP``): hold-outs keep a patient together."""
+        return [name.split("_")[0] for name in self.names]
 
     def _image(self, key: str):
         image, original = super()._image(key)

@@ -76,6 +76,7 @@ from ..checkpoints import (
     json_safe,
     load_encoder,
 )
+from .._util.seeds import SPLIT_VERSION
 from ..data.registry import SPLITS
 from ..data.views import worker_init
 from ..distributed import ProcessContext
@@ -174,7 +175,8 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
         atomic_save({"kind": FINETUNE_KIND, "version": FINETUNE_VERSION, "task": task.name, "arch": cfg.arch,
                      "classes": list(task.classes), "model": fit["best_state"], "config": cfg.to_dict(),
                      "seed": seed, "init": report.to_dict(), "epoch": fit["best_epoch"], "val": fit["val"],
-                     "test": test_metrics, "versions": {"torch": str(torch.__version__)}}, checkpoint)
+                     "test": test_metrics, "versions": {"torch": str(torch.__version__)},
+                     "split_version": SPLIT_VERSION}, checkpoint)
     history = fit["history"]
     return {"seed": seed, "init": report.to_dict(), "init_summary": report.summary(),
             "best_epoch": fit["best_epoch"], "epochs_run": len(history), "monitor": fit["monitor"],
@@ -342,8 +344,8 @@ def _finetune(cfg, progress, label, ctx) -> dict:
         runs.append(run)
     primary = "mean_auc" if cfg.task == "cls" else "mean_dice"
     result = {"kind": "adam_ext.finetune.results", "task": cfg.task, "dataset": cfg.dataset, "init": cfg.init,
-              "label": label, "primary": primary, "config": cfg.to_dict(), "runs": runs,
-              "summary": summaries(runs)}
+              "label": label, "primary": primary, "config": cfg.to_dict(), "split_version": SPLIT_VERSION,
+              "runs": runs, "summary": summaries(runs)}
     if ctx.main:
         result.update(write_results(out, result))
     return result
@@ -384,6 +386,7 @@ def compare(cfg: FinetuneConfig, inits, progress: bool = True) -> dict:
     table = compare_table(results, labels)
     out = {"kind": "adam_ext.finetune.compare", "task": cfg.task, "dataset": cfg.dataset, "baseline": base,
            "labels": labels, "inits": dict(zip(labels, inits)), "seeds": [cfg.seed + i for i in range(cfg.runs)],
+           "split_version": SPLIT_VERSION,
            "primary": results[base]["primary"], "metrics": table, "results": results}
     if main:
         out.update(write_compare(Path(cfg.out), out, cfg))

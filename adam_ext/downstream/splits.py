@@ -8,25 +8,30 @@ from typing import Any
 
 import numpy as np
 
+from .._util.seeds import holdout as group_holdout
+from .._util.seeds import numpy_rng
 from ..data.registry import SPLITS
 from .config import FinetuneConfig
 
 __all__ = ["Splits", "few_shot", "holdout", "open_splits"]
 
 
-def holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of ``range(n)`` into (kept, held-out) index lists, both sorted.
+def holdout(groups, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A fine-tuning run's validation hold-out: (kept, held-out) index lists into ``groups``, sorted.
 
-    ``round(fraction * n)`` samples are held out (at least 1 when n >= 2), drawn with
-    ``numpy.random.default_rng([seed, 0])``.
+    Args:
+        groups: the training reader's :meth:`~adam_ext.data.readers.Reader.groups` (patients where
+            known: a patient's images stay on one side), or an int ``n`` (n samples, each its own group).
+        fraction: share of the samples to hold out.
+        seed: the run's seed (the ``finetune_val`` stream of :func:`adam_ext._util.seeds.holdout`).
     """
-    n_held = min(n - 1, max(1, round(fraction * n))) if n >= 2 else 0
-    order = np.random.default_rng([seed, 0]).permutation(n)
-    return sorted(order[n_held:].tolist()), sorted(order[:n_held].tolist())
+    groups = list(range(groups)) if isinstance(groups, int) else list(groups)
+    held = group_holdout(groups, fraction, seed, stream="finetune_val")
+    return np.flatnonzero(~held).tolist(), np.flatnonzero(held).tolist()
 
 
 def few_shot(pool, shots: int, seed: int) -> list[int]:
-    """``shots`` indices drawn without replacement from ``pool`` with ``default_rng([seed, 1])``.
+    """``shots`` indices drawn without replacement from ``pool`` (the ``few_shot`` stream of ``seed``).
 
     Deterministic per (pool, shots, seed) and independent of the order of ``pool``.
 
@@ -36,7 +41,7 @@ def few_shot(pool, shots: int, seed: int) -> list[int]:
     pool = sorted(pool)
     if shots > len(pool):
         raise ValueError(f"shots must be at most the {len(pool)} training images left after validation, got {shots}")
-    chosen = np.random.default_rng([seed, 1]).choice(len(pool), size=shots, replace=False)
+    chosen = numpy_rng(seed, "few_shot").choice(len(pool), size=shots, replace=False)
     return sorted(pool[i] for i in chosen)
 
 
@@ -80,7 +85,7 @@ def open_splits(cfg: FinetuneConfig, seed: int) -> Splits:
         pool, val_idx = list(range(len(train))), list(range(len(val)))
     else:
         train = val = open_dataset(cfg.dataset, cfg.root, split=cfg.train_split, **options)
-        pool, val_idx = holdout(len(train), cfg.val_fraction, seed)
+        pool, val_idx = holdout(train.groups(), cfg.val_fraction, seed)
     test = open_dataset(cfg.dataset, cfg.root, split=cfg.test_split, **options)
     shared = set(train.image_keys()) & set(test.image_keys())
     if shared:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._util.seeds import numpy_rng
 from ..config import is_int
 from .common import (
     markdown_table,
@@ -181,7 +182,7 @@ def sample_patches(dataset, n: int, *, fraction: float = 0.5, source: str = "ran
         raise ValueError("dataset holds no images")
     if source == "landmarks":
         landmark_names_of(dataset)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed, "compositionality")
     images = np.sort(rng.integers(0, len(dataset), size=n))
     out, index, image, points = [], None, None, None
     for i in images.tolist():

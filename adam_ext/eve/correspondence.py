@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from .._util.seeds import numpy_rng
 from .common import (
     markdown_table,
     write_result,
@@ -308,14 +309,14 @@ def _landmarks(item: dict, dataset) -> torch.Tensor:
 
 def _view_pairs(dataset, cfg: CorrespondenceConfig) -> list[dict]:
     """``cfg.pairs`` (image, view) pairs: images in a seeded order, each with its own crop and sign."""
-    order = np.random.default_rng([cfg.seed, 1]).permutation(len(dataset))
+    order = numpy_rng(cfg.seed, "correspondence_pairs").permutation(len(dataset))
     pairs = []
     for k in range(cfg.pairs):
         index = int(order[k % len(order)])
         item = dataset[index]
         image, points = item["image"], _landmarks(item, dataset)
         height, width = image.shape[1:]
-        rng = np.random.default_rng([cfg.seed, 2, k])
+        rng = numpy_rng(cfg.seed, "correspondence_views", k)
         h, w = max(1, round(cfg.crop * height)), max(1, round(cfg.crop * width))
         box = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
         degrees = float(cfg.degrees * rng.choice([-1.0, 1.0]))
@@ -333,7 +334,7 @@ def _subject_pairs(dataset, cfg: CorrespondenceConfig) -> list[dict]:
     if len(set(subjects)) < 2:
         raise ValueError(f"data: subject pairs need images of at least 2 subjects, got {len(subjects)} "
                          f"image(s) of {len(set(subjects))} subject(s) in {dataset!r} (see --split)")
-    rng = np.random.default_rng([cfg.seed, 3])
+    rng = numpy_rng(cfg.seed, "correspondence_subjects")
     pairs = []
     for _ in range(cfg.pairs):
         i = int(rng.integers(len(subjects)))

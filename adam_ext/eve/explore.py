@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._util.seeds import numpy_rng
 from ..checkpoints import atomic_write_files
 from .common import markdown_table
 from .correspondence import nearest_match, rescale_points, sample_vectors, transfer_error
@@ -267,7 +268,7 @@ def _choose_indices(dataset, cfg: ExploreConfig) -> list[int]:
         return list(cfg.indices)
     if cfg.images >= n:
         return list(range(n))
-    return np.sort(np.random.default_rng(cfg.seed).choice(n, size=cfg.images, replace=False)).tolist()
+    return np.sort(numpy_rng(cfg.seed, "eve_images").choice(n, size=cfg.images, replace=False)).tolist()
 
 
 def _png_data_uri(image: torch.Tensor, display: int) -> str:

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -26,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION, atomic_save, atomic_write_text
 from ..config import PretrainConfig
-from ..data.sampling import EpochBatches, PretrainViews, sample_seed
+from .._util.seeds import SPLIT_VERSION, holdout
+from ..data.sampling import EpochBatches, PretrainViews
 from ..distributed import ProcessContext, resolve_workers
 from ..engine import MetricsLog, amp_dtype, autocast, check_finite, cosine_schedule
 from ..models import MoCo, check_queue_size
@@ -81,7 +83,7 @@ class Window:
 
 def open_splits(cfg: PretrainConfig):
     """(train reader, train indices, val reader, val indices): the reader's validation split, or a
-    seeded ``val_fraction`` of the training split."""
+    seeded ``val_fraction`` of the training split's patients (:func:`adam_ext._util.seeds.holdout`)."""
     from ..data.registry import dataset_class, open_dataset
 
     d = cfg.data
@@ -94,9 +96,8 @@ def open_splits(cfg: PretrainConfig):
     if d.val_split and d.val_split in splits and d.val_split != d.train_split:
         val = open_dataset(d.dataset, d.root, split=d.val_split, **options)
         return train, list(range(len(train))), val, list(range(len(val)))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(sample_seed(cfg.seed, 7))).tolist()
-    n_val = max(1, round(d.val_fraction * len(train)))
-    return train, sorted(order[n_val:]), train, sorted(order[:n_val])
+    held = holdout(train.groups(), d.val_fraction, cfg.seed, stream="pretrain_val")
+    return train, np.flatnonzero(~held).tolist(), train, np.flatnonzero(held).tolist()
 
 
 def build_model(cfg: PretrainConfig, distributed: bool = False) -> MoCo:
@@ -282,7 +283,8 @@ class Trainer:
         data = {"train_images": len(self.train_idx), "val_images": len(self.val_idx),
                 "steps_per_epoch": self.steps_per_epoch}
         return {"kind": PRETRAIN_KIND, "version": PRETRAIN_VERSION, "config": self.cfg.to_dict(),
-                "versions": self.versions, "world_size": self.ctx.world, "data": data, **state}
+                "versions": self.versions, "world_size": self.ctx.world, "data": data,
+                "split_version": SPLIT_VERSION, **state}
 
     def _save(self, path: Path, state: dict) -> None:
         if self.ctx.main:
@@ -593,6 +595,7 @@ class Trainer:
 
     def _finish(self, interrupted: bool) -> dict:
         summary = {"interrupted": interrupted, "stopped_by": self.stopped_by if interrupted else None,
+                   "split_version": SPLIT_VERSION,
                    "stages": self.summary, "out": str(self.out), "config": str(self.out / "config.yaml")}
         if self.ctx.main and not interrupted:
             last_best = self._stage_dir(len(self.cfg.stages) - 1) / "best.pt"

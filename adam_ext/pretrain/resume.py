@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from .._util.seeds import SPLIT_VERSION
 from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION
 from ..config import PretrainConfig, config_differences
 from ..provenance import git_commit
@@ -52,8 +53,15 @@ def load_checkpoint(path) -> dict:
 
 
 def check_resumable(ckpt: dict, cfg: PretrainConfig, path) -> None:
-    """Raises :class:`ResumeError` naming the fields where ``cfg`` differs from the checkpoint's
-    configuration, beyond those a resume may change (:data:`RESUMABLE_CHANGES`)."""
+    """Raises :class:`ResumeError` when the checkpoint was written under another split version
+    (:data:`adam_ext._util.seeds.SPLIT_VERSION`: its validation images and views differ), or naming
+    the fields where ``cfg`` differs from the checkpoint's configuration, beyond those a resume may
+    change (:data:`RESUMABLE_CHANGES`)."""
+    made = ckpt.get("split_version", 1)  # checkpoints before split version 2 did not record theirs
+    if made != SPLIT_VERSION:
+        raise ResumeError(f"resume file {str(path)!r} was written under split version {made}, this adam_ext uses "
+                          f"split version {SPLIT_VERSION} (other validation images, data order and views): "
+                          f"the run cannot continue exactly; start a new run folder (see CHANGELOG.md)")
     differ = config_differences(ckpt["config"], cfg.to_dict(), RESUMABLE_CHANGES)
     if differ:
         details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in list(differ.items())[:6])

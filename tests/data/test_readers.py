@@ -365,8 +365,9 @@ def test_image_folder_tree_and_split(tmp_path):
 def test_holdout_rounds_to_whole_samples(tmp_path):
     for i in range(5):
         fab.write_png(tmp_path / f"{i}.png", fab.texture(i))
-    assert len(readers.ImageFolder(tmp_path, split="val")) == 0  # 10% of 5 rounds to none
+    assert len(readers.ImageFolder(tmp_path, split="val")) == 1  # 10% of 5 rounds to none: one, so both sides exist
     assert len(readers.ImageFolder(tmp_path, split="val", val_fraction=0.3)) == 2
+    assert len(readers.ImageFolder(tmp_path, split="val", val_fraction=0.0)) == 0
 
 
 def test_readers_pickle_for_dataloader_workers(siim):

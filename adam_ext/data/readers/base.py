@@ -123,33 +123,6 @@ def require_files(root: Path, keys, source: str) -> None:
         raise _missing_error(missing, len(keys), source, root)
 
 
-def _holdout(groups, fraction: float, seed: int) -> np.ndarray:
-    """Seeded group-wise hold-out.
-
-    Args:
-        groups: per-sample group ids (patients; the sample itself where each is its own patient).
-        fraction: share of the samples to hold out, in [0, 1].
-        seed: seeds numpy's PCG64 generator.
-
-    Returns:
-        bool ndarray[N]: True for held-out samples. Whole groups, taken in a seeded random order
-        until at least ``round(fraction * N)`` samples are held out (none when that rounds to 0);
-        independent of the input order.
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"the hold-out fraction must be in [0, 1], got {fraction}")
-    groups = np.asarray(groups)
-    if groups.size == 0:
-        return np.zeros(0, dtype=bool)
-    unique, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    target = round(fraction * len(groups))
-    n_groups = 0 if target == 0 else int(np.searchsorted(np.cumsum(counts[order]), target)) + 1
-    held = np.zeros(len(unique), dtype=bool)
-    held[order[:n_groups]] = True
-    return held[inverse.reshape(-1)]
-
-
 def _split_mask(split: str, held: np.ndarray, held_name: str) -> np.ndarray:
     return held if split == held_name else ~held
 
@@ -265,6 +238,11 @@ class Reader(Dataset):
 
     def image_keys(self) -> list[str]:
         """Paths of the split's images relative to ``root`` (posix), in item order."""
+        return list(self._keys)
+
+    def groups(self) -> list[str]:
+        """Per-item group ids for hold-outs (:func:`adam_ext._util.seeds.holdout`): the patient where
+        the layout names one (readers that know patients override this), else the image itself."""
         return list(self._keys)
 
     def load_image(self, key: str) -> np.ndarray:

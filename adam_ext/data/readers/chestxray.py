@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..._util.seeds import holdout
 from .base import (
     Reader,
     _box_arrays,
     _check_row,
     _column,
     _find_file,
-    _holdout,
     _labels_and_boxes,
     _missing_error,
     _read_csv,
@@ -81,7 +81,7 @@ class ChestXray14(Reader):
         list_path = _find_file(self.root, (list_name,), "split list")
         names = self._read_list(list_path, labels, entries)
         if split != "test":
-            held = _holdout([patients[name] for name in names], val_fraction, seed)
+            held = holdout([patients[name] for name in names], val_fraction, seed, stream="reader_val")
             names = [name for name, keep in zip(names, _split_mask(split, held, "val")) if keep]
         located = self._locate_images()
         missing = [name for name in names if name not in located]
@@ -89,10 +89,15 @@ class ChestXray14(Reader):
             where = f"{self.root} (images/, images_*/images/)"
             raise _missing_error(missing, len(names), list_path.name, where)
         self._keys = [located[name] for name in names]
+        self._patients = [patients[name] for name in names]
         self._labels = np.stack([labels[name] for name in names]) if names else np.zeros((0, 14), np.float32)
         boxes_path = self.root / "BBox_List_2017.csv"
         boxes = self._parse_boxes(boxes_path) if boxes_path.is_file() else {}
         self._boxes = [boxes.get(name) for name in names]
+
+    def groups(self) -> list[str]:
+        """The patient of each item (``Patient ID``): hold-outs keep a patient's films together."""
+        return list(self._patients)
 
     def _parse_entries(self, path: Path):
         header, rows = _read_csv(path)
@@ -215,7 +220,7 @@ class Shenzhen(Reader):
                 f"no CHNCXR_NNNN_L.png images under {self.root} "
                 "(looked in ChinaSet_AllFiles/CXR_png, CXR_png and the root itself)"
             )
-        keep = _split_mask(split, _holdout(keys, test_fraction, seed), "test")
+        keep = _split_mask(split, holdout(keys, test_fraction, seed, stream="reader_test"), "test")
         self._keys = [key for key, k in zip(keys, keep) if k]
         self._labels = np.array(labels, dtype=np.int64)[keep]
 

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from .._io import IMAGE_SUFFIXES
-from .base import Reader, _holdout, _split_mask
+from ..._util.seeds import holdout
+from .base import Reader, _split_mask
 
 
 # ----------------------------------------------------------------------------- any folder
@@ -41,6 +42,6 @@ class ImageFolder(Reader):
         if not keys:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
         if split != "all":
-            keep = _split_mask(split, _holdout(keys, val_fraction, seed), "val")
+            keep = _split_mask(split, holdout(keys, val_fraction, seed, stream="reader_val"), "val")
             keys = [key for key, k in zip(keys, keep) if k]
         self._keys = keys

@@ -54,6 +54,10 @@ class EyePACS(Reader):
         require_files(self.root, keys, path.name)
         self._labels = np.array(levels, dtype=np.int64)
 
+    def groups(self) -> list[str]:
+        """The patient of each item: ``10`` for ``10_left`` and ``10_right`` (both eyes stay together)."""
+        return [key.rpartition("/")[2].partition("_")[0] for key in self._keys]
+
     def _annotations(self, index, original, size):
         return {"labels": torch.tensor(self._labels[index])}
 

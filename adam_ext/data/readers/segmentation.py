@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..._util.seeds import holdout
 from .._io import fill_polygons, resize_nearest, rle_runs, runs_to_mask
 from .base import (
     _N_SHOWN,
@@ -19,7 +20,6 @@ from .base import (
     _column,
     _find_dir,
     _find_file,
-    _holdout,
     _read_csv,
     _row_error,
     _scaled_boxes,
@@ -74,7 +74,7 @@ class SIIMACR(Reader):
                 f"{len(missing)} of {len(ids)} images listed by {self._csv.name} have no <ImageId>.dcm under "
                 f"{self.root}; first: {', '.join(missing[:_N_SHOWN])}"
             )
-        keep = _split_mask(split, _holdout(ids, test_fraction, seed), "test")
+        keep = _split_mask(split, holdout(ids, test_fraction, seed, stream="reader_test"), "test")
         ids = [image_id for image_id, k in zip(ids, keep) if k]
         self._keys = [dicoms[image_id] for image_id in ids]
         self._runs = [runs[image_id] for image_id in ids]

@@ -1,0 +1,1 @@
+"""Shared utilities of every layer (the bottom of the house): seeds and hold-outs."""
