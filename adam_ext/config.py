@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .models import BACKBONES, MOCO_DEFAULTS, TRUNK_MODULES
+from .models import BACKBONES, MOCO_DEFAULTS, TRUNK_MODULES, MoCo
 
 __all__ = ["PRESETS", "ConfigLoader", "DataConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig",
            "load_config", "load_yaml"]
@@ -97,6 +97,14 @@ class ModelConfig:
     sync_bn: bool = MOCO_DEFAULTS["sync_bn"]
     #: Trunk modules pretraining keeps at their initialisation (``[conv1, bn1]``: the stem); see ``MoCo(frozen=...)``.
     frozen: list = field(default_factory=lambda: list(MOCO_DEFAULTS["frozen"]))
+
+    def build(self, distributed: bool = False) -> MoCo:
+        """The :class:`~adam_ext.models.MoCo` model these fields describe, drawn from torch's global
+        generator (seed it first). Every field is a ``MoCo`` argument of the same name, so a new field
+        reaches the model without another line here; ``sync_bn`` applies only when ``distributed``."""
+        values = dataclasses.asdict(self)
+        values["sync_bn"] = self.sync_bn and distributed
+        return MoCo(**values)
 
 
 @dataclass

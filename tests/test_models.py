@@ -361,3 +361,23 @@ def test_distributed_enqueue_two_gloo_ranks(tmp_path):
     torch.testing.assert_close(r0["queue"], expected)
     assert r0["ptr"].tolist() == [ptr] == [2]
     assert r0["shuffle_error"] < 1e-5 and r1["shuffle_error"] < 1e-5
+
+
+def test_model_config_builds_moco_with_every_field():
+    """ModelConfig.build passes every field to MoCo by name (no hand copy that a new field could miss)."""
+    import dataclasses
+    import inspect
+
+    from adam_ext.config import ModelConfig
+
+    params = inspect.signature(MoCo.__init__).parameters
+    assert {f.name for f in dataclasses.fields(ModelConfig)} <= set(params)
+    cfg = ModelConfig(backbone="resnet18", dim=8, K=16, m=0.9, T=0.3, mlp_hidden=16, shuffle_bn_groups=3,
+                      frozen=["conv1"], sync_bn=True)
+    torch.manual_seed(0)
+    model = cfg.build()
+    torch.manual_seed(0)
+    by_hand = MoCo("resnet18", dim=8, K=16, m=0.9, T=0.3, mlp_hidden=16, shuffle_bn_groups=3, frozen=["conv1"])
+    assert (model.K, model.m, model.T, model.shuffle_bn_groups, model.frozen, model.sync_bn) == (
+        16, 0.9, 0.3, 3, ("conv1",), False)  # sync_bn only when distributed
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), by_hand.state_dict().values()))

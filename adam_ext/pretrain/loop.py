@@ -103,9 +103,7 @@ def open_splits(cfg: PretrainConfig):
 def build_model(cfg: PretrainConfig, distributed: bool = False) -> MoCo:
     """The run's MoCo model as ``cfg.model`` says, drawn from torch's global generator (the
     Trainer seeds it with ``cfg.seed`` first)."""
-    m = cfg.model
-    return MoCo(m.backbone, dim=m.dim, K=m.K, m=m.m, T=m.T, weights=m.weights, mlp_hidden=m.mlp_hidden,
-                shuffle_bn_groups=m.shuffle_bn_groups, sync_bn=m.sync_bn and distributed, frozen=m.frozen)
+    return cfg.model.build(distributed)
 
 
 def stage_monitor(cfg: PretrainConfig, stage: int, splits):
