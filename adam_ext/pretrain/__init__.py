@@ -31,9 +31,9 @@ both loops share are :mod:`adam_ext.engine`'s. What an epoch reads is :mod:`adam
 
 from ..data.sampling import EpochBatches, PretrainViews, sample_seed
 from ..engine import NonFiniteLossError
-from .loop import initial_knn
+from .loop import initial_knn, initial_model, knn_at_scales
 from .resume import ResumeError, load_checkpoint
 from .run import pretrain
 
-__all__ = ["EpochBatches", "NonFiniteLossError", "PretrainViews", "ResumeError", "initial_knn", "load_checkpoint",
-           "pretrain", "sample_seed"]
+__all__ = ["EpochBatches", "NonFiniteLossError", "PretrainViews", "ResumeError", "initial_knn", "initial_model",
+           "knn_at_scales", "load_checkpoint", "pretrain", "sample_seed"]

@@ -34,7 +34,8 @@ from ..engine import MetricsLog, amp_dtype, autocast, check_finite, cosine_sched
 from ..models import MoCo, check_queue_size
 from .resume import rng_state, set_rng_state, versions
 
-__all__ = ["StageRun", "Stopper", "Trainer", "Window", "build_model", "initial_knn", "open_splits", "stage_monitor"]
+__all__ = ["StageRun", "Stopper", "Trainer", "Window", "build_model", "initial_knn", "initial_model", "knn_at_scales",
+           "open_splits", "stage_monitor"]
 
 #: Mean fraction of the queue pruned over a logging window above which the run warns of a collapse.
 COLLAPSE_PRUNED = 0.95
@@ -121,21 +122,34 @@ def stage_monitor(cfg: PretrainConfig, stage: int, splits):
 
 
 @torch.no_grad()
+def knn_at_scales(cfg: PretrainConfig, encoder: nn.Module) -> dict[int, dict]:
+    """The k-NN monitor of ``encoder`` (a MoCo query encoder, on the CPU) at every stage's scale of
+    ``cfg``: ``{n: {"knn_landmark": ...}}`` ({} inner dicts when the data set has neither landmarks nor
+    labels). Values of one n compare across encoders (the same patches: ``cfg.seed`` picks them)."""
+    splits = open_splits(cfg)
+    return {cfg.stages[i]: stage_monitor(cfg, i, splits).knn_monitor(encoder, torch.device("cpu"))
+            for i in range(len(cfg.stages))}
+
+
+@torch.no_grad()
 def initial_knn(cfg: PretrainConfig) -> dict[int, dict]:
     """The k-NN monitor of the run's *initial* encoder (torch seeded with ``cfg.seed``, built as the
     Trainer builds it) at every stage's scale: ``{n: {"knn_landmark": ...}}`` ({} inner dicts when the
     data set has neither landmarks nor labels). The random-initialisation reference for a stage's
     k-NN: the landmark patches' side is the image's / max(n, 2), so values of different stages are
     measured on different patches and compare only with the reference at the same n."""
-    splits = open_splits(cfg)
+    return knn_at_scales(cfg, initial_model(cfg).encoder_q)
+
+
+def initial_model(cfg: PretrainConfig) -> MoCo:
+    """The MoCo model a run of ``cfg`` starts from (torch seeded with ``cfg.seed``, built as the
+    Trainer builds it); torch's global generator is left as it was."""
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg)
+        return build_model(cfg)
     finally:
         torch.random.set_rng_state(state)
-    return {cfg.stages[i]: stage_monitor(cfg, i, splits).knn_monitor(model.encoder_q, torch.device("cpu"))
-            for i in range(len(cfg.stages))}
 
 
 class Stopper:
