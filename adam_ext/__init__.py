@@ -17,7 +17,7 @@ import sys
 __version__ = "0.1.0"
 
 # public name -> module that defines it
-_LAZY = {"PurposivePrunerLoss": ".losses", "build_info": ".ops", "pruned_info_nce": ".ops", "reference": None}
+_LAZY = {"PurposivePrunerLoss": ".ops.losses", "build_info": ".ops", "pruned_info_nce": ".ops", "reference": ".ops.reference"}
 
 __all__ = ["PurposivePrunerLoss", "build_info", "pruned_info_nce", "reference", "__version__"]
 
@@ -25,11 +25,15 @@ __all__ = ["PurposivePrunerLoss", "build_info", "pruned_info_nce", "reference", 
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(_LAZY[name] or f".{name}", __name__)
-    value = module if _LAZY[name] is None else getattr(module, name)
+    module = importlib.import_module(_LAZY[name], __name__)
+    value = module if name == "reference" else getattr(module, name)
     globals()[name] = value
     return value
 
+
+from ._util import moved as _moved  # noqa: E402  (the old module paths of 0.1.0, until 0.3.0)
+
+_moved.install()
 
 if "torch" in sys.modules:  # a torch program: register torch.ops.adam_ext.* now, as an eager import did
     from . import ops as _ops  # noqa: F401

@@ -40,15 +40,15 @@ from pathlib import Path
 import torch
 import torchvision
 
-from adam_ext.config import PretrainConfig, load_config
+from adam_ext.pretrain.config import PretrainConfig, load_config
 from adam_ext.data.synthetic import ensure_synthetic
-from adam_ext.distributed import ProcessContext, resolve_workers
+from adam_ext.engine.distributed import ProcessContext, resolve_workers
 from adam_ext.engine import STEP_PHASES, PhaseTimer
 from adam_ext.pretrain import pretrain
 from adam_ext.pretrain.loop import Trainer, open_splits
 from adam_ext.pretrain.run import set_backends
-from adam_ext.provenance import git_commit, machine
-from adam_ext.runfolder import read_jsonl
+from adam_ext.engine import git_commit, machine
+from adam_ext.pretrain.report import read_metrics
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Settings the benchmark imposes on the loop (see the module's docstring).
@@ -139,7 +139,7 @@ def run_loop(cfg: PretrainConfig, plan: Plan) -> tuple[Result, list[dict]]:
     pretrain(cfg, progress=False, phase_timer=timer)
     if len(timer.steps) != plan.total:
         raise RuntimeError(f"the loop ran {len(timer.steps)} steps, the plan {plan.total}")
-    rows = [r for r in read_jsonl(Path(cfg.out) / "metrics.jsonl") if "loss" in r and r["stage"] == 0]
+    rows = [r for r in read_metrics(cfg.out)[0] if r["stage"] == 0]
     return Result(timer, plan, cfg.optim.batch_size), rows
 
 

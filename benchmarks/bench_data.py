@@ -39,7 +39,7 @@ from PIL import Image
 
 from adam_ext.data.cache import ImageCache
 from adam_ext.data.views import OfficialTwoViews, TwoViews
-from adam_ext.provenance import cpu_model
+from adam_ext.engine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data-cpu.md"
 TARGETS = {"ours (PNG)": 1.6, "ours (cache)": 5.0}  # issue 3: per-core speed-up over the official pipeline

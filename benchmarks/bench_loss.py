@@ -3,7 +3,7 @@
 Providers, all forward + backward (gradients of q and k), in one process:
 
 * ``fused``       adam_ext.pruned_info_nce (the C++/CUDA kernels).
-* ``eager``       adam_ext.reference.pruned_info_nce: matmul, masked_fill, cross_entropy.
+* ``eager``       adam_ext.ops.reference.pruned_info_nce: matmul, masked_fill, cross_entropy.
 * ``compiled``    torch.compile of that reference.
 * ``flex``        FlexAttention (queue as keys and values, the pruner as a score_mod),
                   compiled forward returning the log-sum-exp, closed-form gradient.
@@ -45,7 +45,7 @@ from torch.utils import benchmark as tbench
 
 import adam_ext
 from adam_ext import reference
-from adam_ext.provenance import git_commit, machine
+from adam_ext.engine import git_commit, machine
 
 TEMPERATURE = 0.2
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -9,7 +9,7 @@ and the queue update. Providers, on the same MoCo encoders (same seed, same shuf
                       channels-last memory format, as ``adam pretrain`` runs them (``--no-channels-last``
                       to compare the loss and bookkeeping alone).
 * ``official-style``  the loss as the official Adam code builds it
-                      (adam_ext.reference.official_loop_pruned_info_nce: einsum l_pos / l_neg over a
+                      (adam_ext.ops.reference.official_loop_pruned_info_nce: einsum l_pos / l_neg over a
                       clone of the whole queue, then one masked cross-entropy per query in a Python
                       loop), a per-parameter Python loop for the momentum update, slice enqueue.
 
@@ -54,8 +54,8 @@ import torchvision
 from adam_ext.data.synthetic import SyntheticDataset, generate
 from adam_ext.data.views import TwoViews
 from adam_ext.models import BACKBONES, MoCo
-from adam_ext.provenance import git_commit, machine
-from adam_ext.reference import official_loop_pruned_info_nce
+from adam_ext.engine import git_commit, machine
+from adam_ext.ops.reference import official_loop_pruned_info_nce
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET = 1.8  # ours / official-style images/s at the default config on the CPU

@@ -43,11 +43,12 @@ import yaml
 
 from adam_ext.checkpoints import atomic_write_json
 from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
-from adam_ext.config import PretrainConfig, config_differences, load_config
+from adam_ext.engine.config import config_differences
+from adam_ext.pretrain.config import PretrainConfig, load_config
 from adam_ext.downstream import FinetuneConfig, finetune, load_finetune_config, parse_init, summarize, ttest
 from adam_ext.downstream.metrics import format_summary
 from adam_ext.pretrain import NonFiniteLossError, ResumeError, pretrain
-from adam_ext.report import read_metrics
+from adam_ext.pretrain.report import read_metrics
 
 NO_PRUNING = "none"
 #: Pretraining fields a finished run may differ in and still be reused: paths and bookkeeping.

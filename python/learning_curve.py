@@ -44,10 +44,11 @@ import yaml
 
 from adam_ext.checkpoints import atomic_write_json, atomic_write_text
 from adam_ext.cli.finetune import add_recipe_arguments, recipe_values
-from adam_ext.config import PretrainConfig, config_differences, load_config
+from adam_ext.engine.config import config_differences
+from adam_ext.pretrain.config import PretrainConfig, load_config
 from adam_ext.downstream import FinetuneConfig, finetune, load_finetune_config, summarize, ttest
 from adam_ext.pretrain import initial_knn, pretrain
-from adam_ext.report import read_metrics, read_monitors
+from adam_ext.pretrain.report import read_metrics, read_monitors
 
 METHODS = ("adam", "mocov2")
 #: Pretraining fields a finished run may differ in and still be reused.

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         loss, pruned = adam_ext.pruned_info_nce(q, k, queue, temperature=args.temperature, gamma=gamma, return_pruned=True)
         loss.backward()
         elapsed = time.perf_counter() - start
-        ref = adam_ext.reference.pruned_info_nce(q.detach(), k, queue, temperature=args.temperature, gamma=gamma)
+        ref = adam_ext.ops.reference.pruned_info_nce(q.detach(), k, queue, temperature=args.temperature, gamma=gamma)
         print(f"gamma={gamma}: loss {loss.item():.6f} (reference {ref.item():.6f}), "
               f"keys pruned per query {pruned.float().mean().item():.2f}, forward+backward {elapsed * 1e3:.1f} ms")
         q.grad = None

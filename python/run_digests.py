@@ -36,7 +36,7 @@ def state_digest(state: dict) -> str:
 
 
 def run(work: Path) -> dict:
-    from adam_ext.config import PretrainConfig
+    from adam_ext.pretrain.config import PretrainConfig
     from adam_ext.data.synthetic import generate
     from adam_ext.downstream import FinetuneConfig, finetune
     from adam_ext.pretrain import pretrain

@@ -1,7 +1,7 @@
 """Fault injection into a run folder's two writers (tests/test_faults.py).
 
-Every file a pretraining run writes goes through :func:`adam_ext.runfolder.append_line` (metrics
-rows) or :func:`adam_ext.checkpoints.atomic._atomic_write_unchecked` (checkpoints, config, summary,
+Every file a pretraining run writes goes through :func:`adam_ext._util.runfolder.append_line` (metrics
+rows) or :func:`adam_ext._util.atomic._atomic_write_unchecked` (checkpoints, config, summary,
 report). :func:`inject` counts those writes and, at the ``at``-th, does one of:
 
 - ``kill``: SIGKILL before the write starts;
@@ -24,7 +24,7 @@ from unittest import mock
 
 def inject(mode: str, at: int) -> None:
     """Makes the ``at``-th write of this process fail as ``mode`` says (see the module docstring)."""
-    from adam_ext import runfolder
+    from adam_ext._util import runfolder
     from adam_ext.checkpoints import atomic as checkpoint
 
     count = [0]

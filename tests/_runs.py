@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from adam_ext.config import PretrainConfig
+from adam_ext.pretrain.config import PretrainConfig
 from adam_ext.data.synthetic import generate
 
 REPO = Path(__file__).resolve().parent.parent

@@ -45,7 +45,7 @@ def test_every_command_builds_and_has_a_runner():
 def test_written_out_defaults_agree_with_the_library():
     from adam_ext.cli import data, eve, export
     from adam_ext.data.synthetic import SynthConfig
-    from adam_ext.export import FORMATS
+    from adam_ext.checkpoints.export import FORMATS
 
     defaults = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
     assert {k: defaults[k] for k in data.SYNTH_DEFAULTS} == data.SYNTH_DEFAULTS

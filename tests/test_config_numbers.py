@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adam_ext.config import load_config, load_yaml, parse_override
+from adam_ext.pretrain.config import load_config, load_yaml, parse_override
 from adam_ext.downstream import load_finetune_config
 
 

@@ -29,7 +29,7 @@ from adam_ext.cli import main
 from adam_ext.data import open_dataset
 from adam_ext.eve import Embedder
 from adam_ext.eve.explore import ExploreConfig, explore_page, page_bytes, read_explorer
-from adam_ext.runfolder import WriteError
+from adam_ext._util.runfolder import WriteError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parent.parent

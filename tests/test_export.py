@@ -1,4 +1,4 @@
-"""adam_ext.export: reading adam_ext / official / torchvision checkpoints and exporting encoders."""
+"""adam_ext.checkpoints.export: reading adam_ext / official / torchvision checkpoints and exporting encoders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from adam_ext import export as ex
+from adam_ext.checkpoints import export as ex
 from adam_ext.models import MoCo
 
 DIM, K = 16, 64

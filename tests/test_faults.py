@@ -91,7 +91,7 @@ def test_a_full_disk_or_read_only_folder_fails_cleanly_and_resumes(run_data, ref
     out = tmp_path / "run"
     common = ["pretrain", "--config", str(config_file(run_data, out)), "--no-progress"]
     with pytest.MonkeyPatch.context() as patch:
-        from adam_ext import runfolder
+        from adam_ext._util import runfolder
         from adam_ext.checkpoints import atomic as checkpoint
 
         patch.setattr(runfolder, "append_line", runfolder.append_line)  # restored when the block ends

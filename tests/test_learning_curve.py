@@ -9,7 +9,7 @@ import json
 import pytest
 from test_scripts import load  # the scripts are loaded by path, as there
 
-from adam_ext.config import load_config
+from adam_ext.pretrain.config import load_config
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import yaml
 from _runs import rows
 
 from adam_ext import __version__, cli
-from adam_ext import export as ex
+from adam_ext.checkpoints import export as ex
 from adam_ext.checkpoints import (
     UNKNOWN,
     ModelCardWarning,
@@ -32,7 +32,7 @@ from adam_ext.checkpoints import (
 )
 from adam_ext.data import open_dataset
 from adam_ext.models import MoCo, build_backbone
-from adam_ext.provenance import git_commit
+from adam_ext._util.provenance import git_commit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -235,19 +235,26 @@ def test_build_backbone_unknown_name():
         build_backbone("vgg16")
 
 
-def test_build_backbone_loads_local_weights(tmp_path):
+def test_build_backbone_loads_a_trunk_state_dict_and_files_through_checkpoints(tmp_path):
+    from adam_ext.checkpoints import trunk_weights
+
     source = torchvision.models.resnet18(weights=None)
-    path = tmp_path / "r18.pth"
-    torch.save(source.state_dict(), path)
-    trunk, _ = build_backbone("resnet18", weights=path)
+    trunk, _ = build_backbone("resnet18", weights=source.state_dict())  # fc.* ignored
     assert torch.equal(trunk.conv1.weight, source.conv1.weight)
     assert torch.equal(trunk.layer4[1].bn2.running_var, source.layer4[1].bn2.running_var)
-    bad = tmp_path / "r34.pth"
+    with pytest.raises(ValueError, match="do not match backbone resnet18"):
+        build_backbone("resnet18", weights=torchvision.models.resnet34(weights=None).state_dict())
+    with pytest.raises(ValueError, match=r"weights must be a trunk state dict .*load_pretrained\(path\)"):
+        build_backbone("resnet18", weights=tmp_path / "r18.pth")
+    path, bad = tmp_path / "r18.pth", tmp_path / "r34.pth"
+    torch.save(source.state_dict(), path)
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), bad)
-    with pytest.raises(ValueError, match="r34.pth"):
-        build_backbone("resnet18", weights=bad)
+    trunk, _ = build_backbone("resnet18", weights=trunk_weights(path, "resnet18"))
+    assert torch.equal(trunk.conv1.weight, source.conv1.weight)
+    with pytest.raises(ValueError, match="r34.pth.* holds a resnet34, not the backbone resnet18"):
+        trunk_weights(bad, "resnet18")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        build_backbone("resnet18", weights=tmp_path / "missing.pth")
+        trunk_weights(tmp_path / "missing.pth", "resnet18")
 
 
 def test_moco_resnet18_end_to_end_and_head_names(seed):
@@ -368,7 +375,7 @@ def test_model_config_builds_moco_with_every_field():
     import dataclasses
     import inspect
 
-    from adam_ext.config import ModelConfig
+    from adam_ext.pretrain.config import ModelConfig
 
     params = inspect.signature(MoCo.__init__).parameters
     assert {f.name for f in dataclasses.fields(ModelConfig)} <= set(params)

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adam_ext.config import PretrainConfig
+from adam_ext.pretrain.config import PretrainConfig
 from adam_ext.data.synthetic import generate
-from adam_ext.monitors import (
+from adam_ext.engine.monitors import (
     alignment,
     collapse_std,
     knn_accuracy,
@@ -175,7 +175,7 @@ def test_bad_monitor_settings_name_the_field(data, tmp_path, override, name):
 
 
 def test_a_collapse_seen_by_the_monitors_is_warned_and_reported(data, tmp_path, monkeypatch, capsys):
-    from adam_ext.monitors import RepresentationMonitor
+    from adam_ext.engine.monitors import RepresentationMonitor
 
     collapsed = {"rankme": 1.0, "collapse_std": 0.0, "collapse_std_healthy": 0.35, "alignment": 0.0,
                  "uniformity": 0.0}

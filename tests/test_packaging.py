@@ -107,7 +107,7 @@ def _run(cmd, env, cwd, timeout, what):
 def _imports_of(path: Path) -> set[str]:
     """The modules one file imports: its ``import``/``from`` statements anywhere (lazy ones in
     functions too) and the string literals given to ``importlib.import_module`` or ``_require``
-    (adam_ext.export)."""
+    (adam_ext.checkpoints.export)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):

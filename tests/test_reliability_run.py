@@ -23,13 +23,13 @@ from _runs import (
     train_rows,
 )
 
-from adam_ext import runfolder
+from adam_ext._util import runfolder
 from adam_ext.checkpoints import atomic_write_text
 from adam_ext.cli import main
-from adam_ext.config import load_config
+from adam_ext.pretrain.config import load_config
 from adam_ext.pretrain import ResumeError, load_checkpoint, pretrain
 from adam_ext.pretrain.resume import check_resumable
-from adam_ext.report import write_report
+from adam_ext.pretrain.report import write_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,7 +123,7 @@ def test_a_second_process_in_a_held_folder_is_refused(run_data, stopped_run):
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from adam_ext import runfolder
+        from adam_ext._util import runfolder
         with runfolder.lock({str(tmp_path)!r}):
             print("held", flush=True)
             time.sleep(60)
@@ -219,7 +219,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def test_unexpected_errors_are_one_line_exit_1(monkeypatch, tmp_path, capsys):
-    from adam_ext import report
+    from adam_ext.pretrain import report
 
     monkeypatch.setattr(report, "write_report", lambda run: {}["boom"])  # a bug: not one of our messages
     assert main(["report", str(tmp_path)]) == 1

@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 
 from adam_ext import cli
-from adam_ext import export as ex
+from adam_ext.checkpoints import export as ex
 from adam_ext.models import MoCo
 
 pytestmark = pytest.mark.usefixtures("one_thread")

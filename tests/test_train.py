@@ -30,7 +30,7 @@ from _runs import (
     train_rows,
 )
 
-from adam_ext.config import PRESETS, PretrainConfig, load_config, parse_override
+from adam_ext.pretrain.config import PRESETS, PretrainConfig, load_config, parse_override
 from adam_ext.models import MoCo
 from adam_ext.pretrain import EpochBatches, NonFiniteLossError, ResumeError, pretrain, sample_seed
 
@@ -57,7 +57,7 @@ def test_defaults_are_the_papers_protocol():
 
 
 def test_workers_auto_shares_the_cpus_among_the_nodes_ranks(monkeypatch):
-    from adam_ext.distributed import AUTO_WORKERS_MAX, auto_workers, resolve_workers
+    from adam_ext.engine.distributed import AUTO_WORKERS_MAX, auto_workers, resolve_workers
 
     assert PretrainConfig().data.workers == "auto"
     assert load_config(None, ["data.workers=auto"]).data.workers == "auto"
@@ -156,7 +156,7 @@ def test_run_writes_everything(data, reference_run):
 
 def test_report_gathers_eve_analyses(reference_run, tmp_path):
     """adam report adds every RUN/eve/ANALYSIS folder's table and pictures (what make demo shows)."""
-    from adam_ext.report import write_report
+    from adam_ext.pretrain.report import write_report
 
     out, _, _ = reference_run
     run = tmp_path / "run"
@@ -374,7 +374,7 @@ RANK_SCRIPT = textwrap.dedent(
     import torch
     from adam_ext import models, pretrain
     from adam_ext.pretrain import loop
-    from adam_ext.config import PretrainConfig
+    from adam_ext.pretrain.config import PretrainConfig
 
     cfg = PretrainConfig.from_dict(json.loads(sys.argv[1]))
     fail_rank, dump = int(sys.argv[2]), sys.argv[3]
@@ -458,7 +458,7 @@ def test_official_adam_checkpoint_initialises_a_run(data, tmp_path):
     out = tmp_path / "run"
     pretrain(tiny(data, out, stages=[0], optim__epochs=1, max_steps=1, model__weights=str(tmp_path / "official.pth")),
              progress=False)
-    started = MoCo("resnet18", dim=8, K=16, mlp_hidden=16, weights=tmp_path / "official.pth")
+    started = tiny(data, out, model__weights=str(tmp_path / "official.pth")).model.build()
     trunk = {k: v for k, v in moco.encoder_q.state_dict().items() if not k.startswith("fc.")}
     for name, value in trunk.items():
         assert torch.equal(started.encoder_q.state_dict()[name], value), name

@@ -14,7 +14,7 @@ through each other's internals.
   (:func:`build_card`), rendered as Markdown (:func:`render_card`).
 """
 
-from .atomic import (
+from .._util.atomic import (
            WriteError,
            atomic_save,
            atomic_write_files,
@@ -36,10 +36,10 @@ from .card_build import build_card
 from .card_markdown import render_card
 from .encoder import InitReport, init_label, load_encoder, parse_init
 from .format import FINETUNE_KIND, FINETUNE_VERSION, PRETRAIN_KIND, PRETRAIN_VERSION, readable_version
-from .layouts import ARCHS, Pretrained, infer_arch, load_pretrained
+from .layouts import ARCHS, Pretrained, infer_arch, load_pretrained, trunk_weights
 
 __all__ = ["ARCHS", "CARD_KIND", "CARD_VERSION", "FINETUNE_KIND", "FINETUNE_VERSION", "PRETRAIN_KIND", "PRETRAIN_VERSION",
            "UNKNOWN", "InitReport", "ModelCardWarning", "Pretrained", "WriteError", "atomic_save", "atomic_write_files",
            "atomic_write_json", "atomic_write_text", "build_card", "card_line", "card_paths", "file_sha256",
            "infer_arch", "init_label", "json_safe", "load_encoder", "load_pretrained", "parse_init", "read_card",
-           "readable_version", "render_card"]
+           "readable_version", "render_card", "trunk_weights"]

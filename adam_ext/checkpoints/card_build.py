@@ -25,7 +25,7 @@ import warnings
 import torch
 
 from .. import __version__
-from ..runfolder import read_jsonl
+from .._util.runfolder import read_jsonl
 from .card import CARD_KIND, CARD_VERSION, UNKNOWN, ModelCardWarning, card_paths
 from .layouts import Pretrained
 

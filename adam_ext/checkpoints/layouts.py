@@ -46,7 +46,7 @@ import torch
 from .card import read_card
 from .format import PRETRAIN_KIND, PRETRAIN_VERSION, readable_version
 
-__all__ = ["ARCHS", "Pretrained", "infer_arch", "load_pretrained"]
+__all__ = ["ARCHS", "Pretrained", "infer_arch", "load_pretrained", "trunk_weights"]
 
 #: ResNet architectures recognised, keyed by (bottleneck blocks?, number of blocks in layer3).
 ARCHS = {
@@ -309,6 +309,20 @@ def _normalise_queue(state: dict, source: str, model_cfg: dict, path: str) -> No
         transpose = source == "official"
     if transpose:
         state["queue"] = queue.t().contiguous()
+
+
+def trunk_weights(path, arch: str) -> dict:
+    """The query trunk of the checkpoint ``path`` (any layout :func:`load_pretrained` reads) as a state
+    dict for :func:`adam_ext.models.build_backbone` / ``MoCo(weights=...)``.
+
+    Raises:
+        ValueError: the file holds another architecture than ``arch`` (naming both), or no trunk.
+        FileNotFoundError: no such file.
+    """
+    pre = load_pretrained(path)
+    if pre.arch != arch:
+        raise ValueError(f"weights file {os.fspath(path)!r} holds a {pre.arch}, not the backbone {arch}")
+    return dict(pre.encoder_q)
 
 
 def load_pretrained(path, map_location="cpu") -> Pretrained:

@@ -33,7 +33,7 @@ def run_export(args) -> int:
     import warnings
 
     from ..checkpoints import card_line, read_card
-    from ..export import export_encoder, load_pretrained, usage_hint
+    from ..checkpoints.export import export_encoder, load_pretrained, usage_hint
 
     with warnings.catch_warnings(record=True) as caught:  # one "adam export: warning:" line each
         warnings.simplefilter("always")

@@ -44,7 +44,7 @@ def pretrain_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_pretrain(args) -> int:
-    from ..config import load_config
+    from ..pretrain.config import load_config
     from ..pretrain import NonFiniteLossError, ResumeError, pretrain
 
     if args.resume not in (None, "auto") and "=" in args.resume and not Path(args.resume).exists():
@@ -87,7 +87,7 @@ def report_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_report(args) -> int:
-    from .. import report
+    from ..pretrain import report
 
     print(report.write_report(args.run))
     return 0

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..checkpoints import parse_init
-from ..config import check_field, is_int, is_num, layered_values
+from ..engine.config import check_field, is_int, is_num, layered_values
 from ..data.registry import SPLITS
 
 __all__ = ["FUNDUS", "TASKS", "FinetuneConfig", "load_finetune_config", "validate"]

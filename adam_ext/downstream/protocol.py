@@ -66,7 +66,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from .. import runfolder
+from .._util import runfolder
 from ..checkpoints import (
     FINETUNE_KIND,
     FINETUNE_VERSION,
@@ -79,7 +79,7 @@ from ..checkpoints import (
 from .._util.seeds import SPLIT_VERSION
 from ..data.registry import SPLITS
 from ..data.views import worker_init
-from ..distributed import ProcessContext
+from ..engine.distributed import ProcessContext
 from ..engine import MetricsLog, cosine_schedule
 from .config import FUNDUS, TASKS, FinetuneConfig, load_finetune_config, validate  # noqa: F401 (TASKS)
 from .report import (

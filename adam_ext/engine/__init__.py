@@ -5,10 +5,13 @@
   finite-loss stop (:func:`check_finite`, :class:`NonFiniteLossError`).
 * :mod:`.timing` — :class:`PhaseTimer`: wall-clock seconds per phase of each step, for benchmarks
   (a loop without one runs as before).
+* where a measurement was made (:func:`machine`, :func:`cpu_model`, :func:`git_commit`: the
+  provenance benchmarks and checkpoints record).
 * :mod:`.metrics` — :class:`MetricsLog`: ``metrics.jsonl`` (one JSON row per line, appended in one
   write, never through a link) and optionally TensorBoard, written by rank 0.
 """
 
+from .._util.provenance import cpu_model, git_commit, machine
 from .metrics import MetricsLog
 from .timing import STEP_PHASES, PhaseTimer
 from .training import (
@@ -22,4 +25,4 @@ from .training import (
 )
 
 __all__ = ["STEP_PHASES", "MetricsLog", "NonFiniteLossError", "PhaseTimer", "all_sum", "amp_dtype", "autocast",
-           "check_finite", "cosine_schedule", "lr_factor"]
+           "check_finite", "cosine_schedule", "cpu_model", "git_commit", "lr_factor", "machine"]

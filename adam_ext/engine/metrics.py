@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .. import runfolder
+from .._util import runfolder
 from ..checkpoints import atomic_write_text
 
 __all__ = ["MetricsLog"]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .._util.seeds import numpy_rng
-from ..config import is_int
+from ..engine.config import is_int
 from .common import (
     markdown_table,
     parse_checkpoints,

@@ -49,7 +49,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..checkpoints import atomic_write_files
 from ..data.views import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedRGB
 from ..models import BACKBONES, build_backbone
-from ..runfolder import write_errors
+from .._util.runfolder import write_errors
 from .common import resolve_device
 
 __all__ = ["STAGES", "Embedder", "check_writable", "embed_dataset", "open_encoder_spec", "write_embeddings"]

@@ -26,10 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION, atomic_save, atomic_write_text
-from ..config import PretrainConfig
+from .config import PretrainConfig
 from .._util.seeds import SPLIT_VERSION, holdout
 from ..data.sampling import EpochBatches, PretrainViews
-from ..distributed import ProcessContext, resolve_workers
+from ..engine.distributed import ProcessContext, resolve_workers
 from ..engine import MetricsLog, amp_dtype, autocast, check_finite, cosine_schedule
 from ..models import MoCo, check_queue_size
 from .resume import rng_state, set_rng_state, versions
@@ -111,7 +111,7 @@ def stage_monitor(cfg: PretrainConfig, stage: int, splits):
     """The :class:`~adam_ext.monitors.RepresentationMonitor` of stage ``stage`` (its grid ``n`` sets
     the landmark patches' scale). ``splits``: :func:`open_splits`'s result."""
     from ..data.views import TwoViews
-    from ..monitors import RepresentationMonitor
+    from ..engine.monitors import RepresentationMonitor
 
     n, mon = cfg.stages[stage], cfg.monitor
     views = TwoViews(cfg.data.view_size, n, **cfg.data.view_options())
@@ -615,7 +615,7 @@ class Trainer:
             atomic_save(self._checkpoint(best), self.out / "best.pt")
             summary["best"] = str(self.out / "best.pt")
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-            from ..report import write_report
+            from .report import write_report
 
             summary["report"] = str(write_report(self.out))
         self.ctx.barrier()

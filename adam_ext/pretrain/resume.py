@@ -10,8 +10,8 @@ import torch
 from .. import __version__
 from .._util.seeds import SPLIT_VERSION
 from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION
-from ..config import PretrainConfig, config_differences
-from ..provenance import git_commit
+from .config import PretrainConfig, config_differences
+from .._util.provenance import git_commit
 
 __all__ = ["RESUMABLE_CHANGES", "ResumeError", "check_resumable", "load_checkpoint", "rng_state", "set_rng_state",
            "versions"]

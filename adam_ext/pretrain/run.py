@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .. import runfolder
+from .._util import runfolder
 from ..checkpoints import atomic_write_text
-from ..config import PretrainConfig, dump_config
+from .config import PretrainConfig, dump_config
 from ..data.synthetic import ensure_synthetic
-from ..distributed import ProcessContext
+from ..engine.distributed import ProcessContext
 from ..engine import NonFiniteLossError
 from .loop import Trainer
 from .resume import ResumeError, check_resumable, load_checkpoint

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from adam_ext.checkpoints import atomic_save, atomic_write_json, atomic_write_text
-from adam_ext.config import load_config
+from adam_ext.pretrain.config import load_config
 from adam_ext.data.synthetic import SyntheticDataset, generate
 from adam_ext.downstream import FinetuneConfig, finetune
 from adam_ext.eve.compositionality import part_whole_similarity, sample_patches

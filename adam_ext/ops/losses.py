@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from . import _validate
-from .ops import pruned_info_nce
+from . import pruned_info_nce
 
 
 class PurposivePrunerLoss(nn.Module):

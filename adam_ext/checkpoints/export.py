@@ -43,7 +43,7 @@ import os
 
 import torch
 
-from .checkpoints import (
+from . import (
     ARCHS,
     Pretrained,
     atomic_save,

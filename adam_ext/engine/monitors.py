@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._util.seeds import numpy_rng
+from .._util.seeds import numpy_rng
 
 __all__ = ["alignment", "collapse_std", "knn_accuracy", "knn_mean_auc", "rankme", "uniformity",
            "weighted_knn_scores"]
@@ -327,7 +327,7 @@ def _landmark_set(reader, indices, fraction: float) -> tuple[list, np.ndarray]:
     the images ``indices`` (:func:`adam_ext.data.landmarks.landmark_patches`), with their landmark."""
     from torch.utils.data import Subset
 
-    from .data.landmarks import landmark_patches
+    from ..data.landmarks import landmark_patches
 
     found = landmark_patches(Subset(reader, list(indices)), levels=(fraction,))
     return found.patches, found.landmark

@@ -22,14 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import yaml
 
-from .models import BACKBONES, MOCO_DEFAULTS, TRUNK_MODULES, MoCo
+from ..engine.config import (  # noqa: F401 (ConfigLoader, load_yaml, parse_override: importable from here too)
+    ConfigLoader,
+    build_dataclass,
+    check_field,
+    config_differences,
+    is_int,
+    is_num,
+    layered_values,
+    load_yaml,
+    parse_override,
+)
+from ..models import BACKBONES, MOCO_DEFAULTS, TRUNK_MODULES, MoCo
 
 __all__ = ["PRESETS", "ConfigLoader", "DataConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig",
            "load_config", "load_yaml"]
@@ -104,6 +112,10 @@ class ModelConfig:
         reaches the model without another line here; ``sync_bn`` applies only when ``distributed``."""
         values = dataclasses.asdict(self)
         values["sync_bn"] = self.sync_bn and distributed
+        if self.weights is not None:  # a file of any layout we read -> the trunk's state dict
+            from ..checkpoints import trunk_weights
+
+            values["weights"] = trunk_weights(self.weights, self.backbone)
         return MoCo(**values)
 
 
@@ -220,7 +232,7 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> PretrainConfig:
         """Builds a config from a nested dict; unknown keys are errors naming the key."""
-        return _build(cls, values or {}, "")
+        return build_dataclass(cls, values or {})
 
     def gamma_for(self, n: int) -> float | None:
         """The pruning threshold of the stage with decomposer grid ``n``."""
@@ -262,22 +274,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def check_field(ok: bool, name: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-
-
-def is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def validate(cfg: PretrainConfig) -> None:
     """Raises ValueError naming the first field that is out of range."""
-    from .data.registry import DATASETS
+    from ..data.registry import DATASETS
 
     d, m, o = cfg.data, cfg.model, cfg.optim
     check_field(d.dataset in DATASETS, "data.dataset", f"one of {sorted(DATASETS)}", d.dataset)
@@ -290,12 +289,12 @@ def validate(cfg: PretrainConfig) -> None:
     check_field(d.workers == "auto" or (is_int(d.workers) and d.workers >= 0), "data.workers",
                 "an int >= 0 or auto", d.workers)
     check_field(isinstance(d.views, dict), "data.views", "a mapping of ViewConfig fields", d.views)
-    from .data.synthetic import FilmFeatures
+    from ..data.synthetic import FilmFeatures
 
     check_field(isinstance(d.film_features, dict) and set(d.film_features) <= set(FilmFeatures.__dataclass_fields__)
                 and all(isinstance(v, bool) for v in d.film_features.values()), "data.film_features",
                 f"a mapping of {', '.join(FilmFeatures.__dataclass_fields__)} to true or false", d.film_features)
-    from .data.views import ViewConfig
+    from ..data.views import ViewConfig
 
     try:
         ViewConfig(size=d.view_size, **d.view_options())
@@ -349,7 +348,7 @@ def _check_reader_options(dataset: str, options: dict) -> None:
     """Raises ValueError naming a ``data.options`` key that the data set's reader does not take."""
     import inspect
 
-    from .data.registry import dataset_class
+    from ..data.registry import dataset_class
 
     taken = set()
     for klass in dataset_class(dataset).__mro__:  # a reader passes **options on to its base class
@@ -369,91 +368,6 @@ def _check_reader_options(dataset: str, options: dict) -> None:
                              f"to clear them)")
 
 
-class ConfigLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3``, ``5E4``, ``2.5e-4`` as floats (YAML 1.2's rule).
-
-    YAML 1.1, which PyYAML follows, wants a dot and a signed exponent (``1.0e-3``) and reads
-    ``1e-3`` as a string. Only plain (unquoted) scalars are affected: ``"1e-3"`` stays a string.
-    """
-
-
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text_or_file, where: str):
-    """The YAML rule of every configuration (files and ``key=value`` overrides, pretraining and
-    fine-tuning): a safe load with :class:`ConfigLoader`'s numbers.
-
-    Raises:
-        ValueError: naming ``where``, for malformed YAML or a tag such as ``!!python``.
-    """
-    try:
-        return yaml.load(text_or_file, Loader=ConfigLoader)  # a SafeLoader: no tags run code
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{where} is not valid YAML for a configuration{at}: {problem}; only plain values, "
-                         f"lists and mappings are read (tags such as !!python are refused)") from None
-
-
-def _build(cls, values: dict, prefix: str):
-    if not isinstance(values, dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ValueError(f"unknown config key '{prefix}{key}'; expected one of {sorted(fields)}")
-        sub = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
-               "monitor": MonitorConfig}.get(key) if cls is PretrainConfig else None
-        kwargs[key] = _build(sub, value, f"{prefix}{key}.") if sub else value
-    return cls(**kwargs)
-
-
-def _merge(base: dict, update: dict) -> dict:
-    """``update`` merged into ``base`` key by key; an empty mapping in ``update`` replaces (clears)."""
-    out = dict(base)
-    for key, value in update.items():
-        merge = isinstance(value, dict) and value and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if merge else value
-    return out
-
-
-def parse_override(text: str) -> dict:
-    """``"optim.lr=0.1"`` -> ``{"optim": {"lr": 0.1}}`` (the value parsed as YAML)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"override must look like key=value (e.g. optim.lr=0.06), got {text!r}")
-    value = load_yaml(raw, f"override {text!r}") if raw.strip() else None
-    for part in reversed(key.strip().split(".")):
-        value = {part: value}
-    return value
-
-
-def config_differences(saved: dict, now: dict, ignored=()) -> dict[str, tuple]:
-    """``{dotted key: (saved value, now value)}`` where two configuration dicts differ, by key.
-
-    Nested sections are compared key by key (``optim.lr``; a reader's ``options`` mapping as one
-    value); keys in ``ignored`` are left out. Empty when they agree.
-    """
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in d.items():
-            if isinstance(value, dict) and key != "options":
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    a, b = flat(saved), flat(now)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in ignored}
-
-
 def load_config(path: str | os.PathLike | None = None, overrides=(), preset: str | None = None) -> PretrainConfig:
     """Defaults, then a preset, then a YAML file, then ``key=value`` overrides.
 
@@ -468,24 +382,6 @@ def load_config(path: str | os.PathLike | None = None, overrides=(), preset: str
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     return PretrainConfig.from_dict(layered_values(PRESETS.get(preset), path, overrides))
-
-
-def layered_values(base: dict | None, path, overrides) -> dict:
-    """``base``, then the mapping of the YAML file ``path`` (if any), then ``key=value`` overrides,
-    merged key by key into one nested dict (what every configuration of the package is built from)."""
-    values: dict = dict(base or {})
-    if path is not None:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path!r} does not exist")
-        with open(path) as f:
-            loaded = load_yaml(f, f"config file {path!r}") or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path!r} must hold a mapping, got {type(loaded).__name__}")
-        values = _merge(values, loaded)
-    for text in overrides:
-        values = _merge(values, parse_override(text))
-    return values
 
 
 def dump_config(cfg: PretrainConfig) -> str:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .checkpoints import atomic_write_text
-from .runfolder import read_jsonl, refuse_symlinks
+from .._util.atomic import atomic_write_text
+from .._util.runfolder import read_jsonl, refuse_symlinks
 
 __all__ = ["read_metrics", "read_monitors", "write_report"]
 

@@ -9,7 +9,7 @@ import tempfile
 
 import torch
 
-from ..runfolder import RunFolderError, WriteError, write_errors
+from .runfolder import RunFolderError, WriteError, write_errors
 
 __all__ = ["WriteError", "atomic_save", "atomic_write_files", "atomic_write_json", "atomic_write_text", "json_safe"]
 

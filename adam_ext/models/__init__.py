@@ -25,9 +25,8 @@ Example:
 from __future__ import annotations
 
 import copy
-import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 import torch
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .ops import pruned_info_nce
+from ..ops import pruned_info_nce
 
 __all__ = ["BACKBONES", "MOCO_DEFAULTS", "TRUNK_MODULES", "Classifier", "MLPHead", "MoCo", "build_backbone",
            "check_queue_size"]
@@ -66,15 +65,16 @@ MOCO_DEFAULTS = MappingProxyType({
 _DEFAULT = object()
 
 
-def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = None):
+def build_backbone(name: str = "resnet50", weights: Mapping[str, torch.Tensor] | None = None):
     """A torchvision ResNet trunk without its classifier.
 
     The network is always built with ``weights=None`` (nothing is downloaded).
 
     Args:
         name (str): one of ``resnet18``, ``resnet34``, ``resnet50`` (default), ``resnet101``.
-        weights (str | PathLike | None): optional local file holding a torchvision state dict of
-            that ResNet (loaded with ``weights_only=True``, strictly; ``fc.*`` keys are ignored).
+        weights (Mapping[str, Tensor] | None): a trunk state dict of that ResNet, loaded strictly
+            (``fc.*`` keys are ignored). For a file in any layout we read (torchvision, ours, the
+            official Adam/MoCo code): ``adam_ext.checkpoints.load_pretrained(path).encoder_q``.
 
     Returns:
         ``(trunk, feature_dim)``: the ResNet with ``fc = nn.Identity()``, mapping
@@ -82,33 +82,23 @@ def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = N
         512 for resnet18/34 and 2048 for resnet50/101.
 
     Raises:
-        ValueError: unknown ``name``, or a weights file whose keys or shapes do not match.
-        FileNotFoundError: ``weights`` names no file.
+        ValueError: unknown ``name``, ``weights`` that is not a state dict, or whose keys or shapes
+            do not match.
     """
     if name not in BACKBONES:
         raise ValueError(f"backbone name must be one of {', '.join(BACKBONES)}, got {name!r}")
     trunk = getattr(torchvision.models, name)(weights=None)
     trunk.fc = nn.Identity()
     if weights is not None:
-        _load_trunk_weights(trunk, name, weights)
+        if not isinstance(weights, Mapping):
+            raise ValueError(f"weights must be a trunk state dict (a mapping of tensors), got {type(weights).__name__}; "
+                             f"for a file use adam_ext.checkpoints.load_pretrained(path).encoder_q")
+        state = {k: v for k, v in weights.items() if not k.startswith("fc.")}
+        try:
+            trunk.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"weights do not match backbone {name}: {err}") from err
     return trunk, BACKBONES[name]
-
-
-def _load_trunk_weights(trunk: nn.Module, name: str, path) -> None:
-    """Loads local weights into ``trunk`` strictly, the classifier (``fc.*``) excepted.
-
-    Any layout :func:`adam_ext.checkpoints.load_pretrained` reads is accepted: a torchvision state dict,
-    one of our pretraining checkpoints or an official Adam/MoCo one (their query encoder).
-    """
-    from .checkpoints import load_pretrained
-
-    pre = load_pretrained(path)
-    if pre.arch != name:
-        raise ValueError(f"weights file {os.fspath(path)!r} holds a {pre.arch}, not the backbone {name}")
-    try:
-        trunk.load_state_dict(pre.encoder_q, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"weights file {os.fspath(path)!r} does not match backbone {name}: {err}") from err
 
 
 class Classifier(nn.Module):
@@ -273,7 +263,7 @@ class MoCo(nn.Module):
         gamma (float | None): default pruning threshold of :meth:`forward`; queue keys with cosine
             similarity ≥ γ to a query are removed. Default None (no pruning): the caller
             (the pretraining stages) passes γ = 0.8 at n > 0 per DESIGN.md.
-        weights (str | PathLike | None): local backbone state dict (see :func:`build_backbone`).
+        weights (Mapping[str, Tensor] | None): a trunk state dict for :func:`build_backbone`.
         mlp_hidden (int | None): hidden width of the head; default the backbone's feature
             dimension (2048 for resnet50, as in MoCo v2 and Adam).
         shuffle_bn_groups (int): single-process shuffle-BN: the shuffled key batch is encoded in
@@ -321,7 +311,7 @@ class MoCo(nn.Module):
         T: float = MOCO_DEFAULTS["T"],
         gamma: float | None = None,
         *,
-        weights: str | os.PathLike | None = MOCO_DEFAULTS["weights"],
+        weights: Mapping[str, torch.Tensor] | None = MOCO_DEFAULTS["weights"],
         mlp_hidden: int | None = MOCO_DEFAULTS["mlp_hidden"],
         shuffle_bn_groups: int = MOCO_DEFAULTS["shuffle_bn_groups"],
         sync_bn: bool = MOCO_DEFAULTS["sync_bn"],

@@ -14,7 +14,7 @@ import torch
 from . import _validate
 
 try:
-    from . import _C  # noqa: F401  (loading it registers torch.ops.adam_ext.*)
+    from .. import _C  # noqa: F401  (loading it registers torch.ops.adam_ext.*)
 
     EXTENSION_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - exercised only on broken installs
