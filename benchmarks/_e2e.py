@@ -3,7 +3,7 @@
 * **loop**: :func:`adam_ext.pretrain.pretrain`, the function behind ``adam pretrain``, on the
   configured data (reader, anatomy decomposer, views, DataLoader with its workers, pinned memory
   on a GPU, the step, the metric log), stopped by ``max_steps`` inside its first stage.
-* **floor**: the same step, :meth:`Trainer._train_step <adam_ext.pretrain.loop.Trainer>` of a
+* **floor**: the same step, :meth:`Trainer.train_step <adam_ext.pretrain.loop.Trainer.train_step>` of a
   Trainer built from the same configuration (MoCo model, optimiser, schedule, gradient scaler,
   autocast, channels-last and backend settings, e.g. cuDNN's autotuner), on random views already on
   the device; in the same process, half its steps before the loop and half after it, so that a
@@ -45,7 +45,7 @@ from adam_ext.data.synthetic import ensure_synthetic
 from adam_ext.engine.distributed import ProcessContext, resolve_workers
 from adam_ext.engine import STEP_PHASES, PhaseTimer
 from adam_ext.pretrain import pretrain
-from adam_ext.pretrain.loop import Trainer, open_splits
+from adam_ext.pretrain import Trainer, open_splits
 from adam_ext.pretrain.run import set_backends
 from adam_ext.engine import git_commit, machine
 from adam_ext.pretrain.report import read_metrics
@@ -149,7 +149,7 @@ def run_floor(cfg: PretrainConfig, plan: Plan) -> Result:
     timer = plan.timer(ctx.device)
     with contextlib.redirect_stdout(io.StringIO()):  # the stage's banner
         trainer = Trainer(cfg, ctx, progress=False, phase_timer=timer)
-        s = trainer._begin_stage(0, None)
+        trainer.begin_stage(0)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     shape = (cfg.optim.batch_size, 3, cfg.data.view_size, cfg.data.view_size)
     im_q, im_k = (torch.randn(shape, device=ctx.device).contiguous(memory_format=fmt) for _ in range(2))
@@ -157,7 +157,7 @@ def run_floor(cfg: PretrainConfig, plan: Plan) -> Result:
     timer.start()
     for _ in range(plan.total):
         timer.mark("data wait")
-        trainer._train_step(s, im_q, im_k)
+        trainer.train_step((im_q, im_k))
         timer.end_step("logging/other")
     return Result(timer, plan, cfg.optim.batch_size)
 
@@ -276,7 +276,7 @@ def report(args, cfg: PretrainConfig, spe: int, loop: Result, rows: list[dict], 
          f"validation and best.pt / last.pt are timed apart (epoch end) and left out of the step times"),
         (f"- method: {plan.warmup} warm-up step(s), then {plan.steps} measured steps (images/s, timed as one "
          f"range between two synchronisations); {breakdown}. Floor: the Trainer's own step "
-         f"(`Trainer._train_step`) on random views already on the device, in the same process: half its measured "
+         f"(`Trainer.train_step`) on random views already on the device, in the same process: half its measured "
          f"steps before the loop and half after, each half after {plan.warmup} warm-up step(s) of its own"),
         "",
         *_timing_tables(loop, floors),

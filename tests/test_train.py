@@ -186,9 +186,10 @@ def test_stage_init_chains_stages_from_the_last_or_the_best_state(data, tmp_path
     statistics, queue and pointer) or with its best weights; validation is made to prefer epoch 1, so
     the two differ. The same holds when a run stopped at the stage boundary is resumed."""
     from adam_ext.pretrain import loop
+    from adam_ext.pretrain.validator import Validator
 
     losses = iter([1.0, 2.0] * 4)  # each stage: epoch 1 is the best, epoch 2 the last
-    monkeypatch.setattr(loop.Trainer, "_validate", lambda self, stage, gamma, collected=None: next(losses))
+    monkeypatch.setattr(Validator, "loss", lambda self, stage, gamma, collected=None: next(losses))
     entry, original = {}, loop.Trainer.run_stage
 
     def run_stage(self, stage, resume):

@@ -24,16 +24,21 @@ killed and resumed with ``--resume`` ends with the same weights as one never sto
 on CPU; on GPU with ``deterministic: true``).
 
 Modules: :mod:`.run` (:func:`pretrain`: run folder, lock, resume, stages), :mod:`.loop` (the
-:class:`~.loop.Trainer`: stages, epochs, steps, validation, monitors, stops), :mod:`.resume`
-(reading and checking a resume checkpoint, RNG state); the metric log and the training pieces
-both loops share are :mod:`adam_ext.engine`'s. What an epoch reads is :mod:`adam_ext.data.sampling`'s.
+:class:`~.loop.Trainer`, which only wires the components below), :mod:`.parts` (splits, loaders,
+the model, the monitors' scales, signals), :mod:`.stage` (one stage's optimiser, schedule and
+position), :mod:`.validator` (validation loss, monitors, collapse warning), :mod:`.steplog` (the
+step rows, the non-finite stop, the pruner's warning), :mod:`.resume` (reading, checking and
+restoring a resume checkpoint, RNG state), :mod:`.config` and :mod:`.report`. The checkpoint policy
+and the pieces both loops share are :mod:`adam_ext.engine`'s; what an epoch reads is
+:mod:`adam_ext.data.sampling`'s.
 """
 
 from ..data.sampling import EpochBatches, PretrainViews, sample_seed
 from ..engine import NonFiniteLossError
-from .loop import initial_knn, initial_model, knn_at_scales
+from .loop import Trainer
+from .parts import RunData, initial_knn, initial_model, knn_at_scales, open_splits
 from .resume import ResumeError, load_checkpoint
 from .run import pretrain
 
-__all__ = ["EpochBatches", "NonFiniteLossError", "PretrainViews", "ResumeError", "initial_knn", "initial_model",
-           "knn_at_scales", "load_checkpoint", "pretrain", "sample_seed"]
+__all__ = ["EpochBatches", "NonFiniteLossError", "PretrainViews", "ResumeError", "RunData", "Trainer", "initial_knn",
+           "initial_model", "knn_at_scales", "load_checkpoint", "open_splits", "pretrain", "sample_seed"]

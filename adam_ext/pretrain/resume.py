@@ -13,8 +13,8 @@ from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION
 from .config import PretrainConfig, config_differences
 from .._util.provenance import git_commit
 
-__all__ = ["RESUMABLE_CHANGES", "ResumeError", "check_resumable", "load_checkpoint", "rng_state", "set_rng_state",
-           "versions"]
+__all__ = ["RESUMABLE_CHANGES", "ResumeError", "check_resumable", "load_checkpoint", "restore_run", "rng_state",
+           "set_rng_state", "versions"]
 
 #: Fields that may differ between a checkpoint's config and the resuming run's.
 RESUMABLE_CHANGES = {"out", "log_every", "checkpoint_every", "tensorboard", "dist_timeout", "max_steps", "snapshots",
@@ -90,3 +90,27 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_run(trainer, ckpt: dict, path) -> tuple[int, dict | None]:
+    """Puts ``trainer`` (a :class:`~adam_ext.pretrain.loop.Trainer`) back where ``ckpt`` left its run:
+    weights, queue, summary and warnings so far, the metric log cut after the checkpoint's step.
+
+    Returns:
+        (stage to run, its resume state; None when the checkpoint's stage had finished: the next stage
+        then starts afresh, from the finished one's state as ``stage_init`` says).
+    """
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.summary = list(ckpt.get("summary", []))
+    trainer.steplog.collapsed = set(ckpt.get("collapsed", []))
+    trainer.validator.collapsed = set(ckpt.get("monitor_collapsed", []))
+    stage, finished = ckpt["stage"]["index"], ckpt["epoch"] >= trainer.cfg.optim.epochs
+    if trainer.ctx.main:
+        print(f"adam pretrain: resuming from {path} (stage {stage}, step {ckpt['step']})", flush=True)
+    trainer.metrics.truncate_after(stage, ckpt["step"])
+    if not finished:
+        return stage, ckpt
+    set_rng_state(ckpt["rng"])
+    if stage + 1 < len(trainer.cfg.stages):
+        trainer.init_next_stage(stage)
+    return stage + 1, None
