@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -89,6 +89,10 @@ class ViewConfig:
         blur_p: probability of the blur.
         degrees: rotation angle drawn from [-degrees, degrees]; nearest neighbour, corners filled 0.
         mean, std: per-channel normalisation of the [0, 1] intensities (ImageNet's by default).
+        augmentations: the names of the view's steps, in order, among :data:`AUGMENTATIONS` (which a
+            program extends with :func:`register_augmentation`); the first makes the ``size``-px view.
+            Default: the paper's four. Each step draws its own uniforms after those of the steps
+            before it, so a step appended at the end leaves every earlier draw as it was.
     """
 
     size: int = 224
@@ -105,9 +109,15 @@ class ViewConfig:
     degrees: float = 30.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    augmentations: tuple[str, ...] = ("resized_crop", "color_jitter", "gaussian_blur", "rotation")
 
     def __post_init__(self):
         _check_size_and_scale(self.size, self.scale)
+        object.__setattr__(self, "augmentations", tuple(self.augmentations))
+        unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
+        if not self.augmentations or unknown:
+            raise ValueError(f"augmentations must name steps among {sorted(AUGMENTATIONS)} (register more with "
+                             f"adam_ext.data.views.register_augmentation), got {list(self.augmentations)}")
         relative = self.size / 224  # the paper's sizes are for 224-px views
         if self.blur_sigma is None:
             object.__setattr__(self, "blur_sigma", (0.1 * relative, 2.0 * relative))
@@ -133,16 +143,9 @@ class ViewConfig:
             raise ValueError(f"mean and std must be 3 values with std > 0, got {self.mean} and {self.std}")
 
 
-# Uniform draws one view consumes, at fixed positions so a seed reproduces every view.
-_CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop: 10 tries, then a central crop
-_U_CROP = slice(0, 2 * _CROP_ATTEMPTS + 2)  # (area, log-ratio) per attempt, then top, left
-_U_JITTER = 22  # apply jitter?
-_U_FACTORS = slice(23, 27)  # brightness, contrast, saturation, hue
-_U_ORDER = slice(27, 31)  # argsort = random order of the four
-_U_BLUR = 31  # apply blur?
-_U_SIGMA = 32
-_U_ANGLE = 33
-_DRAWS_PER_VIEW = 34
+# RandomResizedCrop's 10 attempts (torchvision's), then a central crop: two uniforms an attempt
+# (area, log-ratio) and two for the position.
+_CROP_ATTEMPTS = 10
 
 
 def resized_crop_box(height: int, width: int, u: Sequence[float], scale, ratio) -> tuple[int, int, int, int]:
@@ -260,6 +263,118 @@ class ToNormalizedRGB:
         return f"ToNormalizedRGB(mean={self.mean}, std={self.std})"
 
 
+class Augmentation:
+    """One step of a view: a function of the image and of its own uniform draws.
+
+    A subclass sets ``draws`` (how many uniforms in [0, 1) one application consumes) and implements
+    :meth:`__call__`. :class:`TwoViews` gives every step its own consecutive slice of a view's
+    uniforms, in the order of the list, so a view is a pure function of (anchor, seed) and a step
+    added at the end of the list changes no earlier draw.
+    """
+
+    draws: int = 0
+
+    def __call__(self, image: torch.Tensor, u: Sequence[float]) -> torch.Tensor:
+        """``image``: uint8 Tensor[C, H, W]; ``u``: this step's ``draws`` uniforms. Returns uint8 Tensor[C, H', W']."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class ResizedCrop(Augmentation):
+    """RandomResizedCrop to ``size`` px (torchvision's algorithm, :func:`resized_crop_box`), resized once
+    with the antialiased bilinear filter on uint8."""
+
+    draws = 2 * _CROP_ATTEMPTS + 2
+
+    def __init__(self, size: int, scale, ratio):
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+
+    def __call__(self, image, u):
+        top, left, h, w = resized_crop_box(*image.shape[-2:], u, self.scale, self.ratio)
+        return F.resized_crop(image, top, left, h, w, [self.size] * 2, InterpolationMode.BILINEAR)
+
+
+class ColorJitter(Augmentation):
+    """ColorJitter with probability ``p``, its four adjustments in a random order; saturation and hue
+    are identities on grey and skipped. Draws: apply?, four factors, four order keys."""
+
+    draws = 9
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float):
+        self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
+
+    def __call__(self, x, u):
+        if not u[0] < self.p:
+            return x
+        factors, order = u[1:5], u[5:9]
+        grey = x.shape[0] == 1
+        for op in sorted(range(4), key=lambda i: order[i]):
+            if op == 0 and self.brightness > 0:
+                x = F.adjust_brightness(x, _factor(self.brightness, factors[0]))
+            elif op == 1 and self.contrast > 0:
+                x = F.adjust_contrast(x, _factor(self.contrast, factors[1]))
+            elif op == 2 and self.saturation > 0 and not grey:
+                x = F.adjust_saturation(x, _factor(self.saturation, factors[2]))
+            elif op == 3 and self.hue > 0 and not grey:
+                x = F.adjust_hue(x, self.hue * (2 * factors[3] - 1))
+        return x
+
+
+class GaussianBlur(Augmentation):
+    """Gaussian blur with probability ``p``, sigma uniform in ``sigma`` (:func:`gaussian_blur`). Draws: apply?, sigma."""
+
+    draws = 2
+
+    def __init__(self, kernel: int, sigma, p: float):
+        self.kernel, self.sigma, self.p = kernel, tuple(sigma), p
+
+    def __call__(self, x, u):
+        if not u[0] < self.p:
+            return x
+        return gaussian_blur(x, self.kernel, self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[1])
+
+
+class Rotation(Augmentation):
+    """Rotation by an angle uniform in [-degrees, degrees] (:func:`rotate`: nearest, corners 0). Draws: the angle."""
+
+    draws = 1
+
+    def __init__(self, degrees: float):
+        self.degrees = degrees
+
+    def __call__(self, x, u):
+        return rotate(x, self.degrees * (2 * u[0] - 1))
+
+
+#: The view steps a configuration can name: name -> factory of the step from a :class:`ViewConfig`.
+AUGMENTATIONS: dict[str, Callable[[ViewConfig], Augmentation]] = {
+    "resized_crop": lambda cfg: ResizedCrop(cfg.size, cfg.scale, cfg.ratio),
+    "color_jitter": lambda cfg: ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p),
+    "gaussian_blur": lambda cfg: GaussianBlur(cfg.blur_kernel, cfg.blur_sigma, cfg.blur_p),
+    "rotation": lambda cfg: Rotation(cfg.degrees),
+}
+
+
+def register_augmentation(name: str, factory: Callable[[ViewConfig], Augmentation]) -> None:
+    """Makes ``name`` usable in ``data.views.augmentations`` (and ``ViewConfig.augmentations``).
+
+    Args:
+        name: a new step name (refused if taken: a program cannot silently replace the paper's steps).
+        factory: builds the step from the run's :class:`ViewConfig` (``lambda cfg: MyNoise(0.05)``).
+
+    Register before the configuration is loaded, in the program that runs the training (DataLoader
+    workers started by fork inherit it; with spawn, register at the import of your own module).
+    """
+    if not isinstance(name, str) or not name or name in AUGMENTATIONS:
+        raise ValueError(f"name must be a new augmentation name (taken: {sorted(AUGMENTATIONS)}), got {name!r}")
+    if not callable(factory):
+        raise ValueError(f"factory must be callable (ViewConfig -> Augmentation), got {type(factory).__name__}")
+    AUGMENTATIONS[name] = factory
+
+
 class TwoViews:
     """Adam's pair of views: anchor from the decomposer, then two independent augmentations.
 
@@ -267,17 +382,33 @@ class TwoViews:
         size: output side in pixels.
         n: the decomposer's grid size (0: the anchor is the whole image).
         seed: int, ``torch.Generator`` or None (see :class:`ProcessRandomness`).
+        augmentations: the view's steps in order: names of :data:`AUGMENTATIONS` and/or
+            :class:`Augmentation` objects (None: ``ViewConfig.augmentations``, the paper's four).
         **options: other fields of :class:`ViewConfig` (``scale``, ``degrees``, ``mean``, ...).
 
     Call with a uint8 Tensor[C, H, W] (C = 1 or 3); returns ``(q, k)``, two float32
     Tensor[3, size, size], normalised.
     """
 
-    def __init__(self, size: int = ViewConfig.size, n: int = 0, *, seed: SeedLike = None, **options):
+    def __init__(self, size: int = ViewConfig.size, n: int = 0, *, seed: SeedLike = None,
+                 augmentations: Sequence[str | Augmentation] | None = None, **options):
+        names = augmentations is None or all(isinstance(a, str) for a in augmentations)
+        if augmentations is not None and names:
+            options["augmentations"] = tuple(augmentations)
         self.config = ViewConfig(size=size, **options)
         self.randomness = ProcessRandomness(seed)
         self.decomposer = AnatomyDecomposer(n)
         self.normalize = ToNormalizedRGB(self.config.mean, self.config.std)
+        if names:
+            augmentations = self.config.augmentations
+        if not augmentations or not all(isinstance(a, (str, Augmentation)) for a in augmentations):
+            raise ValueError(f"augmentations must be a non-empty list of step names or Augmentation objects, "
+                             f"got {augmentations!r}")
+        unknown = [a for a in augmentations if isinstance(a, str) and a not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"augmentations must name steps among {sorted(AUGMENTATIONS)}, got {unknown}")
+        self.steps = [AUGMENTATIONS[a](self.config) if isinstance(a, str) else a for a in augmentations]
+        self.draws_per_view = sum(step.draws for step in self.steps)
 
     @property
     def n(self) -> int:
@@ -290,44 +421,21 @@ class TwoViews:
         if generator is None:
             generator = self.randomness.generator()
         anchor = self.decomposer.sample(image, generator)[0]
-        draws = torch.rand(2, _DRAWS_PER_VIEW, generator=generator).tolist()
+        draws = torch.rand(2, self.draws_per_view, generator=generator).tolist()
         return self.view(anchor, draws[0]), self.view(anchor, draws[1])
 
     def view(self, anchor: torch.Tensor, u: Sequence[float]) -> torch.Tensor:
-        """One augmented view of ``anchor`` (uint8 Tensor[C, h, w]) from 34 uniforms ``u`` in [0, 1).
+        """One augmented view of ``anchor`` (uint8 Tensor[C, h, w]) from ``draws_per_view`` uniforms ``u``.
 
-        The crop is taken before any resizing and resized once, with the antialiased bilinear
-        filter (torch's native uint8 kernel); everything stays uint8 until the normalisation.
-        """
-        cfg = self.config
-        top, left, h, w = resized_crop_box(*anchor.shape[-2:], u[_U_CROP], cfg.scale, cfg.ratio)
-        x = F.resized_crop(anchor, top, left, h, w, [cfg.size] * 2, InterpolationMode.BILINEAR)  # antialiased
-        if u[_U_JITTER] < cfg.jitter_p:
-            x = self._color_jitter(x, u[_U_FACTORS], u[_U_ORDER])
-        if u[_U_BLUR] < cfg.blur_p:
-            sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * u[_U_SIGMA]
-            x = gaussian_blur(x, cfg.blur_kernel, sigma)
-        angle = cfg.degrees * (2 * u[_U_ANGLE] - 1)
-        x = rotate(x, angle)
-        return self.normalize(x)
-
-    def _color_jitter(self, x: torch.Tensor, factors: Sequence[float], order: Sequence[float]):
-        """ColorJitter in a random order; saturation and hue are identities on grey and skipped."""
-        cfg = self.config
-        grey = x.shape[0] == 1
-        for op in sorted(range(4), key=lambda i: order[i]):
-            if op == 0 and cfg.brightness > 0:
-                x = F.adjust_brightness(x, _factor(cfg.brightness, factors[0]))
-            elif op == 1 and cfg.contrast > 0:
-                x = F.adjust_contrast(x, _factor(cfg.contrast, factors[1]))
-            elif op == 2 and cfg.saturation > 0 and not grey:
-                x = F.adjust_saturation(x, _factor(cfg.saturation, factors[2]))
-            elif op == 3 and cfg.hue > 0 and not grey:
-                x = F.adjust_hue(x, cfg.hue * (2 * factors[3] - 1))
-        return x
+        Each step takes its consecutive slice of ``u``; everything stays uint8 until the normalisation."""
+        at = 0
+        for step in self.steps:
+            anchor = step(anchor, u[at : at + step.draws])
+            at += step.draws
+        return self.normalize(anchor)
 
     def __repr__(self) -> str:
-        return f"TwoViews(n={self.n}, {self.config})"
+        return f"TwoViews(n={self.n}, steps={self.steps})"
 
 
 def _factor(strength: float, u: float) -> float:

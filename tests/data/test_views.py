@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from adam_ext.data import views
@@ -319,3 +320,92 @@ def test_segmentation_augment_is_reproducible(seed):
 def test_segmentation_augment_rejects_mismatched_mask():
     with pytest.raises(ValueError, match="mask must be an array"):
         SegmentationAugment()(np.zeros((32, 32), np.uint8), np.zeros((16, 32), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------- extension points
+
+
+def fixed_table_view(views_, anchor, u):
+    """The view as 0.1.0 computed it, from its fixed table of 34 uniforms (crop 0-21, jitter 22-30, blur
+    31-32, angle 33): the yardstick of the default list of steps."""
+    cfg = views_.config
+    top, left, h, w = views.resized_crop_box(*anchor.shape[-2:], u[0:22], cfg.scale, cfg.ratio)
+    x = TF.resized_crop(anchor, top, left, h, w, [cfg.size] * 2, InterpolationMode.BILINEAR)
+    if u[22] < cfg.jitter_p:
+        factors, order = u[23:27], u[27:31]
+        for op in sorted(range(4), key=lambda i: order[i]):
+            lo = {0: cfg.brightness, 1: cfg.contrast}.get(op)
+            if lo is not None and lo > 0:
+                f = max(0.0, 1.0 - lo) + (1.0 + lo - max(0.0, 1.0 - lo)) * factors[op]
+                x = (TF.adjust_brightness if op == 0 else TF.adjust_contrast)(x, f)
+    if u[31] < cfg.blur_p:
+        x = views.gaussian_blur(x, cfg.blur_kernel, cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * u[32])
+    x = views.rotate(x, cfg.degrees * (2 * u[33] - 1))
+    return views_.normalize(x)
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_the_default_steps_draw_and_compute_as_the_fixed_table_did(seed, n):
+    two = TwoViews(48, n)
+    assert two.draws_per_view == 34 and [type(s).__name__ for s in two.steps] == [
+        "ResizedCrop", "ColorJitter", "GaussianBlur", "Rotation"]
+    image = torch.randint(0, 256, (1, 96, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    for k in range(6):
+        g = torch.Generator().manual_seed(seed * 10 + k)
+        q, key = two(image, generator=g)
+        g = torch.Generator().manual_seed(seed * 10 + k)
+        anchor = two.decomposer.sample(image, g)[0]
+        u = torch.rand(2, 34, generator=g).tolist()
+        assert torch.equal(q, fixed_table_view(two, anchor, u[0])) and torch.equal(key, fixed_table_view(two, anchor, u[1]))
+
+
+class Invert(views.Augmentation):
+    """A user's own step, defined outside the package: inverts the image with probability p."""
+
+    draws = 1
+
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, image, u):
+        return 255 - image if u[0] < self.p else image
+
+
+def test_a_users_augmentation_is_added_from_outside_the_package(seed, monkeypatch):
+    monkeypatch.setattr(views, "AUGMENTATIONS", dict(views.AUGMENTATIONS))  # this test's registrations only
+    views.register_augmentation("invert", lambda cfg: Invert(1.0))
+    default = TwoViews(32, 0)
+    names = (*default.config.augmentations, "invert")
+    extended = TwoViews(32, 0, augmentations=names)  # by name, as a configuration gives them
+    assert torch.equal(TwoViews(32, 0, augmentations=[*default.steps, Invert(1.0)])(
+        torch.zeros(1, 40, 40, dtype=torch.uint8), generator=torch.Generator().manual_seed(0))[0],
+        extended(torch.zeros(1, 40, 40, dtype=torch.uint8), generator=torch.Generator().manual_seed(0))[0])
+    assert extended.draws_per_view == default.draws_per_view + 1
+    image = torch.randint(0, 256, (1, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    a = default(image, generator=torch.Generator().manual_seed(seed))
+    b = extended(image, generator=torch.Generator().manual_seed(seed))
+    assert not torch.equal(a[0], b[0])  # the step changes the views
+    # appended last, it leaves the earlier steps' draws alone: inverting back gives the default view
+    mean = torch.tensor(views.IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(views.IMAGENET_STD).view(3, 1, 1)
+    back = ((1 - (b[0] * std + mean)) - mean) / std
+    torch.testing.assert_close(back, a[0], atol=1e-5, rtol=0)
+    # and a configuration names it like any other step
+    from adam_ext.pretrain.config import load_config
+
+    cfg = load_config(None, ["data.views={augmentations: [resized_crop, rotation, invert]}"], preset="demo")
+    assert [type(s).__name__ for s in TwoViews(32, 0, **cfg.data.view_options()).steps] == [
+        "ResizedCrop", "Rotation", "Invert"]
+
+
+def test_augmentation_names_and_objects_are_checked():
+    with pytest.raises(ValueError, match=r"augmentations must name steps among .*got \['rotation', 'sharpen'\]"):
+        ViewConfig(augmentations=("rotation", "sharpen"))
+    with pytest.raises(ValueError, match="augmentations must be a non-empty list of step names or Augmentation"):
+        TwoViews(32, 0, augmentations=[lambda image, u: image])
+    with pytest.raises(ValueError, match="name must be a new augmentation name"):
+        views.register_augmentation("rotation", lambda cfg: views.Rotation(5))
+    with pytest.raises(ValueError, match=r"data.views must hold valid ViewConfig fields"):
+        from adam_ext.pretrain.config import load_config
+
+        load_config(None, ["data.views={augmentations: [blurr]}"])
