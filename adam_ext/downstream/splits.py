@@ -10,7 +10,7 @@ import numpy as np
 
 from .._util.seeds import holdout as group_holdout
 from .._util.seeds import numpy_rng
-from ..data.registry import SPLITS
+from ..data.registry import DATASETS, SPLITS
 from .config import FinetuneConfig
 
 __all__ = ["Splits", "few_shot", "holdout", "open_splits"]
@@ -78,7 +78,7 @@ def open_splits(cfg: FinetuneConfig, seed: int) -> Splits:
     options = dict(cfg.options)
     if reader_val is not None and cfg.train_split == default_train:
         seeded = {**options, "seed": seed}
-        if cfg.dataset == "chestxray14":
+        if DATASETS[cfg.dataset].val_fraction_option:
             seeded["val_fraction"] = cfg.val_fraction
         train = open_dataset(cfg.dataset, cfg.root, split=cfg.train_split, **seeded)
         val = open_dataset(cfg.dataset, cfg.root, split=reader_val, **seeded)

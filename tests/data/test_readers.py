@@ -694,3 +694,25 @@ def test_collate_items_keeps_ragged_boxes_as_lists(cxr14):
     assert batch["image"].shape == (2, 1, SIDE, SIDE) and batch["labels"].shape == (2, 14)
     assert isinstance(batch["boxes"], list) and batch["boxes"][0].shape == (2, 4)
     assert isinstance(batch["path"], list)
+
+
+def test_a_new_reader_is_one_file_and_one_registry_line(tmp_path, monkeypatch):
+    """A data set registered from outside the package: open_dataset, the fine-tuning splits and the
+    configuration all know it; its facts (modality, splits, input size) live in its entry only."""
+    from adam_ext.data import registry
+    from adam_ext.downstream import FinetuneConfig
+
+    monkeypatch.setitem(registry.DATASETS, "my_fundus", None)  # so that monkeypatch removes the entry at the end
+    del registry.DATASETS["my_fundus"]
+    for i in range(4):
+        fab.write_png(tmp_path / f"{i}.png", fab.texture(i))
+    registry.register_dataset("my_fundus", registry.Dataset("adam_ext.data.readers.folder:ImageFolder", "fundus",
+                                                            "train", "val", finetune_size=384))
+    assert len(open_dataset("my_fundus", tmp_path, split="all")) == 4
+    assert registry.SPLITS["my_fundus"] == ("train", "val", None) and "folder" not in registry.SPLITS
+    cfg = FinetuneConfig(task="cls", dataset="my_fundus", root=str(tmp_path), out="unused").resolved()
+    assert (cfg.size, cfg.train_split, cfg.test_split) == (384, "train", "val")
+    with pytest.raises(ValueError, match="name must be a new data set name"):
+        registry.register_dataset("scr", registry.Dataset("x:Y"))
+    with pytest.raises(ValueError, match="reader must be 'module:Class'"):
+        registry.Dataset("nocolon")
