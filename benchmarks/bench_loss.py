@@ -15,6 +15,13 @@ And, when lightly is installed, lightly's MoCo loss ``NTXentLoss(memory_bank_siz
 against its drop-in ``adam_ext.integrations.lightly.PrunedNTXentLoss`` (γ = None: the same loss;
 γ = 0.8), each call a MoCo training step's: queries with a gradient, detached keys, the enqueue.
 
+And the official MoCo v2 loss against the fused one on MoCo's own queue, a (D, K) buffer
+(``--moco-queue-size``): the builder's recipe (einsum logits against a clone of the queue, cat,
+CrossEntropyLoss; written here from the recipe), ``adam_ext.pruned_info_nce(q, k, queue.t())``
+on the same buffer, and ``adam_ext.pruned_info_nce`` on a (K, D) copy made once beforehand: the
+transposed view must cost what the rows cost (no copy inside the operator). Time and bytes
+allocated per call (torch.profiler's CPU memory events, or CUDA's peak allocation), side by side.
+
 Each time is the median of repeated runs after a warm-up (torch.utils.benchmark), with
 all of torch's threads. Peak memory is the extra peak resident memory (CPU, reset through
 /proc/self/clear_refs) or the extra peak allocated memory (CUDA) of one call.
@@ -25,6 +32,7 @@ Usage::
     python benchmarks/bench_loss.py --headline      # only B=256, K=65536, D=128
     python benchmarks/bench_loss.py --device cuda   # on a GPU (queues rotated so none is timed from L2)
     python benchmarks/bench_loss.py --lightly-only  # only lightly's NTXentLoss against PrunedNTXentLoss
+    python benchmarks/bench_loss.py --moco-queue-only  # only the official MoCo v2 loss against ours on its queue
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ class Result:
     ms: float | None
     peak_mb: float | None
     note: str = ""
+    allocated_mb: float | None = None  # bytes allocated per call, where measured (the MoCo queue rows)
+    rounds_ms: list[float] | None = None  # per interleaved round, where measured
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -272,7 +282,7 @@ def run_case(case: Case, providers: list[str], device: str, args) -> list[Result
                 raise ValueError(provider)
             ms = time_ms(step, q, k, queues, device, args.min_run_time, slow=provider == "official")
             peak = peak_extra_mb(step, q, k, queues[0], device)
-        except Exception as exc:  # a baseline that cannot run here is reported, not fatal
+        except Exception as exc:  # noqa: BLE001  (a baseline that cannot run here is reported, not fatal)
             ms, peak, note = None, None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
         results.append(Result(case, provider, ms, peak, note))
         print(f"  {provider:9s} B={case.B:5d} K={case.K:8d}: "
@@ -349,6 +359,132 @@ def lightly_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- MoCo's own queue
+
+
+def official_moco_v2_loss(q, k, queue_dk, T: float) -> torch.Tensor:
+    """MoCo v2's loss as its builder computes it (our code, from the well-known recipe): normalised q and
+    k (Tensor[N, C]), positive logits, negative logits against a clone of the (C, K) queue, both over
+    T, CrossEntropyLoss with the positive at index 0."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+    l_neg = torch.einsum("nc,ck->nk", q, queue_dk.clone().detach())
+    logits = torch.cat([l_pos, l_neg], dim=1) / T
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels)
+
+
+def fused_on_moco_features(q, k, queue, T: float) -> torch.Tensor:
+    """What the drop-in runs: MoCo's forward still normalises q and k; γ is left at None (MoCo's loss)."""
+    return adam_ext.pruned_info_nce(F.normalize(q, dim=1), F.normalize(k, dim=1), queue, temperature=T)
+
+
+def fused_on_a_copy(q, k, queue, T: float) -> torch.Tensor:
+    """The control: the queue copied to contiguous memory on every call, as the kernels did before they
+    read the transposed view in place (so the table shows what a copy costs, and that the check sees it)."""
+    return fused_on_moco_features(q, k, queue.contiguous(), T)
+
+
+def allocated_mb(step: Callable, device: str) -> float:
+    """Megabytes allocated during one ``step()``: on the CPU every allocation torch.profiler records (the
+    positive self memory of each op: a copy of the queue is an aten::empty of its own), on CUDA the peak
+    allocated above the start."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    return sum(max(event.self_cpu_memory_usage, 0) for event in prof.events()) / 2**20
+
+
+def moco_queue_rows(case: Case, device: str, args) -> list[Result]:
+    """The official MoCo v2 loss on its (D, K) queue, ours on ``queue.t()`` of the same buffer and ours on a
+    (K, D) queue: forward + backward of a MoCo step (queries' gradient, detached keys), interleaved rounds.
+    The official loss is skipped when its B x (1 + K) buffers exceed ``--memory-budget-gb``."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(case.B, case.D, generator=g).to(device).requires_grad_()
+    k = torch.randn(case.B, case.D, generator=g).to(device)
+    queue_dk = F.normalize(torch.randn(case.D, case.K, generator=g), dim=0).to(device)
+    queue_kd = queue_dk.t().contiguous()
+    losses = {
+        "official MoCo v2 loss, (D, K) queue": (official_moco_v2_loss, queue_dk),
+        "ours, queue.t() of the (D, K) queue": (fused_on_moco_features, queue_dk.t()),
+        "ours, (K, D) queue": (fused_on_moco_features, queue_kd),
+        "control: ours on a copy of queue.t() per call": (fused_on_a_copy, queue_dk.t()),
+    }
+    skipped = {}
+    if not fits(case, "official", args.memory_budget_gb * 2**30):
+        skipped["official MoCo v2 loss, (D, K) queue"] = "skipped: B x K buffers exceed --memory-budget-gb"
+        losses.pop("official MoCo v2 loss, (D, K) queue")
+    steps = {name: functools.partial(_moco_step, fn, queue) for name, (fn, queue) in losses.items()}
+    with torch.no_grad():
+        ours = fused_on_moco_features(q, k, queue_kd, TEMPERATURE).double()
+        official = None if skipped else official_moco_v2_loss(q, k, queue_dk, TEMPERATURE).double()
+        gaps = {name: abs(fn(q, k, queue, TEMPERATURE).double() - (ours if official is None else official)).item()
+                for name, (fn, queue) in losses.items()}
+    against = "ours on the (K, D) queue" if official is None else "official"
+    print(f"MoCo's own queue, B={case.B} K={case.K} D={case.D} ({args.moco_queue_rounds} interleaved rounds):", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.moco_queue_rounds):
+        for name, step in steps.items():
+            times[name].append(time_ms(step, q, k, [None], device, args.min_run_time / args.moco_queue_rounds))
+    results = [Result(case, name, None, None, note) for name, note in skipped.items()]
+    for name, step in steps.items():
+        ms = statistics.median(times[name])
+        call = functools.partial(step, q, k, None)
+        mb, peak = allocated_mb(call, device), peak_extra_mb(step, q, k, None, device)
+        note = f"rounds: {', '.join(f'{t:.1f}' for t in times[name])} ms; loss − {against}: {gaps[name]:.1e}"
+        results.append(Result(case, name, ms, peak, note, allocated_mb=mb, rounds_ms=times[name]))
+        print(f"  {name:38s} {ms:10.2f} ms, allocated {mb:.2f} MB, peak +{_mb(peak)} MB ({note})", flush=True)
+    return results
+
+
+def _mb(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _moco_step(loss_fn, queue, q, k, _queue) -> None:
+    torch.autograd.grad(loss_fn(q, k, queue, TEMPERATURE), (q,))
+
+
+def moco_queue_table(results: list[Result]) -> str:
+    """The rows, and the verdict on the view against the rows: the median of the per-round time
+    ratios (each round times both within seconds, so the load of a shared machine largely cancels) and the
+    ratio of the bytes allocated, each at most 1.05 (a copy of the queue would add its K x D x 4 bytes)."""
+    official, view, rows = results[:3]
+    case = official.case
+    time_ratio = statistics.median(v / r for v, r in zip(view.rounds_ms, rows.rounds_ms))
+    memory_ratio = (view.allocated_mb + 1e-9) / (rows.allocated_mb + 1e-9)
+    verdict = "PASS" if time_ratio <= 1.05 and memory_ratio <= 1.05 else "FAIL"
+    lines = [
+        (f"MoCo's own queue: the official MoCo v2 loss against ours, B={case.B}, K={case.K}, D={case.D}, float32, "
+         "forward + backward of a MoCo step (queries' gradient, detached keys):"),
+        "",
+        ("| provider | time (ms) | × official time | official time / this | allocated per call (MB) "
+         "| peak extra memory (MB) | note |"),
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if r.ms is None:
+            lines.append(f"| {r.provider} | — | — | — | — | — | {r.note} |")
+            continue
+        ratios = (f"{r.ms / official.ms:.2f} | {official.ms / r.ms:.2f}×" if official.ms else "— | —")
+        lines.append(f"| {r.provider} | {r.ms:.2f} | {ratios} | {r.allocated_mb:.2f} | {_mb(r.peak_mb)} | {r.note} |")
+    lines += [
+        "",
+        (f"{verdict}: queue.t() of the (D, K) queue takes {time_ratio:.3f}× the time (median of the per-round "
+         f"ratios) and {memory_ratio:.3f}× the memory allocated of the (K, D) queue (target: at most 1.05×, i.e. "
+         f"no copy; a copy of the queue would allocate {case.K * case.D * 4 / 2**20:.1f} MB)."),
+    ]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -403,6 +539,10 @@ def main(argv=None) -> int:
     p.add_argument("--lightly-only", action="store_true", help="only lightly's NTXentLoss against PrunedNTXentLoss")
     p.add_argument("--lightly-size", default="256,65536", help="B,K of the lightly rows (float32, D=128)")
     p.add_argument("--lightly-rounds", type=int, default=5, help="interleaved rounds of the lightly rows")
+    p.add_argument("--no-moco-queue", action="store_true", help="leave out the official MoCo v2 loss on its (D, K) queue")
+    p.add_argument("--moco-queue-only", action="store_true", help="only the official MoCo v2 loss against ours on its queue")
+    p.add_argument("--moco-queue-size", default="256,65536", help="B,K of the MoCo queue rows (float32, D=128)")
+    p.add_argument("--moco-queue-rounds", type=int, default=5, help="interleaved rounds of the MoCo queue rows")
     p.add_argument("--out", default=None, help="Markdown file to write (default benchmarks/results/<device>.md)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -418,16 +558,21 @@ def main(argv=None) -> int:
     print(f"adam_ext benchmark on {machine(args.device)}; torch {torch.__version__}; build {info}", flush=True)
 
     results: list[Result] = []
-    if not args.lightly_only:
+    only = args.lightly_only or args.moco_queue_only
+    if not only:
         for case in cases:
             print(f"case B={case.B} K={case.K} D={case.D} {case.dtype} gamma={case.gamma}", flush=True)
             results += run_case(case, providers, args.device, args)
         if not args.no_official:
             results += official_case(headline, args.device, args)
     lightly = None
-    if not args.no_lightly:
+    if not args.no_lightly and not args.moco_queue_only:
         B, K = map(int, args.lightly_size.split(","))
         lightly = lightly_rows(Case(B, K, 128, torch.float32, None), args.device, args)
+    moco = None
+    if not args.no_moco_queue and not args.lightly_only:
+        B, K = map(int, args.moco_queue_size.split(","))
+        moco = moco_queue_rows(Case(B, K, 128, torch.float32, None), args.device, args)
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -444,9 +589,11 @@ def main(argv=None) -> int:
         lines += ["Headline (B=256, K=65536, D=128):", "", headline_summary(results, headline), "", table(results), ""]
     if lightly is not None:
         lines += [lightly_table(lightly), ""]
+    if moco is not None:
+        lines += [moco_queue_table(moco), ""]
     report = "\n".join(lines)
     print("\n" + report)
-    suffix = "-lightly" if args.lightly_only else "-headline" if args.headline else ""
+    suffix = "-lightly" if args.lightly_only else "-moco-queue" if args.moco_queue_only else "-headline" if args.headline else ""
     out = args.out or os.path.join(RESULTS_DIR, f"{args.device}{suffix}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

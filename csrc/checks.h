@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include "pruned_info_nce.h"
+
 #include <cmath>
 #include <optional>
 #include <utility>
@@ -19,6 +21,13 @@ namespace adam_ext {
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 ||
          t == at::kHalf;
+}
+
+// A finite temperature >= kMinTemperature (1/temperature scales every logit).
+inline void check_temperature(double temperature) {
+  ADAM_CHECK_ARG(std::isfinite(temperature) && temperature >= kMinTemperature, "temperature",
+                 "must be a finite number >= ", kMinTemperature, " (every logit is at most ",
+                 "1/temperature), got ", temperature);
 }
 
 // q of a supported floating dtype and k of the same: shared by both operators.
@@ -34,8 +43,9 @@ inline void check_qk_dtypes(const at::Tensor& q, const at::Tensor& k) {
 // Validates the forward operator's arguments; returns nothing, throws a
 // c10::ValueError naming the offending argument otherwise. Order: the ranks of
 // q, k, queue (before any size is read), their shapes, dtypes, devices, the
-// temperature, then gamma / gamma_rows. Kernels make their own contiguous
-// copies: no stride is assumed. Backend limits (e.g. D <= 256 on CUDA) are
+// temperature, then gamma / gamma_rows. No stride is assumed: kernels copy q
+// and k to contiguous memory (O(B * D)) and read the queue through
+// queue_layout (pruned_info_nce.h). Backend limits (e.g. D <= 256 on CUDA) are
 // checked by the backend.
 inline void check_forward_args(const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& queue, double temperature,
@@ -68,13 +78,12 @@ inline void check_forward_args(const at::Tensor& q, const at::Tensor& k,
   ADAM_CHECK_ARG(queue.device() == q.device(), "queue",
                  "must be on the device of q (", q.device(), "), got ",
                  queue.device());
-  ADAM_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
-                 "must be a finite number > 0, got ", temperature);
+  check_temperature(temperature);
   ADAM_CHECK_ARG(!(gamma.has_value() && gamma_rows.has_value()), "gamma",
                  "must be given either as a number or as a (B,) tensor, not both");
   if (gamma.has_value()) {
-    ADAM_CHECK_ARG(std::isfinite(*gamma), "gamma",
-                   "must be a finite number (or None to disable pruning), got ",
+    ADAM_CHECK_ARG(*gamma >= -1.0 && *gamma <= 1.0, "gamma",
+                   "must be in [-1, 1] (a cosine similarity), or None to disable pruning, got ",
                    *gamma);
   }
   if (gamma_rows.has_value()) {
@@ -94,7 +103,7 @@ inline void check_forward_args(const at::Tensor& q, const at::Tensor& k,
 // Validates the backward operator's arguments, in this order: the rank of q
 // (before any size of q is read), the shapes of k, grad_loss, loss and wsum
 // against q's (B, D), then dtypes, devices and the temperature. Kernels make
-// their own contiguous copies: no stride is assumed. wsum is read only when
+// their own contiguous copies of these O(B * D) tensors: no stride is assumed. wsum is read only when
 // need_grad_q (the forward with need_wsum=False returns a (0, D) wsum).
 inline void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& q,
                                 const at::Tensor& k, const at::Tensor& loss,
@@ -131,8 +140,7 @@ inline void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& q
     ADAM_CHECK_ARG(t->device() == q.device(), name, "must be on the device of q (",
                    q.device(), "), got ", t->device());
   }
-  ADAM_CHECK_ARG(std::isfinite(temperature) && temperature > 0, "temperature",
-                 "must be a finite number > 0, got ", temperature);
+  check_temperature(temperature);
 }
 
 }  // namespace adam_ext

@@ -1,14 +1,22 @@
 """Plain MoCo v2 pretraining with the purposively pruned InfoNCE loss dropped in.
 
 The usual single-file MoCo v2 (facebookresearch/moco's main_moco.py + builder.py, one process,
-no DDP, no shuffle-BN): query and momentum key encoders with an MLP head, a queue of keys, SGD with
-a cosine schedule, two augmented crops per image. The one change is the loss: the (B, 1 + K)
-logit matrix and CrossEntropyLoss are replaced by ``adam_ext.pruned_info_nce``, which also drops
-queue keys at least ``--gamma`` similar to the query (Adam's purposive pruner).
+no DDP, no shuffle-BN): query and momentum key encoders with an MLP head, a queue of keys kept as
+MoCo keeps it (a (dim, K) buffer), SGD with a cosine schedule, two augmented crops per image. The
+one change is the loss: the (B, 1 + K) logit matrix and CrossEntropyLoss are replaced by
+``adam_ext.pruned_info_nce(q, k, self.queue.t(), ...)`` (the transposed view is read in place, no
+copy of the queue), which also drops queue keys at least ``--gamma`` similar to the query (Adam's
+purposive pruner; ``--gamma none`` gives MoCo v2's own loss). docs/moco-dropin.md walks through it.
 
+    python python/moco_v2_dropin.py --smoke                        # CPU check in seconds (see below)
     python python/moco_v2_dropin.py --max-steps 20                 # random images, no download
     python python/moco_v2_dropin.py --data /path/to/imagefolder --arch resnet50 --gamma 0.8
     python python/moco_v2_dropin.py --gamma none                   # plain MoCo v2 InfoNCE
+
+``--smoke`` changes the defaults to a run that ends in seconds on a laptop CPU: resnet18 on 32-px
+FakeData images, batches of 8, a queue of K = 256, 3 steps, no loader workers, on the CPU (the
+paper-size defaults, resnet50 on 224-px images with K = 65,536, take minutes for a single CPU
+step). Options given beside it win: ``--smoke --max-steps 10``.
 """
 
 from __future__ import annotations
@@ -24,27 +32,34 @@ from torchvision import datasets, transforms
 
 import adam_ext
 
+#: The defaults --smoke changes (options given on the command line beside it win).
+SMOKE = {"arch": "resnet18", "size": 32, "moco_k": 256, "batch_size": 8, "fake_images": 32, "workers": 0,
+         "max_steps": 3, "device": "cpu"}
+
 
 def contrastive_loss(q, k, queue, T: float, gamma: float | None):
     """MoCo's InfoNCE over the queue with the purposive pruner.
 
     Args:
-        q (Tensor[N, C]): queries; k (Tensor[N, C]): positive keys; queue (Tensor[K, C]): negatives.
-        T: temperature. gamma: queue keys with cosine >= gamma to a query are dropped (None: none).
+        q (Tensor[N, C]): queries; k (Tensor[N, C]): positive keys.
+        queue (Tensor[C, K]): the negatives as MoCo stores them, one key per column.
+        T: temperature. gamma: queue keys with cosine >= gamma to a query are dropped (None: none,
+            MoCo v2's loss).
 
     Returns:
         ``(loss, pruned)``: the mean loss and Tensor[N] int64, keys dropped per query.
     """
-    # before (MoCo v2, with the queue stored (K, C) here instead of (C, K)):
+    # before (MoCo v2's builder):
     #   l_pos = torch.einsum("nc,nc->n", [q, k]).unsqueeze(-1)
-    #   l_neg = torch.einsum("nc,kc->nk", [q, queue.clone().detach()])
+    #   l_neg = torch.einsum("nc,ck->nk", [q, queue.clone().detach()])
     #   logits = torch.cat([l_pos, l_neg], dim=1) / T
     #   loss = nn.CrossEntropyLoss()(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=q.device))
-    return adam_ext.pruned_info_nce(q, k, queue, temperature=T, gamma=gamma, return_pruned=True)
+    # after: the (K, C) view of the same memory, read in place (no clone, no (N, 1 + K) logits).
+    return adam_ext.pruned_info_nce(q, k, queue.t(), temperature=T, gamma=gamma, return_pruned=True)
 
 
 class MoCo(nn.Module):
-    """MoCo v2: encoder_q, momentum encoder_k, MLP head, a queue (K, dim) of normalised keys."""
+    """MoCo v2: encoder_q, momentum encoder_k, MLP head, a queue (dim, K) of normalised keys (MoCo's layout)."""
 
     def __init__(self, arch="resnet50", dim=128, K=65536, m=0.999, T=0.2):
         super().__init__()
@@ -57,7 +72,7 @@ class MoCo(nn.Module):
         for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
             param_k.data.copy_(param_q.data)
             param_k.requires_grad = False
-        self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))
+        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @torch.no_grad()
@@ -70,7 +85,7 @@ class MoCo(nn.Module):
     def _dequeue_and_enqueue(self, keys):
         # A ring buffer: any batch size up to K (no K % batch == 0 assert), no host synchronisation.
         index = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % self.K
-        self.queue.index_copy_(0, index, keys)
+        self.queue.index_copy_(1, index, keys.t())
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.K)
 
     def forward(self, im_q, im_k, gamma=None):
@@ -127,7 +142,15 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true",
+                   help="a CPU check that ends in seconds: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                      for k, v in SMOKE.items()))
+    args = p.parse_args(argv)
+    if args.smoke:
+        for name, value in SMOKE.items():
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
+    return args
 
 
 def train(args):

@@ -64,23 +64,33 @@ def test_different_devices(fn, which):
         fn(args["q"], args["k"], args["queue"])
 
 
+TEMPERATURE_BOUND = r"temperature must be a finite number >= 0\.0001 \(every logit is at most 1/temperature\)"
+
+
 @pytest.mark.parametrize("fn", LOSSES, ids=["fused", "reference"])
-@pytest.mark.parametrize("temperature", [0.0, -0.2, float("nan"), float("inf")])
+@pytest.mark.parametrize("temperature", [0.0, -0.2, float("nan"), float("inf"), 5e-324, 1e-30, 9.9e-5])
 def test_bad_temperature(fn, temperature):
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+    """Issue 24 (13): temperature=5e-324 was accepted and gave NaN (1/τ overflows); the bound is 1e-4."""
+    with pytest.raises(ValueError, match=TEMPERATURE_BOUND + f", got {temperature}"):
         fn(*good(), temperature=temperature)
 
 
 @pytest.mark.parametrize("fn", LOSSES, ids=["fused", "reference"])
-@pytest.mark.parametrize("gamma", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_gamma(fn, gamma):
-    with pytest.raises(ValueError, match="gamma must be a finite number"):
+def test_smallest_temperature_is_accepted(fn):
+    assert torch.isfinite(fn(*good(), temperature=1e-4, gamma=0.8))
+
+
+@pytest.mark.parametrize("fn", LOSSES, ids=["fused", "reference"])
+@pytest.mark.parametrize("gamma", [float("nan"), float("inf"), float("-inf"), 5, 1.01, -1.5])
+def test_gamma_outside_minus_one_one(fn, gamma):
+    with pytest.raises(ValueError, match=r"gamma must be in \[-1, 1\] \(a cosine similarity\), or None to disable "
+                                         rf"pruning, got {float(gamma)}"):
         fn(*good(), gamma=gamma)
 
 
 @pytest.mark.parametrize("fn", LOSSES, ids=["fused", "reference"])
 def test_bad_gamma_types_and_shapes(fn):
-    with pytest.raises(TypeError, match="gamma must be None, a number or a \\(B,\\) tensor, got str"):
+    with pytest.raises(TypeError, match=r"gamma must be None, a number in \[-1, 1\] or a \(B,\) tensor, got str"):
         fn(*good(), gamma="0.8")
     with pytest.raises(ValueError, match=r"gamma given as a tensor must be \(B,\) = \(4,\), got \(3,\)"):
         fn(*good(), gamma=torch.full((3,), 0.8))
@@ -103,11 +113,44 @@ def test_module_validates_at_construction():
         adam_ext.PurposivePrunerLoss(reduction="avg")
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-5])
+def test_module_refuses_the_temperatures_the_functional_refuses(temperature):
+    with pytest.raises(ValueError, match=TEMPERATURE_BOUND + f", got {temperature}"):
+        adam_ext.PurposivePrunerLoss(temperature=temperature)
+
+
+@pytest.mark.parametrize("gamma", [5, 1.5, -1.01, float("inf")])
+def test_module_refuses_gamma_outside_minus_one_one_like_the_functional(gamma):
+    """Issue 24 (13): PurposivePrunerLoss(gamma=5) was accepted."""
+    match = rf"gamma must be in \[-1, 1\] \(a cosine similarity\), or None to disable pruning, got {float(gamma)}"
+    with pytest.raises(ValueError, match=match):
+        adam_ext.PurposivePrunerLoss(gamma=gamma)
+    with pytest.raises(ValueError, match=match):
+        adam_ext.pruned_info_nce(*good(), gamma=gamma)
+
+
+@pytest.mark.parametrize("gamma", [torch.full((4,), 0.8), torch.tensor(0.8), "0.8", True])
+def test_module_gamma_message_says_what_it_takes(gamma):
+    """Issue 24 (13): the module refused a per-query tensor with a message saying tensors were allowed.
+    It takes None or a number; the message names the functional that takes a Tensor[B]."""
+    with pytest.raises(TypeError) as info:
+        adam_ext.PurposivePrunerLoss(gamma=gamma)
+    message = str(info.value)
+    assert message.startswith("gamma of PurposivePrunerLoss must be None or a number in [-1, 1];")
+    assert "pass gamma=Tensor[B] to adam_ext.pruned_info_nce" in message
+    assert "a number or a (B,) tensor" not in message
+    q, k, queue = good()  # and the functional does take the per-query tensor
+    assert adam_ext.pruned_info_nce(q, k, queue, gamma=torch.full((4,), 0.8)).isfinite()
+
+
 def test_raw_op_checks_arguments_too():
     """torch.ops.adam_ext.* callers bypass the wrapper: the C++ checks still name the argument."""
     q, k, queue = good()
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
-        torch.ops.adam_ext.pruned_info_nce_fwd(q, k, queue, -1.0, None, None, True)
+    for temperature in (-1.0, 5e-324):
+        with pytest.raises(ValueError, match=TEMPERATURE_BOUND):
+            torch.ops.adam_ext.pruned_info_nce_fwd(q, k, queue, temperature, None, None, True)
+    with pytest.raises(ValueError, match=r"gamma must be in \[-1, 1\] \(a cosine similarity\)"):
+        torch.ops.adam_ext.pruned_info_nce_fwd(q, k, queue, 0.2, 5.0, None, True)
     with pytest.raises(ValueError, match="k must have the dtype of q"):
         torch.ops.adam_ext.pruned_info_nce_fwd(q, k.double(), queue, 0.2, None, None, True)
     with pytest.raises(ValueError, match="gamma must be given either as a number or as a"):

@@ -257,10 +257,11 @@ def test_gather_distributed_two_gloo_ranks(lightly, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"temperature": 0.0}, ValueError, "temperature must be a finite number > 0, got 0.0"),
-        ({"temperature": -0.2}, ValueError, "temperature must be a finite number > 0"),
-        ({"temperature": float("nan")}, ValueError, "temperature must be a finite number > 0"),
-        ({"temperature": "0.2"}, TypeError, "temperature must be a number > 0, got str"),
+        ({"temperature": 0.0}, ValueError, r"temperature must be a finite number >= 0\.0001 .*got 0\.0"),
+        ({"temperature": -0.2}, ValueError, r"temperature must be a finite number >= 0\.0001"),
+        ({"temperature": float("nan")}, ValueError, r"temperature must be a finite number >= 0\.0001"),
+        ({"temperature": 5e-324}, ValueError, r"temperature must be a finite number >= 0\.0001 .*got 5e-324"),
+        ({"temperature": "0.2"}, TypeError, r"temperature must be a number >= 0\.0001, got str"),
         ({"memory_bank_size": 0}, ValueError, r"memory_bank_size must be \(K, D\) .* use lightly.loss.NTXentLoss"),
         ({"memory_bank_size": 4096}, ValueError, r"memory_bank_size must be \(K, D\) .*Got 4096"),
         ({"memory_bank_size": (0, 128)}, ValueError, r"memory_bank_size must be \(K, D\) with K > 0 .*got \(0, 128\)"),
@@ -298,6 +299,24 @@ def test_bad_inputs_name_themselves(lightly):
     with pytest.raises(TypeError, match="q must be a float32, float64, bfloat16 or float16 tensor"):
         criterion(torch.ones(4, 8, dtype=torch.int64), torch.ones(4, 8, dtype=torch.int64))
     assert "gamma=0.8" in repr(criterion) and "memory_bank_size=(16, 8)" in repr(criterion)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_keys_are_refused_not_enqueued(lightly, bad, seed):
+    """Issue 24 (8): a NaN key enqueued by the adapter made every later loss NaN for K / B steps (with γ set:
+    finite losses and NaN gradients). A training step with a key that is not finite is refused, naming the
+    rows, and the bank and its pointer are left as they were; the next good step goes on."""
+    _, ours = pair(lightly, 40, 8, seed, gamma=0.8, dtype=torch.float32)
+    bank, ptr = ours.memory_bank.bank.clone(), ours.memory_bank.bank_ptr.clone()
+    out0 = torch.randn(6, 8).requires_grad_()
+    out1 = torch.randn(6, 8)
+    out1[[2, 4], 3] = bad
+    with pytest.raises(ValueError, match=r"out1 \(the keys to enqueue\) has 2 row\(s\) that are not finite .*"
+                                         r"\(rows 2, 4\): refusing to write them into the memory bank"):
+        ours(out0, out1)
+    assert torch.equal(ours.memory_bank.bank, bank) and torch.equal(ours.memory_bank.bank_ptr, ptr)
+    loss = ours(out0, out1.nan_to_num(0.0, posinf=0.0))
+    assert loss.isfinite() and int(ours.memory_bank.bank_ptr) == 6
 
 
 def test_bench_rows_side_by_side(lightly, tmp_path):

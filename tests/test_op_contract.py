@@ -79,6 +79,34 @@ def test_nan_gamma_row_backward_leaves_the_other_rows_alone(device, seed):
         torch.testing.assert_close(g[[0, 2]], good[[0, 2]], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("bad", [NAN, math.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("gamma", [None, 0.8, -1.0])
+def test_non_finite_similarity_raw_forward(bad, gamma, device, seed):
+    """The contract's non-finite rule, on the raw op: a queue row with a NaN or inf entry is met by every
+    query, is never pruned and makes every loss, lse and wsum row NaN; the pruned count is that of the
+    finite keys the pruner removed (with γ = -1: all of them, but not the bad one)."""
+    _, (q, k, queue) = make_inputs(3, 100, 16, seed=seed, device=device)
+    clean_pruned = fwd(q, k, queue, 0.2, gamma, None, True)[3]
+    row_was_pruned = (0 if gamma is None else
+                      (torch.nn.functional.normalize(q.double(), dim=1) @ queue[40].double() >= gamma).long())
+    queue[40, 5] = bad
+    loss, lse, wsum, pruned = fwd(q, k, queue, 0.2, gamma, None, True)
+    assert loss.isnan().all() and lse.isnan().all() and wsum.isnan().any(dim=1).all()
+    assert torch.equal(pruned, clean_pruned - row_was_pruned)
+    if gamma == -1.0:
+        assert (pruned == 99).all()
+
+
+@pytest.mark.parametrize("gamma", [None, 0.8])
+def test_moco_queue_raw_forward(gamma, device, seed):
+    """The raw op reads MoCo's (D, K) buffer through .t() in place: the outputs of the (K, D) rows."""
+    _, (q, k, queue) = make_inputs(5, 300, 16, seed=seed, device=device)
+    rows = fwd(q, k, queue, 0.2, gamma, None, True)
+    cols = fwd(q, k, queue.t().contiguous().t(), 0.2, gamma, None, True)
+    for a, b in zip(rows, cols):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 ACC = [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.float32),
        (torch.float16, torch.float32)]
 
@@ -134,7 +162,7 @@ def test_backward_checks_in_order(device):
         bwd(grad, q, k, loss[:3].long(), wsum, -1.0, True, True)
     with pytest.raises(ValueError, match="loss must be floating point"):
         bwd(grad, q, k, loss.long(), wsum, -1.0, True, True)
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0\.0001"):
         bwd(grad, q, k, loss, wsum, math.inf, True, True)
     # Without the gradient of q, wsum is not read (the forward with need_wsum=False returns (0, D)).
     grad_q, grad_k = bwd(grad, q, k, loss, wsum[:0], 0.2, False, True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_inputs, similarities
 
 import adam_ext
 from adam_ext import ops, reference
-from conftest import make_inputs, similarities
 
 
 def test_compiled_extension_is_loaded():
@@ -109,3 +109,23 @@ def test_double_backward_is_refused_not_silently_zero(device):
     (grad,) = torch.autograd.grad(adam_ext.pruned_info_nce(q, k, queue), q, create_graph=True)
     with pytest.raises(RuntimeError, match="does not support double backward"):
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("gamma", [None, 0.5])
+def test_gradcheck_float64_moco_queue(gamma, device):
+    """MoCo's (D, K) buffer passed as queue.t() (strides (1, K)): the same gradients, read in place."""
+    q, k, queue = margin_inputs(4, 300, 8, gamma, device=device)
+    moco_queue = queue.t().contiguous().t()
+    assert moco_queue.stride() == (1, 300)
+    assert torch.autograd.gradcheck(
+        lambda q, k: adam_ext.pruned_info_nce(q, k, moco_queue, gamma=gamma, reduction="none"),
+        (q.requires_grad_(), k.requires_grad_()), eps=1e-6, atol=1e-6, rtol=1e-5,
+    )
+
+
+def test_opcheck_forward_moco_queue(device):
+    q, k, queue = margin_inputs(4, 300, 16, 0.5, dtype=torch.float32, device=device)
+    torch.library.opcheck(
+        torch.ops.adam_ext.pruned_info_nce_fwd.default,
+        (q.requires_grad_(), k, queue.t().contiguous().t(), 0.2, 0.5, None, True),
+    )

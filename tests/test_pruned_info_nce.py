@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import ambiguous_counts, make_inputs
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 import adam_ext
 from adam_ext import reference
-from conftest import ambiguous_counts, make_inputs
 
 GAMMAS = [None, 0.0, 0.5, 0.8, 1.0]
 # Rounding of float32 similarities (~1e-6) can flip the mask of a key this close to γ.
@@ -126,7 +129,7 @@ def test_mixed_dtypes_promote(seed):
 
 def test_everything_pruned_leaves_only_the_positive(device, seed):
     _, (q, k, queue) = make_inputs(5, 300, 16, seed=seed, device=device)
-    loss, pruned, gq, gk = fused_and_grads(q, k, queue, gamma=-2.0)
+    loss, pruned, gq, gk = fused_and_grads(q, k, queue, gamma=-1.0)  # s < -1 holds for no key
     assert (pruned == 300).all()
     assert torch.equal(loss, torch.zeros_like(loss))  # -s+/τ + log(exp(s+/τ)) = 0
     assert gq.abs().max() < 1e-6 and gk.abs().max() < 1e-6
@@ -135,7 +138,8 @@ def test_everything_pruned_leaves_only_the_positive(device, seed):
 def test_nothing_pruned_equals_moco_infonce(device, seed):
     _, (q, k, queue) = make_inputs(16, 1000, 32, seed=seed, device=device)
     loss_none, pruned = adam_ext.pruned_info_nce(q, k, queue, gamma=None, return_pruned=True)
-    loss_high, pruned_high = adam_ext.pruned_info_nce(q, k, queue, gamma=2.0, return_pruned=True)
+    keep_all = torch.full((16,), float("inf"), device=device)  # per query: s < +inf keeps every key
+    loss_high, pruned_high = adam_ext.pruned_info_nce(q, k, queue, gamma=keep_all, return_pruned=True)
     assert (pruned == 0).all() and (pruned_high == 0).all()
     torch.testing.assert_close(loss_none, loss_high, rtol=0, atol=0)
 
@@ -151,7 +155,7 @@ def test_identical_keys_closed_form(device):
 
 def test_zero_keys_in_queue(device, seed):
     _, (q, k, queue) = make_inputs(3, 0, 16, seed=seed, device=device)
-    loss, pruned, gq, gk = fused_and_grads(q, k, queue, gamma=0.8)
+    loss, pruned, gq, _gk = fused_and_grads(q, k, queue, gamma=0.8)
     assert torch.equal(loss, torch.zeros_like(loss)) and (pruned == 0).all()
     assert torch.equal(gq, torch.zeros_like(gq))
 
@@ -178,21 +182,40 @@ def test_nan_gamma_row_gives_nan_loss(device, seed):
     assert loss[1].isnan() and r[1].isnan() and loss[0].isfinite() and loss[2].isfinite()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("where", ["q", "k", "queue"])
 @pytest.mark.parametrize("gamma", [None, 0.8])
-def test_nan_inputs_give_nan_like_the_reference(where, gamma, device, seed):
+def test_non_finite_inputs_give_nan_like_the_reference(where, bad, gamma, device, seed):
+    """Issue 24 (8): non-finite never hides. A non-finite similarity is NaN and never pruned: the rows
+    it touches have a NaN loss *and* NaN gradients (one bad queue row touches every query), the other
+    rows are untouched. Before, a NaN queue row with γ set was pruned: a finite loss, all-NaN gradients."""
     _, (q, k, queue) = make_inputs(4, 700, 16, seed=seed, device=device)
-    {"q": q, "k": k, "queue": queue}[where][1, 3] = float("nan")
-    loss = adam_ext.pruned_info_nce(q, k, queue, gamma=gamma, reduction="none")
-    expected = reference.pruned_info_nce(q, k, queue, gamma=gamma, reduction="none")
+    {"q": q, "k": k, "queue": queue}[where][1, 3] = bad
+    loss, _, gq, gk = fused_and_grads(q, k, queue, gamma=gamma)
+    expected, _, r_gq, r_gk = reference_and_grads(q, k, queue, gamma=gamma)
     assert torch.equal(loss.isnan(), expected.isnan()), (loss, expected)
-    if where == "queue" and gamma is not None:
-        # A NaN similarity fails `s < γ`, so the pruner removes that key, as in the official loop.
-        assert not loss.isnan().any()
-    else:
-        assert loss.isnan().any()
-    finite = ~expected.isnan()
-    torch.testing.assert_close(loss[finite], expected[finite], rtol=1e-5, atol=1e-5)
+    nan_rows = torch.arange(4, device=loss.device) == 1 if where in ("q", "k") else torch.ones(4, dtype=torch.bool,
+                                                                                             device=loss.device)
+    assert torch.equal(loss.isnan(), nan_rows), loss
+    for g, r_g in ((gq, r_gq), (gk, r_gk)):
+        assert torch.equal(g.isnan().all(dim=1), nan_rows) and not g[~nan_rows].isnan().any()
+        torch.testing.assert_close(g[~nan_rows], r_g[~nan_rows], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss[~nan_rows], expected[~nan_rows], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.8, -1.0, "rows"])
+def test_a_nan_key_is_never_pruned_not_even_when_everything_else_is(gamma, device, seed):
+    """The pruner does not remove a NaN similarity (NaN < γ is false, so it once counted as pruned):
+    it stays and makes the loss NaN, whatever γ; the count of pruned keys leaves it out."""
+    _, (q, k, queue) = make_inputs(3, 100, 16, seed=seed, device=device)
+    queue[17] = float("nan")
+    gamma = torch.full((3,), float("-inf"), device=device) if gamma == "rows" else gamma
+    loss, pruned = adam_ext.pruned_info_nce(q, k, queue, gamma=gamma, reduction="none", return_pruned=True)
+    r_loss, r_pruned = reference.pruned_info_nce(q, k, queue, gamma=gamma, reduction="none", return_pruned=True)
+    assert loss.isnan().all() and r_loss.isnan().all()
+    assert torch.equal(pruned.cpu(), r_pruned.cpu())
+    if not isinstance(gamma, float) or gamma == -1.0:
+        assert (pruned == 99).all()  # every finite key pruned, the NaN one kept
 
 
 def test_non_contiguous_inputs(device, seed):
@@ -201,18 +224,18 @@ def test_non_contiguous_inputs(device, seed):
     k_nc = k.T.contiguous().T
     queue_nc = queue.T.contiguous().T
     assert not (q_nc.is_contiguous() or k_nc.is_contiguous() or queue_nc.is_contiguous())
-    loss, pruned, gq, gk = fused_and_grads(q_nc, k_nc, queue_nc, gamma=0.8)
-    r_loss, r_pruned, r_gq, r_gk = reference_and_grads(*masters, gamma=0.8)
+    loss, _pruned, gq, gk = fused_and_grads(q_nc, k_nc, queue_nc, gamma=0.8)
+    r_loss, _r_pruned, r_gq, r_gk = reference_and_grads(*masters, gamma=0.8)
     assert_close_scaled(loss, r_loss, 1e-5, "loss")
     assert_close_scaled(gq, r_gq, 1e-5, "grad q")
     assert_close_scaled(gk, r_gk, 1e-5, "grad k")
 
 
 def test_zero_norm_query_matches_normalize_clamp(device, seed):
-    masters, (q, k, queue) = make_inputs(3, 50, 16, seed=seed, dtype=torch.float64, device=device)
+    _masters, (q, k, queue) = make_inputs(3, 50, 16, seed=seed, dtype=torch.float64, device=device)
     q[1] = 0
-    loss, _, gq, gk = fused_and_grads(q, k, queue, gamma=0.8)
-    r_loss, _, r_gq, r_gk = reference_and_grads(q.cpu(), k.cpu(), queue.cpu(), gamma=0.8)
+    loss, _, gq, _gk = fused_and_grads(q, k, queue, gamma=0.8)
+    r_loss, _, r_gq, _r_gk = reference_and_grads(q.cpu(), k.cpu(), queue.cpu(), gamma=0.8)
     assert_close_scaled(loss, r_loss, 1e-10, "loss")
     assert_close_scaled(gq, r_gq, 1e-10, "grad q")
 
@@ -268,7 +291,7 @@ def test_temperatures_including_very_small(temperature, device, seed):
 
 def test_unnormalised_queue_is_still_exact(device, seed):
     """Rows far from unit norm break the 1/τ bound; the online maximum keeps it exact."""
-    masters, (q, k, queue) = make_inputs(8, 2000, 32, seed=seed, device=device)
+    masters, (q, k, _queue) = make_inputs(8, 2000, 32, seed=seed, device=device)
     scale = torch.linspace(0.1, 30, 2000, dtype=torch.float64)[:, None]
     loss, _, gq, _ = fused_and_grads(q, k, (masters[2] * scale).float().to(device), gamma=None)
     r_loss, _, r_gq, _ = reference_and_grads(masters[0], masters[1], masters[2] * scale, gamma=None)
@@ -305,3 +328,163 @@ def test_no_allocation_proportional_to_b_times_k(device):
 def _status_kb(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+# ---- Equivalent by default, and MoCo's own (dim, K) queue without a copy (issue 22) -----------------
+
+
+def moco_v2_loss(q, k, queue_dk, T):
+    """MoCo v2's loss as its builder computes it (the well-known recipe, written here): normalised q and k,
+    positive and negative logits by einsum against the (dim, K) queue, CrossEntropyLoss with label 0."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+    l_neg = torch.einsum("nc,ck->nk", q, queue_dk.clone().detach())
+    logits = torch.cat([l_pos, l_neg], dim=1) / T
+    return nn.CrossEntropyLoss()(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=q.device))
+
+
+def loss_and_grads(fn, q, k, *args, **kw):
+    q = q.detach().clone().requires_grad_()
+    k = k.detach().clone().requires_grad_()
+    loss = fn(q, k, *args, **kw)
+    loss.backward()
+    return loss.detach(), q.grad, k.grad
+
+
+@pytest.mark.parametrize("layout", ["moco (dim, K) buffer .t()", "(K, D) rows"])
+def test_default_gamma_is_mocos_cross_entropy(layout, device, seed):
+    """Issue 22 (2): without gamma the functional and the module are MoCo's InfoNCE (float64, ~1e-15), even
+    with near-duplicate keys in the queue that pruning at 0.8 would remove (so the test would see it on)."""
+    _, (q, k, queue) = make_inputs(32, 1000, 64, seed=seed, dtype=torch.float64, device=device)
+    queue_dk = queue.t().contiguous()
+    queue_arg = queue_dk.t() if layout.startswith("moco") else queue
+    expected = loss_and_grads(moco_v2_loss, q, k, queue_dk, 0.2)
+    for fn in (adam_ext.pruned_info_nce, adam_ext.PurposivePrunerLoss()):
+        got = loss_and_grads(fn, q, k, queue_arg)
+        for a, b, name in zip(got, expected, ("loss", "grad q", "grad k")):
+            assert_close_scaled(a, b, 1e-12, name)
+    assert adam_ext.PurposivePrunerLoss().gamma is None and "gamma=None" in repr(adam_ext.PurposivePrunerLoss())
+    _, pruned = adam_ext.pruned_info_nce(q, k, queue_arg, return_pruned=True)
+    assert (pruned == 0).all()
+    pruning = adam_ext.pruned_info_nce(q, k, queue_arg, gamma=0.8)
+    assert (pruning - expected[0]).abs() > 1e-3, "the planted near-duplicates must change the loss when pruned"
+
+
+MOCO_SHAPES = [(1, 0, 16), (3, 1, 16), (5, 17, 3), (4, 300, 1), (64, 700, 128), (256, 4096, 128)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gamma", [None, 0.8, "rows"])
+@pytest.mark.parametrize("B,K,D", MOCO_SHAPES)
+def test_moco_queue_transposed_gives_the_rows_loss_and_gradients(B, K, D, gamma, dtype, device, seed):
+    """Issue 22 (3): queue.t() of MoCo's contiguous (D, K) buffer (strides (1, K)), and the (K, D) rows of a
+    wider (D, K + 5) buffer (strides (1, K + 5)), give the loss, gradients and counts of a contiguous
+    (K, D) queue; in float64 both equal the reference."""
+    masters, (q, k, queue) = make_inputs(B, K, D, seed=seed, dtype=dtype, device=device)
+    if gamma == "rows":
+        gamma = torch.linspace(0.5, 1.0, B, device=device)
+    buffer = queue.t().contiguous()
+    wider = torch.cat([buffer, torch.full((D, 5), float("nan"), dtype=dtype, device=device)], dim=1)
+    views = {"(D, K) .t()": buffer.t(), "(D, K + 5)[:, :K] .t()": wider[:, :K].t()}
+    assert views["(D, K) .t()"].stride() == (1, K) or min(K, D) <= 1
+    assert views["(D, K + 5)[:, :K] .t()"].stride() == (1, K + 5)
+    rows = fused_and_grads(q, k, queue, gamma=gamma)
+    rtol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    for name, view in views.items():
+        cols = fused_and_grads(q, k, view, gamma=gamma)
+        for a, b, what in zip(cols[:1] + cols[2:], rows[:1] + rows[2:], ("loss", "grad q", "grad k")):
+            assert_close_scaled(a, b, rtol, f"{name}: {what}")
+        assert torch.equal(cols[1], rows[1]), name
+    if dtype == torch.float64 and D > 1:  # (at D = 1 every gradient is 0 up to rounding: nothing to compare)
+        g = gamma.cpu().double() if isinstance(gamma, torch.Tensor) else gamma
+        want = reference_and_grads(*masters, gamma=g)
+        slack = ambiguous_counts(masters[0], masters[2], g if isinstance(g, float) else None, BAND)
+        assert_parity(fused_and_grads(q, k, views["(D, K) .t()"], gamma=gamma), want, 1e-10, slack)
+
+
+@pytest.mark.parametrize("gamma", [None, 0.8])
+def test_inplace_enqueue_into_mocos_buffer_between_forward_and_backward(gamma, device, seed):
+    """MoCo enqueues into its (dim, K) buffer in place before backward; the backward never reads the queue,
+    so the gradients are the forward's even when the whole buffer is overwritten with NaN."""
+    masters, (q, k, queue) = make_inputs(16, 256, 32, seed=seed, dtype=torch.float64, device=device)
+    q, k, buffer = q.clone(), k.clone(), queue.t().contiguous()  # (in float64 the masters are the same tensors)
+    q.requires_grad_()
+    k.requires_grad_()
+    loss = adam_ext.pruned_info_nce(q, k, buffer.t(), gamma=gamma)
+    buffer[:, :16] = F.normalize(k.detach(), dim=1).t()  # MoCo's enqueue: queue[:, ptr:ptr + B] = keys.T
+    buffer[:, 16:] = float("nan")
+    loss.backward()
+    q64, k64 = (x.detach().clone().requires_grad_() for x in masters[:2])
+    expected = reference.pruned_info_nce(q64, k64, masters[2], gamma=gamma)
+    expected.backward()
+    assert_close_scaled(loss.detach(), expected.detach(), 1e-12, "loss")
+    assert_close_scaled(q.grad, q64.grad, 1e-10, "grad q")
+    assert_close_scaled(k.grad, k64.grad, 1e-10, "grad k")
+
+
+def allocated_bytes(step, device) -> int:
+    """Bytes allocated while ``step()`` runs: on the CPU every allocation the profiler sees (the sum of the
+    ops' positive self memory: a copy inside the operator is an aten::empty of its own), on CUDA the peak
+    above what was allocated before."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    return sum(max(event.self_cpu_memory_usage, 0) for event in prof.events())
+
+
+def test_moco_queue_is_read_in_place_not_copied(device):
+    """Issue 22 (3): the kernels once copied the queue to contiguous memory on every call (32 MiB here,
+    30-50 ms of a MoCo step at K = 65,536); queue.t() of MoCo's buffer now allocates what a (K, D) queue
+    does. Other strides are still copied, and the check sees that copy."""
+    B, K, D = 8, 65536, 128
+    g = torch.Generator().manual_seed(0)
+    buffer = F.normalize(torch.randn(D, K, generator=g), dim=0).to(device)
+    rows = buffer.t().contiguous()
+    q = torch.randn(B, D, generator=g).to(device).requires_grad_()
+    k = torch.randn(B, D, generator=g).to(device)
+
+    def step(queue):
+        return lambda: torch.autograd.grad(adam_ext.pruned_info_nce(q, k, queue, gamma=0.8), (q,))
+
+    step(rows)()  # warm-up: first-call allocations (thread pools, caches) are not the op's
+    queue_bytes = K * D * 4
+    got = {name: allocated_bytes(step(queue), device)
+           for name, queue in (("rows", rows), ("moco", buffer.t()), ("strided", buffer.t()[::2]))}
+    assert got["strided"] >= queue_bytes // 2, got  # the control: a copy is seen
+    assert got["moco"] <= 1.05 * got["rows"] + 4096, got
+    assert got["moco"] < queue_bytes // 100, got
+
+
+@pytest.mark.parametrize("scale", [1e-1, 1e-3, 1e-4, 3e-5, 1e-5, 1e-7])
+def test_float16_small_norm_gradients_are_computed_in_float32(scale, device, seed):
+    """Issue 24 (13): fp16 inputs of small norm. The normalisation and the gradients are computed in float32
+    and rounded once: every gradient whose true value fits float16 is finite and right (none overflows in an
+    intermediate), and only one beyond float16's range (it grows as 1/|q|: |q| ~ 1e-5 here) is ±inf with
+    the true sign, never NaN; the loss is right at every scale."""
+    masters, _ = make_inputs(8, 300, 16, seed=seed, dtype=torch.float64)
+    q16 = (F.normalize(masters[0], dim=1) * scale).half().to(device)
+    k16 = (F.normalize(masters[1], dim=1) * scale).half().to(device)
+    queue16 = masters[2].half().to(device)
+    loss, _, gq, gk = fused_and_grads(q16, k16, queue16, gamma=0.8)
+    want_loss, _, want_gq, want_gk = reference_and_grads(q16.double().cpu(), k16.double().cpu(),
+                                                         queue16.double().cpu(), gamma=0.8)
+    assert loss.isfinite().all()
+    assert_close_scaled(loss, want_loss, 1e-2, "loss")
+    fp16_max = torch.finfo(torch.float16).max
+    for got, want, name in ((gq, want_gq, "grad q"), (gk, want_gk, "grad k")):
+        got = got.double().cpu()
+        assert not got.isnan().any(), name
+        fits = want.abs() < fp16_max * (1 - 2**-10)
+        assert got[fits].isfinite().all(), name
+        beyond = want.abs() > fp16_max * (1 + 2**-10)  # past the rounding to float16's largest finite value
+        assert torch.equal(got[beyond], want[beyond].sign() * float("inf")), name
+        whole = fits.all(dim=1)  # rows that fit: right to float32 rounding of the row's largest entry
+        if whole.any():
+            atol = 2e-3 * want[whole].abs().amax(dim=1, keepdim=True)
+            assert ((got[whole] - want[whole]).abs() <= atol + 2e-3 * want[whole].abs()).all(), name

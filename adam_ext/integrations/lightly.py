@@ -26,10 +26,12 @@ What lightly 1.6's ``NTXentLoss`` does with a memory bank, and this class does t
   restarts from noise when a run resumes, as it does with lightly.
 
 What differs: ``gamma`` (the purposive pruner: negatives at least ``gamma`` similar to the query
-are removed; ``None``, the default, gives lightly's loss), ``temperature`` must be > 0 (lightly
-also accepts negative values), and the memory bank is required: without one lightly's loss uses
-the other samples of the batch as negatives (SimCLR), which this class refuses with a ValueError
-rather than silently computing something else; use ``lightly.loss.NTXentLoss`` there.
+are removed; ``None``, the default, gives lightly's loss), ``temperature`` must be at least 1e-4
+(lightly also accepts negative values), keys that are not finite are refused (ValueError) instead
+of being written into the bank, where they would turn every later loss into NaN for K / B steps,
+and the memory bank is required: without one lightly's loss uses the other samples of the batch as
+negatives (SimCLR), which this class refuses with a ValueError rather than silently computing
+something else; use ``lightly.loss.NTXentLoss`` there.
 
 Example:
     >>> from adam_ext.integrations.lightly import PrunedNTXentLoss
@@ -83,13 +85,34 @@ def _check_memory_bank_size(memory_bank_size) -> tuple[int, int]:
 
 
 def _check_temperature(temperature) -> float:
-    """Returns the temperature as a float; raises unless it is a finite number > 0."""
+    """Returns the temperature as a float; raises unless it is a finite number >= the operator's minimum."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a number > 0, got {type(temperature).__name__}")
+        raise TypeError(f"temperature must be a number >= {ops.MIN_TEMPERATURE}, got {type(temperature).__name__}")
     temperature = float(temperature)
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= ops.MIN_TEMPERATURE):
+        raise ValueError(
+            f"temperature must be a finite number >= {ops.MIN_TEMPERATURE} (every logit is at most "
+            f"1/temperature), got {temperature}"
+        )
     return temperature
+
+
+def _check_finite_keys(keys: torch.Tensor) -> None:
+    """Raises ValueError naming the rows of ``keys`` (the normalised ``out1``) that are not finite.
+
+    One host synchronisation (a bool) per training step: the price of refusing a key before it is
+    written into the bank, where it would make every query's loss NaN until it is overwritten.
+    """
+    bad = ~torch.isfinite(keys).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"out1 (the keys to enqueue) has {len(rows)} row(s) that are not finite after normalisation "
+            f"(rows {shown}): refusing to write them into the memory bank, where they would make every "
+            "later loss NaN; the loss of this step is NaN too. Look for a NaN or inf upstream "
+            "(the momentum encoder, AMP overflow)."
+        )
 
 
 def _check_gamma(gamma) -> float | None:
@@ -127,8 +150,9 @@ class PrunedNTXentLoss(nn.Module):
             query of the last call (on the inputs' device, never synchronised; for logging).
 
     Raises:
-        TypeError, ValueError: naming the argument, for a bad temperature, memory_bank_size,
-            gather_distributed or gamma.
+        TypeError, ValueError: naming the argument, for a bad temperature (below 1e-4),
+            memory_bank_size, gather_distributed or gamma; ValueError from :meth:`forward` when
+            keys to enqueue are not finite.
     """
 
     def __init__(
@@ -161,6 +185,10 @@ class PrunedNTXentLoss(nn.Module):
         Returns:
             Tensor[]: the mean loss, in the inputs' dtype (accumulated in float32, float64 for
             float64 inputs).
+
+        Raises:
+            ValueError: when ``out0`` requires a gradient (a training step, which enqueues) and a
+                row of ``out1`` is not finite: nothing is written into the bank.
         """
         if out0.dim() != 2 or out1.shape != out0.shape:
             raise ValueError(f"out0 and out1 must both be (B, D), got {tuple(out0.shape)} and {tuple(out1.shape)}")
@@ -181,7 +209,9 @@ class PrunedNTXentLoss(nn.Module):
             # In place, before backward: the fused operator's backward never reads the bank, so it
             # needs neither lightly's copy of the bank (K x D per step) nor its forward; the
             # enqueue (and the gathering across processes) is lightly's own.
-            self.memory_bank._dequeue_and_enqueue(F.normalize(out1.detach(), dim=1))
+            keys = F.normalize(out1.detach(), dim=1)
+            _check_finite_keys(keys)
+            self.memory_bank._dequeue_and_enqueue(keys)
         return loss
 
     def extra_repr(self) -> str:

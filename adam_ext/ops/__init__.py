@@ -13,6 +13,9 @@ import torch
 
 from . import _validate
 
+#: The smallest temperature the operator accepts (1e-4): every logit is at most 1/temperature.
+MIN_TEMPERATURE = _validate.MIN_TEMPERATURE
+
 try:
     from .. import _C  # noqa: F401  (loading it registers torch.ops.adam_ext.*)
 
@@ -97,20 +100,25 @@ def pruned_info_nce(
     queue: torch.Tensor,
     *,
     temperature: float = 0.2,
-    gamma=0.8,
+    gamma=None,
     reduction: str = "mean",
     return_pruned: bool = False,
 ):
-    """InfoNCE over a MoCo memory bank with the purposive pruner, fused.
+    """InfoNCE over a MoCo memory bank, fused, with Adam's purposive pruner when asked for.
 
     For each query b, with q̂, k̂ the L2-normalised query and positive key,
-    ``s⁺ = q̂·k̂`` and ``s_i = q̂·queue_i``, the keys with ``s_i ≥ γ`` (likely
-    false negatives: the same anatomy) are removed and
-    ``L_b = −s⁺/τ + log(exp(s⁺/τ) + Σ_{i: s_i < γ} exp(s_i/τ))``.
+    ``s⁺ = q̂·k̂`` and ``s_i = q̂·queue_i``,
+    ``L_b = −s⁺/τ + log(exp(s⁺/τ) + Σ_i exp(s_i/τ))``: MoCo's cross-entropy over the
+    (B, 1 + K) logits, by default. With ``gamma`` the keys with ``s_i ≥ γ`` (likely
+    false negatives: the same anatomy) are removed from the sum.
     The (B, K) similarity matrix is never materialised: one pass over the queue
     yields the loss and everything the gradient needs, and the backward never
     reads the queue, so the caller may enqueue into it in place before calling
-    ``backward()`` (as MoCo does).
+    ``backward()`` (as MoCo does), in either layout below.
+
+    Non-finite numbers never hide: a similarity that is not a finite number (a NaN or
+    infinite entry in q, k or the queue) is never pruned and makes that query's loss
+    NaN, and its gradients NaN; one such queue row makes every query's loss NaN.
 
     Args:
         q (Tensor[B, D]): queries (any scale; normalised inside). float32, float64,
@@ -119,18 +127,28 @@ def pruned_info_nce(
         k (Tensor[B, D]): positive keys, one per query.
         queue (Tensor[K, D]): memory bank of negative keys, rows L2-normalised as MoCo
             enqueues them; K may be 0. Treated as a constant: no gradient flows to it.
-        temperature (float): softmax temperature τ > 0 (MoCo v2: 0.2).
-        gamma (float | Tensor[B] | Tensor[] | None): pruning threshold γ on the cosine
+            Read in place, never copied, when it is contiguous or when it is the transposed
+            view of a contiguous (D, K) buffer: the official MoCo code's ``self.queue`` is
+            (dim, K), pass ``self.queue.t()``. Other strides are copied once per call.
+        temperature (float): softmax temperature τ ≥ 1e-4 (:data:`MIN_TEMPERATURE`; MoCo v2: 0.2).
+        gamma (float | Tensor[B] | Tensor[] | None): ``None`` (the default) disables pruning:
+            plain MoCo InfoNCE. A number in [-1, 1] is the pruning threshold γ on the cosine
             similarity (the paper: 0.8); one per query as a (B,) tensor (+inf keeps every
-            key, -inf prunes every key, NaN gives that query a NaN loss and NaN gradients);
-            ``None`` disables pruning (plain MoCo InfoNCE).
+            key, -inf prunes every key, NaN gives that query a NaN loss and NaN gradients).
         reduction (str): ``"mean"`` (default), ``"sum"`` or ``"none"`` (Tensor[B]).
         return_pruned (bool): if True also return ``pruned`` (Tensor[B], int64), the
             number of keys removed for each query.
 
     Returns:
         ``loss`` in the inputs' common dtype (accumulated in float32, float64 for
-        float64 inputs), or ``(loss, pruned)`` with ``return_pruned=True``.
+        float64 inputs), or ``(loss, pruned)`` with ``return_pruned=True``. Gradients of
+        bfloat16/float16 inputs are computed in float32 and rounded once: a float16
+        gradient overflows to ±inf only where its true value exceeds float16's range
+        (an input row of norm below about 1e-4, since the gradient grows as 1/‖q‖).
+
+    Raises:
+        TypeError, ValueError: naming the argument (shapes, dtypes, devices, a temperature
+            below 1e-4, a number gamma outside [-1, 1], an unknown reduction).
 
     Example:
         >>> import torch, adam_ext
@@ -138,6 +156,8 @@ def pruned_info_nce(
         >>> queue = torch.nn.functional.normalize(torch.randn(4096, 128), dim=1)
         >>> loss, pruned = adam_ext.pruned_info_nce(q, k, queue, gamma=0.8, return_pruned=True)
         >>> loss.backward()
+        >>> moco_queue = torch.nn.functional.normalize(torch.randn(128, 4096), dim=0)  # MoCo's (dim, K)
+        >>> loss = adam_ext.pruned_info_nce(q, k, moco_queue.t())  # γ None: MoCo's loss, no copy
     """
     if not EXTENSION_LOADED:
         from . import reference

@@ -15,6 +15,11 @@ from typing import NamedTuple
 import torch
 
 REDUCTIONS = ("mean", "sum", "none")
+#: The smallest temperature accepted: every logit is at most 1/τ, and float32 similarities carry an
+#: absolute rounding error of about 6e-8, i.e. ~6e-4 per logit at τ = 1e-4; below it the loss is rounding
+#: noise (and 1/τ overflows float32 below ~3e-39). MoCo uses 0.07–0.2, CLIP clamps its learned τ at 0.01.
+#: The C++ checks use the same bound (``kMinTemperature`` in csrc/pruned_info_nce.h).
+MIN_TEMPERATURE = 1e-4
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -34,12 +39,15 @@ def check_devices(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> None
 
 
 def check_temperature(temperature) -> float:
-    """Returns the temperature as a float; raises ValueError unless finite and > 0."""
+    """Returns the temperature as a float; raises ValueError unless finite and >= :data:`MIN_TEMPERATURE`."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     temperature = float(temperature)
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+        raise ValueError(
+            f"temperature must be a finite number >= {MIN_TEMPERATURE} (every logit is at most 1/temperature), "
+            f"got {temperature}"
+        )
     return temperature
 
 
@@ -52,7 +60,7 @@ def check_reduction(reduction) -> str:
 def split_gamma(gamma, q: torch.Tensor):
     """Splits ``gamma`` into (scalar or None, (B,) tensor or None).
 
-    A number must be finite; a 0-d tensor is broadcast to every query; a (B,)
+    A number must be in [-1, 1]; a 0-d tensor is broadcast to every query; a (B,)
     tensor gives one threshold per query (+inf keeps every key of that query,
     -inf prunes every key, NaN makes that query's loss NaN). Tensors are read on
     the device, never synchronised to the host.
@@ -67,16 +75,20 @@ def split_gamma(gamma, q: torch.Tensor):
         elif gamma.dim() != 1 or gamma.shape[0] != q.shape[0]:
             raise ValueError(f"gamma given as a tensor must be (B,) = ({q.shape[0]},), got {tuple(gamma.shape)}")
         return None, gamma.detach()
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"gamma must be None, a number in [-1, 1] or a (B,) tensor, got {type(gamma).__name__}")
     return check_gamma_number(gamma), None
 
 
 def check_gamma_number(gamma) -> float:
-    """Returns a scalar threshold as a float; raises unless it is a finite number."""
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        raise TypeError(f"gamma must be None, a number or a (B,) tensor, got {type(gamma).__name__}")
+    """Returns a scalar threshold as a float; raises unless it is a number in [-1, 1] (a cosine similarity).
+
+    The caller has checked that ``gamma`` is a real number (the message of a wrong type depends on
+    what the caller accepts: the functional also takes tensors, the module does not).
+    """
     gamma = float(gamma)
-    if not math.isfinite(gamma):
-        raise ValueError(f"gamma must be a finite number (or None to disable pruning), got {gamma}")
+    if not -1.0 <= gamma <= 1.0:  # NaN fails too
+        raise ValueError(f"gamma must be in [-1, 1] (a cosine similarity), or None to disable pruning, got {gamma}")
     return gamma
 
 

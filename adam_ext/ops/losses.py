@@ -2,30 +2,43 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
-from . import _validate
-from . import pruned_info_nce
+from . import _validate, pruned_info_nce
 
 
 class PurposivePrunerLoss(nn.Module):
-    """MoCo InfoNCE with Adam's purposive pruner, as an ``nn.Module``.
+    """MoCo InfoNCE as an ``nn.Module``, with Adam's purposive pruner when ``gamma`` is given.
 
     Args:
-        temperature (float): softmax temperature τ > 0 (default 0.2, MoCo v2).
-        gamma (float | None): pruning threshold on cosine similarity (default 0.8, the
-            paper); ``None`` disables pruning (the paper's stage n = 0).
+        temperature (float): softmax temperature τ ≥ 1e-4 (default 0.2, MoCo v2).
+        gamma (float | None): ``None`` (the default) disables pruning: MoCo's InfoNCE, the
+            loss of ``CrossEntropyLoss`` over the (B, 1 + K) logits. A number in [-1, 1] is the
+            pruning threshold on cosine similarity (the paper: 0.8 at stages n > 0). One
+            threshold per query (a Tensor[B]) is for :func:`adam_ext.pruned_info_nce` called
+            directly: a module's threshold is fixed when it is built, B is not.
         reduction (str): ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Raises:
+        TypeError, ValueError: naming the argument, for a temperature below 1e-4, a gamma that is
+            not None or a number in [-1, 1], an unknown reduction.
 
     Example:
         >>> criterion = PurposivePrunerLoss(temperature=0.2, gamma=0.8)
-        >>> loss = criterion(q, k, queue)  # q, k: (B, D); queue: (K, D)
+        >>> loss = criterion(q, k, queue)  # q, k: (B, D); queue: (K, D), or MoCo's (D, K) buffer .t()
     """
 
-    def __init__(self, temperature: float = 0.2, gamma: float | None = 0.8, reduction: str = "mean"):
+    def __init__(self, temperature: float = 0.2, gamma: float | None = None, reduction: str = "mean"):
         super().__init__()
         self.temperature = _validate.check_temperature(temperature)
+        if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, numbers.Real)):
+            raise TypeError(
+                "gamma of PurposivePrunerLoss must be None or a number in [-1, 1]; for one threshold per "
+                f"query pass gamma=Tensor[B] to adam_ext.pruned_info_nce. Got {type(gamma).__name__}"
+            )
         self.gamma = None if gamma is None else _validate.check_gamma_number(gamma)
         self.reduction = _validate.check_reduction(reduction)
 

@@ -21,7 +21,7 @@ def pruned_info_nce(
     queue: torch.Tensor,
     *,
     temperature: float = 0.2,
-    gamma=0.8,
+    gamma=None,
     reduction: str = "mean",
     return_pruned: bool = False,
 ):
@@ -30,14 +30,17 @@ def pruned_info_nce(
     Args:
         q (Tensor[B, D]): queries (any scale; normalised here).
         k (Tensor[B, D]): positive keys.
-        queue (Tensor[K, D]): memory bank of (normalised) negative keys; no gradient flows to it.
-        temperature (float): softmax temperature τ > 0.
-        gamma (float | Tensor[B] | None): keys with similarity ≥ γ to the query are removed.
+        queue (Tensor[K, D]): memory bank of (normalised) negative keys, any strides (MoCo's (D, K)
+            buffer as ``queue.t()``); no gradient flows to it.
+        temperature (float): softmax temperature τ ≥ 1e-4.
+        gamma (float | Tensor[B] | None): keys with similarity ≥ γ to the query are removed;
+            ``None`` (the default) removes none: MoCo's InfoNCE.
         reduction (str): ``"mean"``, ``"sum"`` or ``"none"`` (per-query losses, Tensor[B]).
         return_pruned (bool): also return the per-query count of removed keys (Tensor[B], int64).
 
     Returns:
-        The loss in the common dtype of the inputs, or ``(loss, pruned)``.
+        The loss in the common dtype of the inputs, or ``(loss, pruned)``. A query with a similarity
+        that is not finite has a NaN loss (never pruned), as in the fused operator.
     """
     q, k, queue, temperature, gamma_scalar, gamma_rows, reduction = _validate.prepare(
         q, k, queue, temperature, gamma, reduction
@@ -46,11 +49,15 @@ def pruned_info_nce(
     kn = F.normalize(k, dim=1)
     pos = (qn * kn).sum(dim=1, keepdim=True)
     neg = qn @ queue.T
+    # Non-finite never hides (csrc/pruned_info_nce.h): a similarity that is not finite is NaN and is
+    # never pruned, so it makes the query's loss NaN (a pruned NaN key once gave a finite loss and NaN
+    # gradients). A NaN threshold still removes every finite key.
+    neg = neg.masked_fill(~neg.isfinite(), float("nan"))
     if gamma_scalar is None and gamma_rows is None:
         pruned = torch.zeros(q.shape[0], dtype=torch.int64, device=q.device)
     else:
         threshold = gamma_scalar if gamma_rows is None else gamma_rows.to(neg.dtype)[:, None]
-        removed = ~(neg < threshold)
+        removed = ~(neg < threshold) & ~neg.isnan()
         neg = neg.masked_fill(removed, float("-inf"))
         pruned = removed.sum(dim=1)
     logits = torch.cat([pos, neg], dim=1) / temperature
@@ -62,7 +69,7 @@ def pruned_info_nce(
 
 
 def official_loop_pruned_info_nce(
-    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, *, temperature: float = 0.2, gamma=0.8
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, *, temperature: float = 0.2, gamma=None
 ) -> torch.Tensor:
     """The official Adam implementation's loss, transcribed literally (mean reduction).
 
@@ -70,7 +77,8 @@ def official_loop_pruned_info_nce(
     compacted with ``mask = c < gamma`` (the positive always kept) and a
     cross-entropy is taken over ``[positive, kept negatives]``. Slow by design:
     it is the baseline the fused operator replaces, and a second, independent
-    oracle for the tests. ``gamma`` is a number or None.
+    oracle for the tests. ``gamma`` is a number or None (the default: MoCo's InfoNCE). Unlike the
+    fused operator it prunes a NaN similarity (``NaN < γ`` is false), as the official code does.
     """
     q = F.normalize(q, dim=1)
     k = F.normalize(k, dim=1)

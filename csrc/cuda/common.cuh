@@ -54,6 +54,27 @@ __device__ __forceinline__ double neg_inf<double>() {
   return __longlong_as_double(static_cast<long long>(0xfff0000000000000ull));
 }
 
+// The contract's non-finite rule (csrc/pruned_info_nce.h): a similarity that is
+// not finite becomes NaN, which the kernels never prune and which then
+// propagates through the sums. Tested on the bits, so that no fast-math
+// assumption (--use_fast_math) can fold the tests away.
+__device__ __forceinline__ bool is_nan_bits(float s) {
+  return (__float_as_uint(s) & 0x7fffffffu) > 0x7f800000u;
+}
+__device__ __forceinline__ bool is_nan_bits(double s) {
+  return (static_cast<unsigned long long>(__double_as_longlong(s)) & 0x7fffffffffffffffull) >
+         0x7ff0000000000000ull;
+}
+__device__ __forceinline__ float finite_or_nan(float s) {
+  return (__float_as_uint(s) & 0x7f800000u) == 0x7f800000u ? __int_as_float(0x7fc00000) : s;
+}
+__device__ __forceinline__ double finite_or_nan(double s) {
+  return (static_cast<unsigned long long>(__double_as_longlong(s)) & 0x7ff0000000000000ull) ==
+                 0x7ff0000000000000ull
+             ? __longlong_as_double(0x7ff8000000000000ll)
+             : s;
+}
+
 // exp(a - b) that is 0 for a == -inf (also when b == -inf: no -inf - -inf NaN).
 template <typename T>
 __device__ __forceinline__ T exp_shifted(T a, T b) {

@@ -30,8 +30,15 @@
 //   3. combine_kernel: one block per query row merges the splits with the
 //      positive logit and writes loss, lse, wsum (divided by the final sum) and
 //      the pruned count.
+// The queue is read in place (queue_layout in pruned_info_nce.h): row-major
+// tiles with 16-byte loads, or, for MoCo's (D, K') buffer passed as .t(),
+// column-major tiles loaded column by column (load_tile_colmajor); both land
+// row-major in shared memory, so the rest of the kernels is the same.
+// Non-finite similarities (contract in csrc/pruned_info_nce.h) become NaN and
+// are never pruned: fmax skips them in the running maximum and they propagate
+// through l and O into the row's loss and wsum.
 // NaN threshold (contract in csrc/pruned_info_nce.h): a NaN gamma_rows value
-// prunes every key in the main kernel (s < NaN is false); the host side then
+// prunes every finite key in the main kernel (s < NaN is false); the host side then
 // sets that row's loss and lse to NaN after the combine (ATen ops on the same
 // stream, no synchronisation).
 //
@@ -183,6 +190,23 @@ __device__ __forceinline__ void load_tile_simt(T* __restrict__ dst, const T* __r
   }
 }
 
+// Column-major source (MoCo's (D, K') queue buffer seen through .t(), see
+// queue_layout in pruned_info_nce.h): element (row, c) at src[row + c * ld].
+// Consecutive threads take consecutive rows of one column, so the global reads
+// are coalesced (not vectorised); zero padded beyond nrows / D like the others.
+// E is uint16_t (bf16/fp16 bits), float or double.
+template <typename E, int ROWS, int DP, int LD, int NT>
+__device__ __forceinline__ void load_tile_colmajor(E* __restrict__ dst, const E* __restrict__ src,
+                                                   int64_t row0, int64_t nrows, int D,
+                                                   int64_t ld) {
+  for (int i = threadIdx.x; i < ROWS * DP; i += NT) {
+    const int c = i / ROWS;
+    const int r = i - c * ROWS;
+    const int64_t gr = row0 + r;
+    dst[r * LD + c] = (gr < nrows && c < D) ? src[gr + static_cast<int64_t>(c) * ld] : E(0);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Parameters of the main kernels (2a, 2b).
 // ---------------------------------------------------------------------------
@@ -201,7 +225,9 @@ template <typename T>
 struct SplitKernelParams {
   using acc_t = acc_type_t<T>;
   const T* qhat;             // (nqt * BM, DP), zero padded
-  const T* queue;            // (K, D)
+  const T* queue;            // (K, D): row-major, or column-major (queue_col_major)
+  int64_t queue_ld;          // row stride (row-major, == D) or column stride (column-major)
+  bool queue_col_major;      // MoCo's (D, K') buffer through .t(): key i, feature d at i + d * ld
   const acc_t* gamma_rows;   // (B,) when prune_mode == kPerRow, else nullptr
   acc_t gamma;               // the threshold when prune_mode == kScalar
   PruneMode prune_mode;
@@ -212,7 +238,7 @@ struct SplitKernelParams {
   int64_t tiles_per_split;   // queue tiles per blockIdx.y
   int64_t nqt;               // query tiles
   bool need_wsum;
-  bool vec_ok;               // 16-byte loads of queue rows are allowed
+  bool vec_ok;               // 16-byte loads of queue rows are allowed (row-major only)
   acc_t* ws_m;               // (nsplit, B)
   acc_t* ws_l;               // (nsplit, B)
   acc_t* ws_o;               // (nsplit, B, D) when need_wsum, else nullptr
@@ -234,9 +260,18 @@ struct WmmaType<c10::BFloat16> {
 };
 
 __device__ __forceinline__ void store_lowp(__half* p, float v) { *p = __float2half(v); }
+// sm_75 (Turing) has no bf16 tensor-core fragments: device code for it leaves the bf16 kernel empty,
+// and the host runs bf16 inputs there in float32 (pruned_info_nce_fwd_cuda).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define ADAM_EXT_BF16_WMMA 0
+#else
+#define ADAM_EXT_BF16_WMMA 1
+#endif
+#if ADAM_EXT_BF16_WMMA
 __device__ __forceinline__ void store_lowp(__nv_bfloat16* p, float v) {
   *p = __float2bfloat16(v);
 }
+#endif
 
 // Shared-memory fragment loads. For fp16, wmma::load_matrix_sync already
 // compiles to ldmatrix. For bf16 the mma.h intrinsics emit the generic-address
@@ -248,9 +283,11 @@ namespace wm = nvcuda::wmma;
 using FragA16 = wm::fragment<wm::matrix_a, 16, 16, 16, __half, wm::row_major>;
 using FragBc16 = wm::fragment<wm::matrix_b, 16, 16, 16, __half, wm::col_major>;
 using FragBr16 = wm::fragment<wm::matrix_b, 16, 16, 16, __half, wm::row_major>;
+#if ADAM_EXT_BF16_WMMA
 using FragABf = wm::fragment<wm::matrix_a, 16, 16, 16, __nv_bfloat16, wm::row_major>;
 using FragBcBf = wm::fragment<wm::matrix_b, 16, 16, 16, __nv_bfloat16, wm::col_major>;
 using FragBrBf = wm::fragment<wm::matrix_b, 16, 16, 16, __nv_bfloat16, wm::row_major>;
+#endif
 
 __device__ __forceinline__ void lds_frag(FragA16& f, const __half* p, unsigned ldm) {
   wm::load_matrix_sync(f, p, ldm);
@@ -262,6 +299,7 @@ __device__ __forceinline__ void lds_frag(FragBr16& f, const __half* p, unsigned 
   wm::load_matrix_sync(f, p, ldm);
 }
 
+#if ADAM_EXT_BF16_WMMA
 #define ADAM_EXT_WMMA_LDS_BF16(FRAG, OP)                                              \
   __device__ __forceinline__ void lds_frag(FRAG& f, const __nv_bfloat16* p, unsigned ldm) { \
     static_assert(sizeof(f.x) == 16, "bf16 m16n16k16 operand fragment is 4 registers");      \
@@ -276,6 +314,7 @@ ADAM_EXT_WMMA_LDS_BF16(FragABf, "wmma.load.a.sync.aligned.row.m16n16k16.shared.b
 ADAM_EXT_WMMA_LDS_BF16(FragBcBf, "wmma.load.b.sync.aligned.col.m16n16k16.shared.bf16")
 ADAM_EXT_WMMA_LDS_BF16(FragBrBf, "wmma.load.b.sync.aligned.row.m16n16k16.shared.bf16")
 #undef ADAM_EXT_WMMA_LDS_BF16
+#endif
 
 template <int DP>
 struct WmmaCfg {
@@ -303,8 +342,7 @@ struct WmmaCfg {
 };
 
 template <typename T, int DP>
-__global__ void __launch_bounds__(WmmaCfg<DP>::NT, WmmaCfg<DP>::MIN_BLOCKS)
-    fwd_wmma_kernel(const SplitKernelParams<T> params) {
+__device__ __forceinline__ void fwd_wmma_body(const SplitKernelParams<T>& params) {
   static_assert(std::is_same<typename SplitKernelParams<T>::acc_t, float>::value, "float acc");
   const T* __restrict__ qhat = params.qhat;
   const T* __restrict__ queue = params.queue;
@@ -316,6 +354,8 @@ __global__ void __launch_bounds__(WmmaCfg<DP>::NT, WmmaCfg<DP>::MIN_BLOCKS)
   const int D = params.D;
   const int64_t nkt = params.nkt, tiles_per_split = params.tiles_per_split, nqt = params.nqt;
   const bool need_wsum = params.need_wsum, vec_ok = params.vec_ok;
+  const bool col_major = params.queue_col_major;
+  const int64_t queue_ld = params.queue_ld;
   float* __restrict__ ws_m = params.ws_m;
   float* __restrict__ ws_l = params.ws_l;
   float* __restrict__ ws_o = params.ws_o;
@@ -369,9 +409,15 @@ __global__ void __launch_bounds__(WmmaCfg<DP>::NT, WmmaCfg<DP>::MIN_BLOCKS)
     for (int64_t kt = kt_begin; kt < kt_end; ++kt) {
       const int64_t k0 = kt * BN;
       __syncthreads();  // every warp is done reading Ks (previous PV product)
-      load_tile_u16<BN, DP, LDK, NT>(reinterpret_cast<uint16_t*>(Ks),
-                                     reinterpret_cast<const uint16_t*>(queue), k0, K, D,
-                                     vec_ok);
+      if (col_major) {
+        load_tile_colmajor<uint16_t, BN, DP, LDK, NT>(reinterpret_cast<uint16_t*>(Ks),
+                                                      reinterpret_cast<const uint16_t*>(queue),
+                                                      k0, K, D, queue_ld);
+      } else {
+        load_tile_u16<BN, DP, LDK, NT>(reinterpret_cast<uint16_t*>(Ks),
+                                       reinterpret_cast<const uint16_t*>(queue), k0, K, D,
+                                       vec_ok);
+      }
       __syncthreads();  // Ks (and Qs on the first tile) visible to all warps
 
       // S = Qhat(16 x DP) . Ks^T  ->  Sw (16 x BN, float)
@@ -403,9 +449,10 @@ __global__ void __launch_bounds__(WmmaCfg<DP>::NT, WmmaCfg<DP>::MIN_BLOCKS)
 #pragma unroll 8
       for (int jj = 0; jj < BN / 2; ++jj) {
         const int col = 2 * jj + hsel;
-        const float s = srow[col];
+        const float s = finite_or_nan(srow[col]);
         const bool valid = k0 + col < K;
-        const bool keep = valid && (prune_mode == PruneMode::kNone || s < g);  // NaN s: pruned
+        // A non-finite s is NaN here and never pruned: it poisons the row's sum.
+        const bool keep = valid && (prune_mode == PruneMode::kNone || s < g || is_nan_bits(s));
         cnt += (valid && !keep) ? 1 : 0;
         tmax = fmaxf(tmax, keep ? s * inv_tau : kNegInf);
       }
@@ -418,8 +465,8 @@ __global__ void __launch_bounds__(WmmaCfg<DP>::NT, WmmaCfg<DP>::MIN_BLOCKS)
 #pragma unroll 8
       for (int jj = 0; jj < BN / 2; ++jj) {
         const int col = 2 * jj + hsel;
-        const float s = srow[col];
-        const bool keep = (k0 + col < K) && (prune_mode == PruneMode::kNone || s < g);
+        const float s = finite_or_nan(srow[col]);
+        const bool keep = (k0 + col < K) && (prune_mode == PruneMode::kNone || s < g || is_nan_bits(s));
         const float p = keep ? exp_shifted(s * inv_tau, m_new) : 0.f;
         psum += p;
         if (need_wsum) store_lowp(prow + col, p);
@@ -491,6 +538,16 @@ __global__ void __launch_bounds__(WmmaCfg<DP>::NT, WmmaCfg<DP>::MIN_BLOCKS)
   }
 }
 
+template <typename T, int DP>
+__global__ void __launch_bounds__(WmmaCfg<DP>::NT, WmmaCfg<DP>::MIN_BLOCKS)
+    fwd_wmma_kernel(const SplitKernelParams<T> params) {
+  if constexpr (ADAM_EXT_BF16_WMMA || !std::is_same<T, c10::BFloat16>::value) {
+    fwd_wmma_body<T, DP>(params);
+  } else {
+    __trap();  // never launched: below sm_80 the host runs bf16 inputs in float32
+  }
+}
+
 // ---------------------------------------------------------------------------
 // 2b. Main kernel, float / double, SIMT (FMA, no TF32).
 // 256 threads = 16 row groups x 16 column groups. Thread (rg, cg) owns rows
@@ -528,6 +585,8 @@ __global__ void __launch_bounds__(SimtCfg<T, DP>::NT)
   const int D = params.D;
   const int64_t nkt = params.nkt, tiles_per_split = params.tiles_per_split, nqt = params.nqt;
   const bool need_wsum = params.need_wsum, vec_ok = params.vec_ok;
+  const bool col_major = params.queue_col_major;
+  const int64_t queue_ld = params.queue_ld;
   T* __restrict__ ws_m = params.ws_m;
   T* __restrict__ ws_l = params.ws_l;
   T* __restrict__ ws_o = params.ws_o;
@@ -572,7 +631,11 @@ __global__ void __launch_bounds__(SimtCfg<T, DP>::NT)
     for (int64_t kt = kt_begin; kt < kt_end; ++kt) {
       const int64_t k0 = kt * BN;
       __syncthreads();  // everyone is done reading Ks / Ps of the previous tile
-      load_tile_simt<T, BN, DP, LDK, NT>(Ks, queue, k0, K, D, vec_ok);
+      if (col_major) {
+        load_tile_colmajor<T, BN, DP, LDK, NT>(Ks, queue, k0, K, D, queue_ld);
+      } else {
+        load_tile_simt<T, BN, DP, LDK, NT>(Ks, queue, k0, K, D, vec_ok);
+      }
       __syncthreads();
 
       T s[TR][TC];
@@ -600,9 +663,10 @@ __global__ void __launch_bounds__(SimtCfg<T, DP>::NT)
         for (int j = 0; j < TC; ++j) {
           const int col = cg + 16 * j;
           const bool valid = k0 + col < K;
-          const bool keep = valid && (prune_mode == PruneMode::kNone || s[i][j] < g[i]);  // NaN: pruned
+          const T sv = finite_or_nan(s[i][j]);  // non-finite: NaN, never pruned
+          const bool keep = valid && (prune_mode == PruneMode::kNone || sv < g[i] || is_nan_bits(sv));
           cnt[i] += (valid && !keep) ? 1 : 0;
-          s[i][j] = keep ? s[i][j] * inv_tau : kNegInf;  // scaled logit, -inf if dropped
+          s[i][j] = keep ? sv * inv_tau : kNegInf;  // scaled logit, -inf if dropped
           tmax = dev_max(tmax, s[i][j]);
         }
         tmax = warp_max<16>(tmax);
@@ -765,7 +829,8 @@ int prepare_kernel(std::atomic<int>* cache, Kernel kernel, int threads, size_t s
 }
 
 struct FwdArgs {
-  at::Tensor q, k, queue;  // contiguous
+  at::Tensor q, k;         // contiguous
+  QueueLayout queue;       // read in place: row-major or MoCo's transposed buffer
   at::Tensor gamma_rows;   // contiguous acc_t, or undefined
   double gamma;
   PruneMode prune_mode;
@@ -793,7 +858,7 @@ void run_forward(const FwdArgs& a) {
   }
   const int64_t B = a.q.size(0);
   const int D = static_cast<int>(a.q.size(1));
-  const int64_t K = a.queue.size(0);
+  const int64_t K = a.queue.tensor.size(0);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto acc_opts = a.q.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
 
@@ -833,11 +898,14 @@ void run_forward(const FwdArgs& a) {
 
   if (nsplit > 0) {
     const dim3 grid(static_cast<unsigned>(std::min(nqt, kMaxGridX)), static_cast<unsigned>(nsplit));
-    const bool vec_ok = D % (16 / static_cast<int>(sizeof(scalar_t))) == 0 &&
-                        aligned16(a.queue.data_ptr());
+    const bool vec_ok = !a.queue.col_major &&
+                        D % (16 / static_cast<int>(sizeof(scalar_t))) == 0 &&
+                        aligned16(a.queue.tensor.data_ptr());
     SplitKernelParams<scalar_t> p;
     p.qhat = qhat.data_ptr<scalar_t>();
-    p.queue = a.queue.data_ptr<scalar_t>();
+    p.queue = a.queue.tensor.data_ptr<scalar_t>();
+    p.queue_ld = a.queue.ld;
+    p.queue_col_major = a.queue.col_major;
     p.gamma_rows = a.prune_mode == PruneMode::kPerRow ? a.gamma_rows.data_ptr<acc_t>() : nullptr;
     p.gamma = static_cast<acc_t>(a.gamma);
     p.prune_mode = a.prune_mode;
@@ -887,6 +955,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pruned_info_nce_fwd_c
   TORCH_CHECK(D <= kMaxD, "adam_ext: q must have a feature dimension D <= ", kMaxD,
               " on CUDA, got shape ", q.sizes());
   const at::cuda::OptionalCUDAGuard guard(q.device());
+  if (q.scalar_type() == at::kBFloat16 && at::cuda::getCurrentDeviceProperties()->major < 8) {
+    // No bf16 tensor cores before sm_80: the float32 kernel on float32 copies (the queue's too). The
+    // outputs are float32 either way (bf16's accumulation type), so the caller sees no difference.
+    const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
+    return pruned_info_nce_fwd_cuda(f32(q), f32(k), f32(queue), temperature, gamma, gamma_rows, need_wsum);
+  }
 
   const int64_t B = q.size(0);
   const auto acc_type = acc_scalar_type(q.scalar_type());
@@ -895,7 +969,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pruned_info_nce_fwd_c
   FwdArgs a;
   a.q = q.contiguous();
   a.k = k.contiguous();
-  a.queue = queue.contiguous();
+  a.queue = queue_layout(queue);  // no K x D copy for (K, D) rows or MoCo's (D, K) buffer .t()
   a.gamma = gamma.has_value() ? *gamma : 0.0;
   a.prune_mode = gamma.has_value()        ? PruneMode::kScalar
                  : gamma_rows.has_value() ? PruneMode::kPerRow
