@@ -113,3 +113,13 @@ def test_phase_timer_synchronises_a_gpu_where_told(monkeypatch):
 def test_phase_timer_refuses_a_bad_split_from(bad):
     with pytest.raises(ValueError, match=rf"^split_from must be None or an int >= 0, got {bad!r}"):
         PhaseTimer("cpu", split_from=bad)
+
+
+def test_an_epoch_granular_cosine_is_the_official_codes():
+    """steps_per_epoch > 1: the factor is held for an epoch, at 0.5 (1 + cos(pi e / E)) for epoch e of E,
+    the official Adam code's once-an-epoch rate (never 0); 1 keeps the per-step schedule."""
+    import math
+
+    f = lr_factor(total_steps=12, steps_per_epoch=3)
+    assert [f(s) for s in range(12)] == [0.5 * (1 + math.cos(math.pi * (s // 3) / 4)) for s in range(12)]
+    assert f(11) > 0 and lr_factor(12)(11) == 0.5 * (1 + math.cos(math.pi * 11 / 12))

@@ -388,3 +388,25 @@ def test_model_config_builds_moco_with_every_field():
     assert (model.K, model.m, model.T, model.shuffle_bn_groups, model.frozen, model.sync_bn) == (
         16, 0.9, 0.3, 3, ("conv1",), False)  # sync_bn only when distributed
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), by_hand.state_dict().values()))
+
+
+def test_query_bn_groups_normalise_each_chunk_and_move_statistics_once(seed):
+    """query_bn_groups: each consecutive chunk of the queries is normalised with its own batch statistics
+    (what the official code's per-GPU BN does on 4 GPUs), with gradients, and the running statistics move
+    once a step (the mean of the chunks' updates)."""
+    model = tiny_moco(seed, query_bn_groups=3, shuffle_bn_groups=1)
+    reference = copy.deepcopy(model.encoder_q)
+    im = images(6, seed).requires_grad_(True)
+    q = model._encode_queries(im)
+    chunks = [copy.deepcopy(reference)(c) for c in im.detach().chunk(3)]
+    torch.testing.assert_close(q.detach(), torch.cat(chunks), rtol=1e-5, atol=1e-6)
+    q.sum().backward()
+    assert im.grad is not None and im.grad.abs().sum() > 0
+    bn = model.encoder_q[1]
+    with torch.no_grad():
+        ref_mean, ref_var = split_bn_reference(reference[1], reference[0](im.detach()), 3)
+    torch.testing.assert_close(bn.running_mean, ref_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, ref_var, rtol=1e-5, atol=1e-6)
+    assert int(bn.num_batches_tracked) == 1
+    with pytest.raises(ValueError, match="query_bn_groups must be a positive int"):
+        tiny_moco(seed, query_bn_groups=0)

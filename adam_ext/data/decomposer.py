@@ -20,26 +20,36 @@ import torch
 from .randomness import ProcessRandomness, SeedLike
 
 
-def grid_bounds(length: int, n: int) -> list[int]:
+REMAINDERS = ("spread", "drop")
+
+
+def grid_bounds(length: int, n: int, remainder: str = "spread") -> list[int]:
     """Cell boundaries of ``n`` cells along an axis of ``length`` pixels.
 
-    Boundary i is round(i·length/n) (half up, in integer arithmetic), so the cells tile the axis
-    exactly and their sizes differ by at most one pixel when ``length`` is not divisible by n.
+    ``spread`` (default): boundary i is round(i·length/n) (half up, in integer arithmetic), so the
+    cells tile the axis exactly and their sizes differ by at most one pixel when ``length`` is not
+    divisible by n. ``drop``: every cell is ``length // n`` pixels and the last ``length % n``
+    pixels belong to no cell (the official Adam code's cells).
 
     Returns:
-        n + 1 ints from 0 to ``length``.
+        n + 1 ints from 0 to ``length`` (``drop``: to ``n * (length // n)``).
     """
+    if remainder == "drop":
+        return [i * (length // n) for i in range(n + 1)]
+    if remainder != "spread":
+        raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
     return [(2 * i * length + n) // (2 * n) for i in range(n + 1)]
 
 
-def grid_boxes(height: int, width: int, n: int) -> list[tuple[int, int, int, int]]:
+def grid_boxes(height: int, width: int, n: int, remainder: str = "spread") -> list[tuple[int, int, int, int]]:
     """The n×n grid cells of an image as ``(top, left, height, width)`` in pixels, row-major.
 
-    n = 0 (and n = 1) is the whole image. Cells tile the image exactly (see :func:`grid_bounds`).
+    n = 0 (and n = 1) is the whole image. Cells tile the image exactly with ``spread``, or leave the
+    remainder rows and columns out with ``drop`` (see :func:`grid_bounds`).
     """
     if n <= 1:
         return [(0, 0, height, width)]
-    rows, cols = grid_bounds(height, n), grid_bounds(width, n)
+    rows, cols = grid_bounds(height, n, remainder), grid_bounds(width, n, remainder)
     return [
         (rows[r], cols[c], rows[r + 1] - rows[r], cols[c + 1] - cols[c]) for r in range(n) for c in range(n)
     ]
@@ -54,6 +64,8 @@ class AnatomyDecomposer:
     Args:
         n: grid size, an int ≥ 0.
         seed: int, ``torch.Generator`` or None (see :class:`ProcessRandomness`).
+        remainder: ``spread`` (cells tile the image) or ``drop`` (the official code's equal cells,
+            the remainder rows and columns left out); see :func:`grid_bounds`.
 
     Example:
         >>> crop = AnatomyDecomposer(2, seed=0)(torch.zeros(1, 100, 101, dtype=torch.uint8))
@@ -61,10 +73,12 @@ class AnatomyDecomposer:
         True
     """
 
-    def __init__(self, n: int = 0, seed: SeedLike = None):
+    def __init__(self, n: int = 0, seed: SeedLike = None, remainder: str = "spread"):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0 (0: whole image), got {n!r}")
-        self.n = n
+        if remainder not in REMAINDERS:
+            raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
+        self.n, self.remainder = n, remainder
         self.randomness = ProcessRandomness(seed)
 
     def sample(self, image: torch.Tensor, generator: torch.Generator | None = None):
@@ -88,7 +102,7 @@ class AnatomyDecomposer:
         if generator is None:
             generator = self.randomness.generator()
         index = int(torch.randint(self.n * self.n, (), generator=generator))
-        top, left, h, w = box = grid_boxes(height, width, self.n)[index]
+        top, left, h, w = box = grid_boxes(height, width, self.n, self.remainder)[index]
         return image[..., top : top + h, left : left + w], index, box
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:

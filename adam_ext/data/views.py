@@ -38,7 +38,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 # The decomposer (and the randomness it shares with the views) had its home here: still importable from here.
-from .decomposer import AnatomyDecomposer, grid_bounds, grid_boxes  # noqa: F401
+from .decomposer import REMAINDERS, AnatomyDecomposer, grid_bounds, grid_boxes  # noqa: F401
 from .randomness import ProcessRandomness, SeedLike
 
 
@@ -93,6 +93,8 @@ class ViewConfig:
             program extends with :func:`register_augmentation`); the first makes the ``size``-px view.
             Default: the paper's four. Each step draws its own uniforms after those of the steps
             before it, so a step appended at the end leaves every earlier draw as it was.
+        grid_remainder: the decomposer's cells when the side is not a multiple of n: ``spread``
+            (default: they tile the image) or ``drop`` (the official code's equal cells).
     """
 
     size: int = 224
@@ -110,6 +112,7 @@ class ViewConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     augmentations: tuple[str, ...] = ("resized_crop", "color_jitter", "gaussian_blur", "rotation")
+    grid_remainder: str = "spread"
 
     def __post_init__(self):
         _check_size_and_scale(self.size, self.scale)
@@ -123,6 +126,8 @@ class ViewConfig:
             object.__setattr__(self, "blur_sigma", (0.1 * relative, 2.0 * relative))
         if self.blur_kernel is None:
             object.__setattr__(self, "blur_kernel", max(3, 2 * round((23 * relative - 1) / 2) + 1))
+        if self.grid_remainder not in REMAINDERS:
+            raise ValueError(f"grid_remainder must be one of {REMAINDERS}, got {self.grid_remainder!r}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
         for name in ("brightness", "contrast", "saturation", "degrees"):
@@ -397,7 +402,7 @@ class TwoViews:
             options["augmentations"] = tuple(augmentations)
         self.config = ViewConfig(size=size, **options)
         self.randomness = ProcessRandomness(seed)
-        self.decomposer = AnatomyDecomposer(n)
+        self.decomposer = AnatomyDecomposer(n, remainder=self.config.grid_remainder)
         self.normalize = ToNormalizedRGB(self.config.mean, self.config.std)
         if names:
             augmentations = self.config.augmentations

@@ -30,10 +30,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def lr_factor(total_steps: int, warmup_steps: int = 0):
+def lr_factor(total_steps: int, warmup_steps: int = 0, steps_per_epoch: int = 1):
     """The learning-rate factor of step ``s``: linear warm-up over ``warmup_steps``, then a cosine
-    from 1 to 0 at ``total_steps`` (held at 0 after it)."""
+    from 1 to 0 at ``total_steps`` (held at 0 after it). ``steps_per_epoch`` > 1 holds the factor
+    for an epoch at its first step's value (the official Adam code sets the rate once an epoch:
+    ½(1 + cos(π e / E)) at epoch e of E, never 0)."""
     def factor(step: int) -> float:
+        step -= step % steps_per_epoch
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -42,9 +45,11 @@ def lr_factor(total_steps: int, warmup_steps: int = 0):
     return factor
 
 
-def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step schedule of :func:`lr_factor` (call ``step()`` after every optimiser step)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, warmup_steps))
+def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0,
+                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """A schedule of :func:`lr_factor` (call ``step()`` after every optimiser step); the factor
+    changes every step, or once an epoch of ``steps_per_epoch`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, warmup_steps, steps_per_epoch))
 
 
 def all_sum(ctx, *values: torch.Tensor) -> list[float]:

@@ -57,6 +57,7 @@ MOCO_DEFAULTS = MappingProxyType({
     "T": 0.2,
     "mlp_hidden": None,  # None: the backbone's feature dimension
     "shuffle_bn_groups": 2,
+    "query_bn_groups": 1,
     "sync_bn": False,
     "frozen": (),  # trunk modules kept at their initialisation (none: the paper trains everything)
 })
@@ -217,33 +218,32 @@ class _split_bn_statistics:
         self.layers = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                        and m.training and m.track_running_stats and m.running_mean is not None]
         self.start: list = []
-        self.sums: list = []
-        self.groups = 0
+        self.results: list = []
 
     def __enter__(self):
-        self.start = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-                      for m in self.layers]
-        self.sums = [(torch.zeros_like(mean), torch.zeros_like(var)) for mean, var, _ in self.start]
+        self.start = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in self.layers]
+        self.results = [[] for _ in self.layers]
         return self
 
     def __call__(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # Fresh buffers for each group: batch_norm updates them in place, and a query forward's autograd
+        # graph keeps the ones it used (so they are never overwritten, only replaced).
         for m, (mean, var, tracked) in zip(self.layers, self.start):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(tracked)
+            m.running_mean, m.running_var, m.num_batches_tracked = mean.clone(), var.clone(), tracked.clone()
         out = encoder(x)
-        for m, (mean_sum, var_sum) in zip(self.layers, self.sums):
-            mean_sum += m.running_mean
-            var_sum += m.running_var
-        self.groups += 1
+        for m, results in zip(self.layers, self.results):
+            results.append((m.running_mean, m.running_var))
         return out
 
     def __exit__(self, *exc):
-        if exc[0] is None and self.groups:
-            for m, (mean_sum, var_sum), (_, _, tracked) in zip(self.layers, self.sums, self.start):
-                m.running_mean.copy_(mean_sum / self.groups)
-                m.running_var.copy_(var_sum / self.groups)
-                m.num_batches_tracked.copy_(tracked + 1)
+        for m, results, (mean, var, tracked) in zip(self.layers, self.results, self.start):
+            if exc[0] is None and results:
+                with torch.no_grad():
+                    m.running_mean = torch.stack([r[0] for r in results]).mean(0)
+                    m.running_var = torch.stack([r[1] for r in results]).mean(0)
+                m.num_batches_tracked = tracked + 1
+            else:
+                m.running_mean, m.running_var, m.num_batches_tracked = mean, var, tracked
         return False
 
 
@@ -271,6 +271,10 @@ class MoCo(nn.Module):
             (default 2; reduced so that every chunk has at least 2 images; 1 disables it). The
             key encoder's BN running statistics move once a step, by the mean of the chunks'
             statistics with the layers' momentum, as MoCo's ``SplitBatchNorm`` does.
+        query_bn_groups (int): the query batch is encoded in this many consecutive chunks, each
+            normalised with its own batch statistics (running statistics moved once a step, as for
+            the keys): one GPU emulating the official code's per-GPU BN of several GPUs (4 GPUs of
+            64 images: ``query_bn_groups = shuffle_bn_groups = 4``). Default 1: the whole batch.
         sync_bn (bool): convert both encoders with ``nn.SyncBatchNorm.convert_sync_batchnorm``
             (default False; only meaningful distributed). Shuffle-BN is then skipped: BN
             statistics are global anyway.
@@ -314,11 +318,13 @@ class MoCo(nn.Module):
         weights: Mapping[str, torch.Tensor] | None = MOCO_DEFAULTS["weights"],
         mlp_hidden: int | None = MOCO_DEFAULTS["mlp_hidden"],
         shuffle_bn_groups: int = MOCO_DEFAULTS["shuffle_bn_groups"],
+        query_bn_groups: int = MOCO_DEFAULTS["query_bn_groups"],
         sync_bn: bool = MOCO_DEFAULTS["sync_bn"],
         frozen: Sequence[str] = MOCO_DEFAULTS["frozen"],
     ):
         super().__init__()
-        for arg, value in (("dim", dim), ("K", K), ("shuffle_bn_groups", shuffle_bn_groups)):
+        for arg, value in (("dim", dim), ("K", K), ("shuffle_bn_groups", shuffle_bn_groups),
+                           ("query_bn_groups", query_bn_groups)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
         if not 0.0 <= m <= 1.0:
@@ -326,7 +332,7 @@ class MoCo(nn.Module):
         if not T > 0:
             raise ValueError(f"T must be > 0, got {T!r}")
         self.K, self.m, self.T, self.gamma = K, float(m), float(T), gamma
-        self.shuffle_bn_groups, self.sync_bn = shuffle_bn_groups, sync_bn
+        self.shuffle_bn_groups, self.query_bn_groups, self.sync_bn = shuffle_bn_groups, query_bn_groups, sync_bn
 
         if isinstance(backbone, nn.Module):
             encoder = backbone
@@ -380,6 +386,15 @@ class MoCo(nn.Module):
         self.queue.index_copy_(0, index, keys)
         self.queue_ptr.copy_((start + n) % self.K)
 
+    def _encode_queries(self, im_q: torch.Tensor) -> torch.Tensor:
+        """Queries (Tensor[B, dim], unnormalised, with gradient) of ``im_q``, in ``query_bn_groups``
+        consecutive chunks when set (each at least 2 images; SyncBN: the whole batch)."""
+        groups = max(1, min(self.query_bn_groups, im_q.shape[0] // 2))
+        if groups == 1 or self.sync_bn:
+            return self.encoder_q(im_q)
+        with _split_bn_statistics(self.encoder_q) as group:
+            return torch.cat([group(self.encoder_q, chunk) for chunk in torch.tensor_split(im_q, groups)])
+
     @torch.no_grad()
     def _encode_keys(self, im_k: torch.Tensor) -> torch.Tensor:
         """Keys (Tensor[B, dim], unnormalised) of ``im_k`` through encoder_k with shuffle-BN."""
@@ -427,7 +442,7 @@ class MoCo(nn.Module):
             (Tensor[B, dim], L2-normalised; ``k`` without gradient). The loss uses the queue
             as it was before this batch's keys were enqueued.
         """
-        q = self.encoder_q(im_q)
+        q = self._encode_queries(im_q)
         self._mark("forward")
         with torch.no_grad():
             self._momentum_update_key_encoder()

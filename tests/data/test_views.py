@@ -409,3 +409,18 @@ def test_augmentation_names_and_objects_are_checked():
         from adam_ext.pretrain.config import load_config
 
         load_config(None, ["data.views={augmentations: [blurr]}"])
+
+
+def test_drop_remainder_cells_are_the_official_codes():
+    """grid remainder drop: n cells of side // n each, the last side % n rows and columns in no cell."""
+    from adam_ext.data.decomposer import grid_bounds
+
+    assert grid_bounds(10, 3, "drop") == [0, 3, 6, 9] and grid_bounds(10, 3) == [0, 3, 7, 10]
+    boxes = grid_boxes(11, 10, 3, "drop")
+    assert {(h, w) for _, _, h, w in boxes} == {(3, 3)} and max(t + h for t, _, h, _ in boxes) == 9
+    image = torch.arange(11 * 10, dtype=torch.uint8).view(1, 11, 10)
+    crop, index, box = AnatomyDecomposer(3, remainder="drop").sample(image, torch.Generator().manual_seed(1))
+    assert crop.shape == (1, 3, 3) and box == boxes[index]
+    assert TwoViews(8, 3, grid_remainder="drop").decomposer.remainder == "drop"
+    with pytest.raises(ValueError, match="remainder must be one of"):
+        AnatomyDecomposer(2, remainder="round")
