@@ -333,18 +333,20 @@ def study_tables(records: list[dict]) -> tuple[dict, str]:
             result["summaries"].setdefault(n, {})[key] = s
             cells.append(_fmt(s))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    pairs = [(a, b) for a in names for b in ("random", "adam", "mocov2")
-             if a != b and b in g and not (a in ("random",) or (a == "mocov2" and b == "adam"))]
+    pairs = [(a, b) for a in names for b in ("random", "mocov2", "adam") if a != b and b in g
+             and a != "random" and not (a == "mocov2" and b == "adam") and not (a != "adam" and b == "mocov2")]
     if pairs:
-        lines += ["", "| measure | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |",
-                  "|---" * (len(pairs) + 1) + "|"]
-        for key, label in MEASURES:
-            cells = []
-            for a, b in pairs:
+        lines += ["", "Paired differences (first − second), over the pretraining seeds both have:", "",
+                  "| comparison | n | " + " | ".join(label for _, label in MEASURES) + " |",
+                  "|---" * (len(MEASURES) + 2) + "|"]
+        for a, b in pairs:
+            cells, n = [], 0
+            for key, _ in MEASURES:
                 c = paired(g[a], g[b], key)
                 result["comparisons"].setdefault(f"{a} - {b}", {})[key] = c
+                n = max(n, c["n"])
                 cells.append(_cmp(c))
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {a} − {b} | {n} | " + " | ".join(cells) + " |")
     return result, "\n".join(lines) + "\n"
 
 
