@@ -4,18 +4,31 @@ CUDA kernels are compiled when a CUDA toolkit is found (``CUDA_HOME``, or
 ``/usr/local/cuda``) and skipped cleanly otherwise. Environment overrides:
 
 * ``ADAM_EXT_CUDA=0`` never builds CUDA; ``ADAM_EXT_CUDA=1`` requires it (fails if no toolkit).
-* ``TORCH_CUDA_ARCH_LIST`` chooses the GPU architectures (default ``8.0;9.0``).
+* ``TORCH_CUDA_ARCH_LIST`` chooses the GPU architectures. The default covers every generation
+  from Turing to Blackwell that the installed nvcc can compile for (:data:`GENERATIONS`:
+  ``7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX`` with CUDA 12.8 or later), with PTX for the newest so
+  that a later card JIT-compiles it. A narrower list builds faster (docs/install.md).
 
 Build with ``pip install --no-build-isolation -e .`` so the installed torch is used.
 """
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 
 from setuptools import setup
 
-DEFAULT_CUDA_ARCHS = "8.0;9.0"
+#: The SASS compiled by default, one per GPU generation: a cubin runs on its own compute capability and
+#: the later minors of its major (sm_80 on 8.7 Orin, sm_100 on 10.3 B300, sm_120 on 12.1 GB10).
+#: 7.5 Turing (T4, RTX 20xx), 8.0 A100/A30, 8.6 RTX 30xx/A10/A40, 8.9 Ada (L4, L40, RTX 40xx),
+#: 9.0 Hopper (H100/H200), 10.0 Blackwell (B200/GB200), 12.0 Blackwell (RTX 50xx, RTX PRO 6000).
+GENERATIONS = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0")
+#: What each nvcc release compiles, for one too old to answer ``--list-gpu-code`` (its first releases
+#: with sm_89/sm_90: 11.8; sm_100 and sm_120: 12.8; CUDA 13 dropped everything before sm_75).
+_BY_RELEASE = ((12, 8, GENERATIONS), (11, 8, GENERATIONS[:5]), (11, 1, GENERATIONS[:3]),
+               (11, 0, GENERATIONS[:2]))
 
 
 def _find_cuda_home():
@@ -28,6 +41,38 @@ def _find_cuda_home():
         if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
             return home
     return None
+
+
+def _nvcc_archs(cuda_home):
+    """The compute capabilities (``"8.6"``) the toolkit's nvcc compiles for: its ``--list-gpu-code``,
+    else read off its release (``nvcc --version``); None when nvcc does not answer."""
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    try:
+        listed = subprocess.run([nvcc, "--list-gpu-code"], check=False, capture_output=True, text=True,
+                                timeout=60)
+        if listed.returncode == 0:
+            codes = re.findall(r"sm_(\d+)(?![0-9a-z])", listed.stdout)
+            return {f"{int(c) // 10}.{int(c) % 10}" for c in codes}
+        version = subprocess.run([nvcc, "--version"], check=False, capture_output=True, text=True,
+                                 timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"release (\d+)\.(\d+)", version)
+    if not found:
+        return None
+    release = (int(found.group(1)), int(found.group(2)))
+    return next((set(archs) for major, minor, archs in _BY_RELEASE if release >= (major, minor)), set())
+
+
+def default_cuda_archs(cuda_home) -> str:
+    """``TORCH_CUDA_ARCH_LIST`` when the user sets none: the :data:`GENERATIONS` that nvcc compiles,
+    ``+PTX`` on the newest (a future GPU JIT-compiles its PTX at first use)."""
+    available = _nvcc_archs(cuda_home)
+    archs = [a for a in GENERATIONS if available is None or a in available]
+    if not archs:
+        raise SystemExit(f"the nvcc of {cuda_home} compiles none of the GPU architectures "
+                         f"{';'.join(GENERATIONS)}; set TORCH_CUDA_ARCH_LIST, or install CUDA 11.8 or later")
+    return ";".join(archs[:-1] + [archs[-1] + "+PTX"])
 
 
 def _want_cuda(cuda_home):
@@ -47,9 +92,10 @@ if WITH_CUDA:
     # torch.utils.cpp_extension reads CUDA_HOME when imported; without a GPU
     # driver it otherwise guesses /usr/local and fails to link.
     os.environ["CUDA_HOME"] = CUDA_HOME
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_archs(CUDA_HOME)
 
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

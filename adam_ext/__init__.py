@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it
 _LAZY = {"PurposivePrunerLoss": ".ops.losses", "build_info": ".ops", "pruned_info_nce": ".ops", "reference": ".ops.reference"}

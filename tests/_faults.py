@@ -24,8 +24,8 @@ from unittest import mock
 
 def inject(mode: str, at: int) -> None:
     """Makes the ``at``-th write of this process fail as ``mode`` says (see the module docstring)."""
+    from adam_ext._util import atomic as checkpoint
     from adam_ext._util import runfolder
-    from adam_ext.checkpoints import atomic as checkpoint
 
     count = [0]
     append, atomic = runfolder.append_line, checkpoint._atomic_write_unchecked

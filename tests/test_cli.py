@@ -31,6 +31,23 @@ def test_help_does_not_import_torch(argv):
     assert "TORCH-NOT-LOADED" in done.stderr, done.stderr
 
 
+def test_version_is_the_packages_and_imports_no_torch():
+    """`adam --version` (issue 22.1): the version of pyproject.toml and adam_ext.__version__, without torch
+    (checked with -X importtime, which lists every module the process imported)."""
+    import re
+    from pathlib import Path
+
+    from adam_ext import __version__
+
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1) == __version__ == "0.2.0"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", PROBE.format(argv=["--version"])],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.strip() == f"adam (adam_ext) {__version__}"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "adam_ext.cli" in imported and not {"torch", "numpy"} & imported, sorted(imported)[:20]
+
+
 def test_every_command_builds_and_has_a_runner():
     parser = cli.build_parser()  # every command's arguments
     for name, (module_name, _) in cli.COMMANDS.items():
@@ -43,9 +60,9 @@ def test_every_command_builds_and_has_a_runner():
 
 
 def test_written_out_defaults_agree_with_the_library():
+    from adam_ext.checkpoints.export import FORMATS
     from adam_ext.cli import data, eve, export
     from adam_ext.data.synthetic import SynthConfig
-    from adam_ext.checkpoints.export import FORMATS
 
     defaults = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
     assert {k: defaults[k] for k in data.SYNTH_DEFAULTS} == data.SYNTH_DEFAULTS

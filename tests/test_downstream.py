@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -414,3 +415,17 @@ def test_torchrun_two_gloo_ranks_evaluate_the_whole_test_set(synth, tmp_path, ex
     assert run["n_test"] == 12 and run["epochs_run"] == (2 if extra else 1)
     whole = evaluate_checkpoint(out / "seed0" / "best.pt", device="cpu")
     assert run["test"]["mean_dice"] == pytest.approx(whole["mean_dice"], abs=1e-6)
+
+
+def test_dice_backend_monai_reaches_the_segmentation_task(seed):
+    """FinetuneConfig.dice_backend: the task computes Dice and IoU with MONAI's metrics, equal to ours."""
+    g = torch.Generator().manual_seed(seed)
+    logits, target = torch.randn(3, 1, 32, 32, generator=g), (torch.rand(3, 1, 32, 32, generator=g) > 0.6).float()
+    ours = SegmentationTask(_FakeReader(), "resnet18", 32).collect(logits, target)
+    task = SegmentationTask(_FakeReader(), "resnet18", 32, dice_backend="monai")
+    assert task.dice_backend == "monai"
+    theirs = task.collect(logits, target)
+    for key in ("dice", "iou"):
+        np.testing.assert_allclose(theirs[key], ours[key], atol=1e-6)
+    cfg = FinetuneConfig(task="seg", dataset="scr", root="x", dice_backend="monai", out="unused").resolved()
+    assert cfg.dice_backend == "monai"

@@ -102,6 +102,38 @@ def test_dice_and_iou_hand_computed_with_empty_masks():
     assert out["mean_iou"] == pytest.approx((1 / 3 + 1.0 + 0.5) / 3)
 
 
+def test_monai_dice_equals_ours_on_constructed_masks(seed):
+    """issue 22.5: ``backend="monai"`` (monai.metrics.DiceMetric / MeanIoU) gives our numbers: the empty-mask
+    cases of the hand-computed test, and random masks of every overlap."""
+    pytest.importorskip("monai")
+    g = torch.Generator().manual_seed(seed)
+    pred = torch.rand(6, 3, 16, 16, generator=g) < torch.rand(6, 3, 1, 1, generator=g)
+    target = torch.rand(6, 3, 16, 16, generator=g) < torch.rand(6, 3, 1, 1, generator=g)
+    pred[0, 0], target[0, 0] = False, False  # both empty: 1
+    pred[1, 1], target[1, 1] = True, False  # only the prediction: 0
+    pred[2, 2], target[2, 2] = False, True  # only the truth: 0
+    pred[3, 0] = target[3, 0]  # perfect: 1
+    ours = dice_iou(pred, target)
+    theirs = dice_iou(pred, target, backend="monai")
+    for a, b in zip(ours, theirs):
+        assert b.dtype == torch.float64 and b.shape == (6, 3)
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)  # MONAI counts in float32
+    assert ours[0][0, 0] == theirs[0][0, 0] == 1 and ours[1][0, 0] == theirs[1][0, 0] == 1
+    assert theirs[0][1, 1] == theirs[0][2, 2] == 0 and theirs[0][3, 0] == 1
+    names = ("a", "b", "c")
+    assert segmentation_metrics(*theirs, names) == pytest.approx(segmentation_metrics(*ours, names), rel=1e-6)
+    with pytest.raises(ValueError, match="backend must be one of adam_ext, monai, got 'sklearn'"):
+        dice_iou(pred, target, backend="sklearn")
+
+
+def test_dice_backend_is_a_validated_finetune_option():
+    from adam_ext.downstream.config import FinetuneConfig, validate
+
+    validate(FinetuneConfig(root="d", task="seg", dice_backend="monai"))
+    with pytest.raises(ValueError, match="dice_backend"):
+        validate(FinetuneConfig(root="d", task="seg", dice_backend="medpy"))
+
+
 def test_soft_dice_loss_is_zero_for_a_perfect_prediction_and_finite_on_empty_classes():
     target = torch.zeros(2, 2, 8, 8)
     target[:, 0, 2:5, 2:5] = 1

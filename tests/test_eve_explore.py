@@ -29,7 +29,7 @@ from adam_ext.cli import main
 from adam_ext.data import open_dataset
 from adam_ext.eve import Embedder
 from adam_ext.eve.explore import ExploreConfig, explore_page, page_bytes, read_explorer
-from adam_ext._util.runfolder import WriteError
+from adam_ext._util.runfolder import LOCK_FILE, MARKER, WriteError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ def test_page_is_written_all_or_nothing(synth, tmp_path, monkeypatch):
     settings = {"arch": "resnet18", "progress": False, "size": 64}
     explore_page([("random", "random")], dataset, tmp_path, indices=(0, 1), **settings)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert set(before) == {"explore.html", "explore.md"}
+    assert set(before) == {"explore.html", "explore.md", MARKER, LOCK_FILE}  # the folder's kind, its lock
 
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")

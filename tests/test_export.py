@@ -1,9 +1,11 @@
-"""adam_ext.checkpoints.export: reading adam_ext / official / torchvision checkpoints and exporting encoders."""
+"""adam_ext.checkpoints.export: reading adam_ext / official / torchvision checkpoints (torch or safetensors
+files) and exporting encoders for torchvision, smp, timm, MONAI and as safetensors."""
 
 from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,9 +82,9 @@ def ckpts(moco, tmp_path_factory):
 
 def _assert_same(a: dict, b: dict):
     assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype, key
-        assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        assert value.dtype == b[key].dtype, key
+        assert torch.equal(value, b[key]), key
 
 
 def _listing(path):
@@ -164,8 +166,12 @@ def test_load_torchvision_state_dict(ckpts, moco):
 @pytest.fixture(scope="module")
 def exported(ckpts, tmp_path_factory):
     d = tmp_path_factory.mktemp("out")
-    files = {fmt: ex.export_encoder(ckpts["ours"], fmt, d / f"enc_{fmt}.pt") for fmt in ex.FORMATS}
+    files = {fmt: ex.export_encoder(ckpts["ours"], fmt, d / (f"enc_{fmt}" + _SUFFIX.get(fmt, ".pt")))
+             for fmt in ex.FORMATS}
     return d, files
+
+
+_SUFFIX = {"safetensors": ".safetensors"}
 
 
 def test_export_torchvision_loads_and_matches_features(exported, moco):
@@ -200,6 +206,112 @@ def test_export_timm_loads(exported, moco):
     result = model.load_state_dict(sd, strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
     _assert_same(_trunk(model), _trunk(moco.encoder_q))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_export_monai_loads_strictly_into_resnet_and_flexible_unet(arch, tmp_path):
+    """issue 22.5: the monai file loads with strict key checks into MONAI's ResNet of the exported depth and
+    into a FlexibleUNet's encoder (MONAI's own resnet50; a torchvision-shaped one for resnet18, whose
+    MedicalNet encoder has no shortcut convolutions), written in plain MONAI as the card's snippet is;
+    both run forward, the ResNet giving torchvision's features bit for bit."""
+    pytest.importorskip("monai")
+    from monai.networks.nets import FlexibleUNet, ResNet
+    from monai.networks.nets.resnet import ResNetFeatures, get_inplanes
+
+    torch.manual_seed(3)
+    tv = getattr(torchvision.models, arch)(weights=None).eval()
+    with torch.no_grad():  # non-default BatchNorm statistics, so that they are compared too
+        for name, buf in tv.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    out = ex.export_encoder(tmp_path / "tv.pth", "monai", tmp_path / "enc_monai.pt")
+    weights = torch.load(out, weights_only=True)
+
+    block, layers = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet50": ("bottleneck", [3, 4, 6, 3])}[arch]
+    shape = {"spatial_dims": 2, "n_input_channels": 3, "conv1_t_stride": 2, "shortcut_type": "B",
+             "bias_downsample": False, "feed_forward": False}
+    trunk = ResNet(block, layers, get_inplanes(), **shape).eval()
+    assert not trunk.load_state_dict(weights, strict=True).missing_keys
+    unet = FlexibleUNet(in_channels=3, out_channels=2, backbone=arch, spatial_dims=2)
+    if arch == "resnet18":
+        unet.encoder = ResNetFeatures.__new__(ResNetFeatures)
+        ResNet.__init__(unet.encoder, block, layers, get_inplanes(), **shape)
+    unet.encoder.load_state_dict(weights, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    tv.fc = nn.Identity()
+    with torch.no_grad():
+        assert torch.equal(trunk(x), tv(x))
+        assert unet.eval()(x).shape == (2, 2, 64, 64)
+    card = ex.load_pretrained(out).card
+    assert card["weights"]["format"] == "monai" and "FlexibleUNet" in card["load"]["monai"]
+
+
+def test_export_monai_is_refused_for_weights_monai_cannot_take(tmp_path):
+    pytest.importorskip("monai")
+    state = _trunk(torchvision.models.resnet18(weights=None))
+    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"does not load into monai resnet18 \(ResNet\).*conv1\.weight"):
+        ex.verify_encoder(state, "resnet18", "monai")
+
+
+def test_safetensors_export_round_trips_bit_exactly(ckpts, moco, tmp_path):
+    """issue 22.5: --format safetensors, from every layout we read, with its (checked) card; load_pretrained
+    reads it back bit for bit, as does safetensors itself."""
+    from safetensors.torch import load_file
+
+    for name in ("ours", "official", "torchvision"):
+        for encoder in ("q", "k") if name != "torchvision" else ("q",):
+            out = ex.export_encoder(ckpts[name], "safetensors", tmp_path / f"{name}_{encoder}.safetensors",
+                                    encoder=encoder)
+            want = _trunk(moco.encoder_q if encoder == "q" else moco.encoder_k)
+            _assert_same(load_file(out), want)
+            pre = ex.load_pretrained(out)
+            assert (pre.source, pre.arch) == ("torchvision", "resnet18")
+            _assert_same(pre.encoder_q, want)
+            assert pre.card["weights"]["format"] == "safetensors"
+            assert pre.card["weights"]["encoder"] == {"q": "query", "k": "key"}[encoder]
+            assert pre.card["checked"]["encoder"].startswith("verified against")
+    again = ex.export_encoder(tmp_path / "ours_k.safetensors", "safetensors", tmp_path / "again.safetensors")
+    assert Path(again).read_bytes() == (tmp_path / "ours_k.safetensors").read_bytes()  # the same bytes
+    assert ex.load_pretrained(again).card["weights"]["encoder"] == "key"  # the card carried on
+
+
+def test_load_pretrained_reads_safetensors_of_every_layout(moco, tmp_path):
+    """A MoCo state dict (ours or DDP-prefixed) or a torchvision state dict in a safetensors file, recognised
+    by its content whatever its name."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in moco.state_dict().items()}
+    save_file(state, tmp_path / "moco.bin")
+    pre = ex.load_pretrained(tmp_path / "moco.bin")
+    assert (pre.source, pre.arch, pre.K) == ("adam_ext", "resnet18", K)
+    _assert_same(pre.state, moco.state_dict())
+    save_file({"module." + k: (v.t().contiguous() if k == "queue" else v) for k, v in state.items()},
+              tmp_path / "official.safetensors")
+    pre = ex.load_pretrained(tmp_path / "official.safetensors")
+    assert pre.source == "official"
+    _assert_same(pre.state, moco.state_dict())
+    save_file(_trunk(moco.encoder_q), tmp_path / "tv.safetensors")
+    _assert_same(ex.load_pretrained(tmp_path / "tv.safetensors").encoder_q, _trunk(moco.encoder_q))
+    (tmp_path / "broken.safetensors").write_bytes((tmp_path / "tv.safetensors").read_bytes()[:4000])
+    with pytest.raises(ValueError, match=r"broken\.safetensors' could not be read as a safetensors file"):
+        ex.load_pretrained(tmp_path / "broken.safetensors")
+
+
+def test_safetensors_name_needs_the_safetensors_format(ckpts, tmp_path):
+    with pytest.raises(ValueError, match=r"out ends in \.safetensors but format is 'timm'"):
+        ex.export_encoder(ckpts["ours"], "timm", tmp_path / "enc.safetensors")
+    assert _listing(tmp_path) == []
+
+
+def test_cli_monai_and_safetensors(ckpts, moco, tmp_path, capsys):
+    assert _cli(["export", str(ckpts["ours"]), str(tmp_path / "m.pt"), "--format", "monai"]) == 0
+    assert "monai.networks.nets.ResNet(" in capsys.readouterr().out
+    assert _cli(["export", str(ckpts["ours"]), str(tmp_path / "e.safetensors"), "--format", "safetensors"]) == 0
+    printed = capsys.readouterr().out
+    assert "safetensors.torch.load_file(" in printed and "e.safetensors.card.json" in printed
+    _assert_same(ex.load_pretrained(tmp_path / "e.safetensors").encoder_q, _trunk(moco.encoder_q))
 
 
 def test_no_leftover_temp_files(exported):
@@ -261,7 +373,7 @@ def test_cli_unknown_format(ckpts, tmp_path, capsys):
         _cli(["export", str(ckpts["ours"]), str(tmp_path / "x.pt"), "--format", "keras"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "keras" in err and "torchvision" in err and "smp" in err and "timm" in err
+    assert "keras" in err and all(fmt in err for fmt in ex.FORMATS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,7 +381,7 @@ def test_cli_unknown_format(ckpts, tmp_path, capsys):
 
 
 def test_unknown_format_value_error(ckpts, tmp_path):
-    with pytest.raises(ValueError, match=r"format must be one of torchvision, smp, timm, got 'keras'"):
+    with pytest.raises(ValueError, match=r"format must be one of torchvision, smp, timm, monai, safetensors, got 'keras'"):
         ex.export_encoder(ckpts["ours"], "keras", tmp_path / "x.pt")
     with pytest.raises(ValueError, match=r"encoder must be 'q' or 'k', got 'v'"):
         ex.export_encoder(ckpts["ours"], "timm", tmp_path / "x.pt", encoder="v")

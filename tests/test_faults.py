@@ -72,9 +72,10 @@ def test_a_kill_after_the_checkpoints_own_row_logs_it_once(run_data, reference_r
     step with index S is not in it) and logged it again: a kill after that row duplicated it."""
     out = tmp_path / "run"
     cfg = str(config_file(run_data, out))
-    # writes: config.yaml, metrics.jsonl, the stage's first monitor and validation rows, the rows of
-    # steps 0, 1, 2, last.pt (3 steps done), the row of step 3; the 10th write is killed
-    done = adam_with_fault("kill", 10, "pretrain", "--config", cfg, "--no-progress", "log_every=1")
+    # writes: the run folder's marker (.adam_run.json), config.yaml, metrics.jsonl, the stage's first
+    # monitor and validation rows, the rows of steps 0, 1, 2, last.pt (3 steps done), the row of step 3;
+    # the 11th write is killed
+    done = adam_with_fault("kill", 11, "pretrain", "--config", cfg, "--no-progress", "log_every=1")
     assert done.returncode == -9, done.stderr[-2000:]
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 3 and train_rows(out)[-1]["step"] == 3
     assert main(["pretrain", "--config", cfg, "--no-progress", "--resume", "log_every=1"]) == 0
@@ -91,8 +92,8 @@ def test_a_full_disk_or_read_only_folder_fails_cleanly_and_resumes(run_data, ref
     out = tmp_path / "run"
     common = ["pretrain", "--config", str(config_file(run_data, out)), "--no-progress"]
     with pytest.MonkeyPatch.context() as patch:
+        from adam_ext._util import atomic as checkpoint
         from adam_ext._util import runfolder
-        from adam_ext.checkpoints import atomic as checkpoint
 
         patch.setattr(runfolder, "append_line", runfolder.append_line)  # restored when the block ends
         patch.setattr(checkpoint, "_atomic_write_unchecked", checkpoint._atomic_write_unchecked)

@@ -1,5 +1,13 @@
-"""Packaging: ``pip install --no-build-isolation .`` into a fresh environment that holds only torch
-and torchvision gives a working ``adam`` (pyproject.toml declares every runtime dependency).
+"""Packaging: the source distribution holds everything a build needs, and a wheel built from it and
+installed into a fresh environment that holds only torch and torchvision gives a working ``adam``
+(pyproject.toml declares every runtime dependency).
+
+The path a user's ``pip install adam_ext-X.tar.gz`` takes: ``python -m build --sdist --no-isolation``
+on a copy of the checkout (the files git tracks or would track: what a fresh clone holds), the
+sdist's file list checked (every file under csrc/, the CUDA headers and kernels included, although
+this build compiles the CPU kernels only; CMakeLists.txt, README, LICENSE, CHANGELOG, the package
+data), then ``pip wheel`` *from the sdist* and ``pip install`` of that wheel, both outside the
+repository.
 
 SLOW and NEEDS A PACKAGE INDEX (marked ``packaging``; still run by ``make test``): about 1-3 minutes
 on the 2-core CI machine, most of it compiling the C++ extension (CPU only, ``ADAM_EXT_CUDA=0``) and,
@@ -16,7 +24,8 @@ pyproject.toml declares. The folder lies outside the new environment, so pip nev
 Checked there: the installed adam_ext (not the checkout) loads its extension on the linked torch;
 every third-party module the code imports, lazily or not, imports and comes from a distribution
 pyproject.toml declares (not merely from a dependency's dependency); ``pip check``; ``adam --help``;
-``adam synth``; ``adam eve explore`` (its page template is package data); a one-epoch ``adam pretrain`` of the tiny configuration writes best.pt.
+``adam --version``; a loss; ``adam synth``; ``adam eve explore`` (its page template is package data);
+a one-epoch ``adam pretrain`` of the tiny configuration writes best.pt.
 """
 
 from __future__ import annotations
@@ -24,10 +33,13 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -45,8 +57,10 @@ from packaging.utils import canonicalize_name
 pytestmark = pytest.mark.packaging
 
 REPO = Path(__file__).resolve().parent.parent
-# What `pip install .` needs of the checkout (copied, so the build writes nothing into it).
-SOURCE_ITEMS = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in", "adam_ext", "csrc")
+#: Files outside the Python package that the source distribution must hold (besides every file of csrc/).
+SDIST_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "CMakeLists.txt", "README.md", "LICENSE",
+               "CHANGELOG.md", "adam_ext/eve/explore.html", "csrc/checks.h", "csrc/pruned_info_nce.h",
+               "csrc/cuda/common.cuh")
 BASE = ("torch", "torchvision")
 LOADERS = ("import_module", "_require")  # functions called with the name of a module they import
 
@@ -232,25 +246,28 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     (site / "_adam_test_base.pth").write_text(f"{tmp_path / 'base'}\n")
     print(f"  base distributions ({len(base)}): {', '.join(base)}")
 
-    # A copy of the checkout: the in-tree build writes build/ and *.egg-info, not in the repo.
-    src = tmp_path / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.o", "*.pyc", "*.egg-info", "build")
-    for item in SOURCE_ITEMS:
-        if (REPO / item).is_dir():
-            shutil.copytree(REPO / item, src / item, ignore=ignore)
-        elif (REPO / item).exists():
-            shutil.copy2(REPO / item, src / item)
+    # The source distribution, built from a copy of what a fresh clone holds (the build writes
+    # *.egg-info into its source folder: never into the checkout).
+    src, dist = tmp_path / "src", tmp_path / "dist"
+    sdist = _build_sdist(src, dist, env)
+    print(f"  sdist {sdist.name}: {sdist.stat().st_size / 2**10:.0f} KiB")
 
-    # --no-build-isolation: the user installs the build requirements, then the package.
-    # --no-compile: no .pyc for the thousands of installed files (they are written when imported).
+    # A wheel from the sdist (nothing else), installed. --no-build-isolation: the user installs the
+    # build requirements, then the package. --no-compile: no .pyc for the thousands of installed files.
     pip = [str(py), "-m", "pip", "--disable-pip-version-check"]
     if tomllib is not None:
         build_requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
         _run(pip + ["install", "--no-compile", *build_requires], env, tmp_path, 300,
              "pip install build requirements")
-    out = _run(pip + ["install", "--no-compile", "--no-build-isolation", str(src)], env, tmp_path, 600,
-               "pip install --no-build-isolation . (dependencies + C++ build)")
+    _run(pip + ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist), str(sdist)], env, tmp_path,
+         600, "pip wheel from the sdist (C++ build)")
+    wheel = next(dist.glob("adam_ext-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert "adam_ext/eve/explore.html" in names and any(n.endswith(".dist-info/licenses/LICENSE") for n in names), \
+        [n for n in names if not n.endswith(".py")]
+    out = _run(pip + ["install", "--no-compile", str(wheel)], env, tmp_path, 600,
+               "pip install the wheel (dependencies)")
     assert "Collecting torch" not in out, "pip installed a second torch instead of using the pinned one"
     print("  " + next((line for line in out.splitlines() if line.startswith("Successfully installed")), "?"))
 
@@ -262,13 +279,13 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     assert Path(adam_file).is_relative_to(site), adam_file
     assert Path(torch_file).is_relative_to(tmp_path / "base"), torch_file
     assert build["extension_loaded"], build
-    modules = _third_party_imports(src / "adam_ext")
+    modules = _third_party_imports(REPO / "adam_ext")
     out = _run([str(py), "-c", CHECK_IMPORTS, json.dumps(modules)], env, tmp_path, 300,
                f"import the {len(modules)} third-party modules adam_ext uses")
     result = json.loads(out.strip().splitlines()[-1])
     print("  " + ", ".join(f"{m} <- {'/'.join(d)}" for m, d in result["report"].items()))
     assert not result["problems"], "\n".join(result["problems"])
-    optional = _optional_imports(src / "adam_ext")
+    optional = _optional_imports(REPO / "adam_ext")
     out = _run([str(py), "-c", CHECK_OPTIONAL, json.dumps(optional)], env, tmp_path, 300,
                f"the optional integrations {sorted(optional)}, without their extras")
     problems = json.loads(out.strip().splitlines()[-1])
@@ -277,6 +294,15 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
 
     adam = str(venv / "bin" / "adam")
     assert "pretrain" in _run([adam, "--help"], env, tmp_path, 60, "adam --help")
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    assert _run([adam, "--version"], env, tmp_path, 60, "adam --version").strip() == f"adam (adam_ext) {version}"
+    loss = ("import torch, torch.nn.functional as F, adam_ext; torch.manual_seed(0); "
+            "q, k = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8); "
+            "queue = F.normalize(torch.randn(32, 8), dim=1); "
+            "out = adam_ext.pruned_info_nce(q, k, queue, temperature=0.2, gamma=0.8); "
+            "loss = out[0] if isinstance(out, tuple) else out; loss.backward(); "
+            "assert torch.isfinite(loss) and q.grad.abs().sum() > 0; print(float(loss))")
+    _run([str(py), "-c", loss], env, tmp_path, 120, "a loss and its gradient")
     _run([adam, "synth", "--out", "D", "--n", "12", "--size", "64", "--workers", "1"], env, tmp_path, 120,
          "adam synth")
     # The explorer reads its page template, package data: the installed package must hold it.
@@ -292,9 +318,36 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     assert any((tmp_path / "R" / "tensorboard").iterdir())
     # Free the disk now (the new environment holds about 0.6 GB), not in a later session's clean-up.
     # (rmtree removes the links of base/, never what they point to.)
-    for folder in ("venv", "base", "src"):
+    for folder in ("venv", "base", "src", "dist"):
         shutil.rmtree(tmp_path / folder, ignore_errors=True)
     print(f"  total: {time.perf_counter() - start:.1f} s")
+
+
+def _sources_of_a_clone() -> list[str]:
+    """The files a fresh clone holds, as the working tree has them: tracked, and untracked but not
+    ignored (new files of a change not committed yet)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+    return sorted(name for name in listed if name and (REPO / name).is_file())
+
+
+def _build_sdist(src: Path, dist: Path, env: dict) -> Path:
+    """``python -m build --sdist --no-isolation`` of a copy of the checkout into ``dist``; checks that it
+    holds every file of csrc/ and :data:`SDIST_FILES`, and none of the checkout's builds. Returns it."""
+    files = _sources_of_a_clone()
+    for name in files:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, src / name)
+    _run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist), str(src)], env, src,
+         300, "python -m build --sdist")
+    sdist = next(dist.glob("adam_ext-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        packed = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    wanted = {name for name in files if name.startswith("csrc/")} | set(SDIST_FILES)
+    assert {"csrc/cuda/pruned_info_nce_cuda.cu", "csrc/cuda/pruned_info_nce_fwd.cu"} <= wanted
+    assert not wanted - packed, f"the sdist lacks {sorted(wanted - packed)}"
+    assert not [n for n in packed if n.endswith((".so", ".o", ".pyc"))], "the sdist holds build outputs"
+    return sdist
 
 
 def test_integration_imports_are_left_to_their_extras():

@@ -242,3 +242,29 @@ def test_the_demo_preset_on_another_data_set(tmp_path):
     with pytest.raises(ValueError, match="data.options has unknown key 'size' for data set 'folder'"):
         load_config(None, ["data.dataset=folder", "data.options={size: 256}"], preset="demo")
     assert load_config(None, ["data.dataset=folder", "data.options={}"], preset="demo").data.options == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 24 (4): a run folder knows its kind; a fine-tuning into it is refused, and a folder of an
+# older adam_ext (no marker) is recognised by its files and adopted when resumed
+
+
+def test_a_run_folder_knows_its_kind_and_survives_a_finetune_into_it(run_data, reference_run, stopped_run):
+    import json
+
+    from adam_ext.downstream import FinetuneConfig, finetune
+
+    marker = json.loads((stopped_run / runfolder.MARKER).read_text())
+    assert marker["kind"] == "pretrain" and marker["adopted"] is False
+    assert marker["created_by"].startswith("adam_ext ")
+    ft = FinetuneConfig(task="cls", dataset="synthetic", root=str(run_data), arch="resnet18", size=32,
+                        epochs=1, workers=0, device="cpu", out=str(stopped_run))
+    history = {name: (stopped_run / name).read_bytes() for name in ("config.yaml", "metrics.jsonl")}
+    for legacy in (False, True):  # marked, then as a run of adam_ext 0.1.0 left it
+        if legacy:
+            (stopped_run / runfolder.MARKER).unlink()
+        with pytest.raises(runfolder.FolderKindError, match="is a pretraining run folder"):
+            finetune(ft, progress=False)
+        assert {name: (stopped_run / name).read_bytes() for name in history} == history
+    finish(run_data, stopped_run, reference_run)  # the history the refusal kept resumes exactly
+    assert json.loads((stopped_run / runfolder.MARKER).read_text())["adopted"] is True

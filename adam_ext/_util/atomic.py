@@ -11,7 +11,8 @@ import torch
 
 from .runfolder import RunFolderError, WriteError, write_errors
 
-__all__ = ["WriteError", "atomic_save", "atomic_write_files", "atomic_write_json", "atomic_write_text", "json_safe"]
+__all__ = ["WriteError", "atomic_save", "atomic_save_figure", "atomic_write_files", "atomic_write_json",
+           "atomic_write_text", "atomic_write_with", "json_safe"]
 
 
 def atomic_save(obj, out) -> None:
@@ -26,6 +27,23 @@ def atomic_save(obj, out) -> None:
 def atomic_write_text(out, text: str) -> None:
     """Writes ``text`` (UTF-8) to ``out`` as :func:`atomic_save` writes checkpoints."""
     _atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_with(out, write) -> None:
+    """Calls ``write(f)`` on a temp file (binary) beside ``out`` and renames it over ``out``, as
+    :func:`atomic_save` writes checkpoints: never a partial ``out``, never through a link at ``out``.
+
+    Raises:
+        WriteError: ``cannot write OUT: REASON``; a link at ``out`` is a RunFolderError.
+    """
+    _atomic_write(out, write)
+
+
+def atomic_save_figure(fig, out, **kwargs) -> None:
+    """``fig.savefig`` (a matplotlib figure) to ``out`` atomically (:func:`atomic_write_with`); the
+    format comes from ``out``'s suffix (``png`` when it has none); ``kwargs`` go to ``savefig``."""
+    fmt = os.path.splitext(os.fspath(out))[1].lstrip(".").lower() or "png"
+    _atomic_write(out, lambda f: fig.savefig(f, format=fmt, **kwargs))
 
 
 def json_safe(value):

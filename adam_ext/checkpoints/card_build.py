@@ -12,8 +12,10 @@ What each field comes from:
 * the weights themselves: keys, shapes, parameter count and input channels;
 * :class:`~adam_ext.data.views.ViewConfig`: the normalisation the configured views applied.
 
-A source that is itself an exported file with a valid card passes its card on (``input``,
-``training``, ``monitors``, ``provenance``): re-exporting for another library keeps the history.
+A source that is itself an exported file with a card that :func:`~.card.read_card` accepted (it
+parses, and the weights bear out its claims) passes its card on (``input``, ``training``,
+``monitors``, ``provenance``): re-exporting for another library keeps the history. A card that was
+ignored is never carried on: the new card then says :data:`~.card.UNKNOWN`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ import torch
 
 from .. import __version__
 from .._util.runfolder import read_jsonl
-from .card import CARD_KIND, CARD_VERSION, UNKNOWN, ModelCardWarning, card_paths
+from .card import CARD_KIND, CARD_VERSION, UNKNOWN, ModelCardWarning, card_paths, layer_counts
 from .layouts import Pretrained
 
 __all__ = ["build_card"]
 
-_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 #: Config sections that identify a run: a run folder whose config.yaml agrees on them is the checkpoint's.
 _RUN_IDENTITY = ("seed", "stages", "gamma", "gamma_n0", "model", "optim")
 
@@ -42,7 +43,7 @@ def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_
     Args:
         pre (Pretrained): the checkpoint the trunk comes from.
         trunk (dict[str, Tensor]): the exported state dict (torchvision key names, no ``fc.*``).
-        fmt (str): the export format (``torchvision``, ``smp``, ``timm``).
+        fmt (str): the export format (``torchvision``, ``smp``, ``timm``, ``monai``, ``safetensors``).
         encoder (str): ``"q"`` or ``"k"``, the encoder of ``pre`` exported.
         weights_file (str): the weights' file name (the snippets load it from the card's folder).
         load (Callable[[dict], dict[str, str]]): the card's ``input`` section -> ``{library: Python
@@ -63,7 +64,7 @@ def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_
     card = {
         "kind": CARD_KIND, "version": CARD_VERSION,
         "weights": {"file": weights_file, "sha256": None, "bytes": None, "format": fmt, "encoder": which,
-                    "arch": pre.arch, **_layers(trunk)},
+                    "arch": pre.arch, **layer_counts(trunk)},
         "input": source_input,
         "load": dict(load(source_input)),
         "source": {"checkpoint": os.path.abspath(pre.path), "layout": pre.source, "run_folder": run or UNKNOWN},
@@ -77,22 +78,9 @@ def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_
         for section in ("training", "monitors", "provenance"):
             card[section] = inherited[section]
         card["source"]["card"] = os.path.abspath(card_paths(pre.path)[0])
+        card["source"]["card_encoder"] = inherited.get("checked", {}).get("encoder", UNKNOWN)  # its verdict
         card["source"]["original"] = inherited["source"].get("original", inherited["source"])  # the first export's
     return card
-
-
-def _layers(trunk: dict) -> dict:
-    """Tensor and parameter counts (BatchNorm statistics are buffers, not parameters), per top-level
-    layer, and every key with its shape."""
-    groups: dict[str, dict] = {}
-    for key, value in trunk.items():
-        group = groups.setdefault(key.split(".")[0], {"tensors": 0, "parameters": 0})
-        group["tensors"] += 1
-        if not key.endswith(_BUFFERS):
-            group["parameters"] += value.numel()
-    return {"tensors": len(trunk), "parameters": sum(g["parameters"] for g in groups.values()),
-            "layers": [{"name": name, **g} for name, g in groups.items()],
-            "keys": {key: list(value.shape) for key, value in trunk.items()}}
 
 
 def _input(pre: Pretrained, trunk: dict) -> dict:

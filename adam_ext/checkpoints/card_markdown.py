@@ -1,14 +1,25 @@
-"""The Markdown form of a model card (``OUT.card.md``), rendered from its JSON (:mod:`.card`) alone."""
+"""The Markdown form of a model card (``OUT.card.md``), rendered from its JSON (:mod:`.card`) alone.
+
+Everything the card holds came from somewhere else (a configuration, a path, a checkpoint), so every
+value is escaped for where it lands, by the helpers of :mod:`adam_ext._util.escape`: ``markdown_text``
+in prose and table cells (HTML's ``& < >`` as entities, Markdown's marks backslash-escaped, one line),
+``markdown_fence`` around code blocks (a fence longer than any backtick run inside), and the
+configuration's JSON with ``< > &`` as ``\\u`` escapes.
+No card value can close a code span or block, split a table cell, or put raw HTML, a link or emphasis
+into the page; the Markdown file holds no ``<`` it did not write. Only the page's own words are
+Markdown.
+"""
 
 from __future__ import annotations
 
 import json
 
+from .._util.escape import markdown_fence, markdown_text
 from .card import UNKNOWN
 
 __all__ = ["render_card"]
 
-#: What each monitor measures (adam_ext.monitors), for the card's readers.
+#: What each monitor measures (adam_ext.engine.monitors), for the card's readers.
 _MONITORS = {
     "rankme": "effective rank of the embeddings (1: collapsed; up to the embedding dimension)",
     "collapse_std": "per-dimension std of the L2-normalised embeddings (0: collapsed)",
@@ -19,54 +30,69 @@ _MONITORS = {
     "knn_auc": "weighted k-NN mean ROC AUC on the labels",
     "knn_accuracy": "weighted k-NN accuracy on the labels",
 }
-_LIBRARIES = {"torchvision": "torchvision", "smp": "segmentation-models-pytorch", "timm": "timm"}
+_LIBRARIES = {"torchvision": "torchvision", "smp": "segmentation-models-pytorch", "timm": "timm",
+              "monai": "MONAI", "safetensors": "safetensors (torchvision key names: torchvision, smp, timm and MONAI)"}
+
+
+def _json(value) -> str:
+    """Indented JSON of ``value`` with ``< > &`` written as ``\\u003c``..., the same JSON value, with no
+    character an HTML renderer could take for markup even outside its code block."""
+    text = json.dumps(value, indent=2)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _cell(value) -> str:
-    """A value as table cell text: numbers to 4 significant digits, lists joined, ``|`` escaped."""
+    """A card value as escaped table-cell text: numbers to 4 significant digits, lists joined."""
     if isinstance(value, float):
-        text = f"{value:.4g}"
-    elif isinstance(value, list):
-        text = ", ".join(_cell(v) for v in value)
-    elif value is None:
-        text = "none"
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value)
+    if value is None:
+        return "none"
+    return markdown_text(value)
+
+
+def _int(value) -> str:
+    """An integer with thousands separators (a card's counts are validated ints); else as a cell."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _cell(value)
 
 
 def _table(rows) -> list[str]:
+    """A two-column table of ``(name, Markdown)`` rows: the values are escaped by the caller."""
     lines = ["| | |", "|---|---|"]
-    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    lines += [f"| {name} | {value} |" for name, value in rows]
     return lines + [""]
 
 
 def _size(n) -> str:
-    return f"{n / 2**20:.1f} MiB" if isinstance(n, int) else UNKNOWN
+    return f"{n / 2**20:.1f} MiB" if isinstance(n, int) and not isinstance(n, bool) else UNKNOWN
 
 
 def _weights(card: dict) -> list[str]:
     w, i = card["weights"], card["input"]
     encoder = {"query": "query encoder (`encoder_q`, the one the paper fine-tunes)",
-               "key": "momentum key encoder (`encoder_k`)"}.get(w["encoder"], w["encoder"])
+               "key": "momentum key encoder (`encoder_k`)"}.get(w["encoder"], _cell(w["encoder"]))
     normalise = (f"(x - mean) / std on intensities in [0, 1]; mean {_cell(i['mean'])}, std {_cell(i['std'])}"
                  if i["mean"] != UNKNOWN else UNKNOWN)
+    library = _LIBRARIES.get(w["format"], _cell(w["format"]))
     lines = ["## The weights", ""] + _table([
-        ("file", f"`{w['file']}` ({_size(w['bytes'])})"),
-        ("SHA-256", f"`{w['sha256']}`"),
-        ("architecture", f"{w['arch']}: the ResNet trunk, without `fc` (a new head is yours)"),
+        ("file", f"{markdown_text(w['file'])} ({_size(w['bytes'])})"),
+        ("SHA-256", f"`{w['sha256']}`"),  # 64 hex digits: read_card checks
+        ("architecture", f"{_cell(w['arch'])}: the ResNet trunk, without `fc` (a new head is yours)"),
         ("encoder", encoder),
-        ("export format", (f"{w['format']} (verified to load in {_LIBRARIES.get(w['format'], w['format'])}; "
-                           "the three formats share the key names)")),
-        ("tensors", f"{w['tensors']}, holding {w['parameters']:,} parameters and the BatchNorm statistics"),
-        ("input channels", f"{i['channels']} (grey X-rays are repeated to 3 channels before normalising)"
-         if i["mean"] != UNKNOWN else i["channels"]),
-        ("pretraining view size", f"{i['size']} px" if i["size"] != UNKNOWN else UNKNOWN),
+        ("export format", (f"{_cell(w['format'])} (verified to load in {library}; every format has the same "
+                          f"key names)")),
+        ("tensors", (f"{_int(w['tensors'])}, holding {_int(w['parameters'])} parameters and the BatchNorm "
+                    f"statistics")),
+        ("input channels", (f"{_cell(i['channels'])} (grey X-rays are repeated to 3 channels before "
+                            f"normalising)") if i["mean"] != UNKNOWN else _cell(i["channels"])),
+        ("pretraining view size", f"{_cell(i['size'])} px" if i["size"] != UNKNOWN else UNKNOWN),
         ("normalisation", normalise),
     ])
     lines += ["Layers (state dict keys by their first name; the JSON card lists every key and shape):", "",
               "| layer | tensors | parameters |", "|---|---|---|"]
-    lines += [f"| `{g['name']}` | {g['tensors']} | {g['parameters']:,} |" for g in w["layers"]]
+    lines += [f"| {markdown_text(g['name'])} | {_int(g['tensors'])} | {_int(g['parameters'])} |"
+              for g in w["layers"]]
     return lines + [""]
 
 
@@ -78,8 +104,8 @@ def _stages(stages) -> str:
         gamma = "pruner off" if s["gamma"] is None else f"γ = {_cell(s['gamma'])}"
         extra = f", best val loss {_cell(s['best_val_loss'])}" if "best_val_loss" in s else ""
         warned = " (collapse warning)" if s.get("collapse_warning") or s.get("monitor_collapse_warning") else ""
-        parts.append(f"stage {s['index']}: n = {s['n']}, {gamma}, {s['epochs']} epochs, {s['steps']} steps"
-                     f"{extra}{warned}")
+        parts.append(f"stage {_cell(s['index'])}: n = {_cell(s['n'])}, {gamma}, {_cell(s['epochs'])} epochs, "
+                     f"{_cell(s['steps'])} steps{extra}{warned}")
     return "; ".join(parts)
 
 
@@ -88,28 +114,31 @@ def _training(card: dict) -> list[str]:
     origin = src.get("original", src)  # a re-export: the checkpoint the first export read
     data, sched, pos = t["data"], t["schedule"], t["position"]
     if isinstance(sched, dict):
-        schedule = (f"{sched['epochs_per_stage']} epochs a stage × {sched['steps_per_epoch']} steps of "
-                    f"{sched['batch_size']} images; {sched['total_steps']} steps in all up to these weights")
+        schedule = (f"{_cell(sched['epochs_per_stage'])} epochs a stage × {_cell(sched['steps_per_epoch'])} "
+                    f"steps of {_cell(sched['batch_size'])} images; {_cell(sched['total_steps'])} steps in all "
+                    f"up to these weights")
     else:
         schedule = UNKNOWN
     where = ", ".join(f"{k} {_cell(pos[k])}" for k in ("stage", "n", "epoch", "step", "val_loss") if k in pos)
     rows = [
-        ("method", t["method"]),
+        ("method", _cell(t["method"])),
         ("stages trained", _stages(t["stages"])),
-        ("stages of the run", t.get("run_stages", UNKNOWN)),
-        ("data", (f"{data['dataset']} at `{data.get('root', UNKNOWN)}`: {data['train_images']} training, "
-                  f"{data['val_images']} validation images")),
+        ("stages of the run", _cell(t.get("run_stages", UNKNOWN))),
+        ("data", (f"{_cell(data['dataset'])} at {_cell(data.get('root', UNKNOWN))}: "
+                  f"{_cell(data['train_images'])} training, {_cell(data['val_images'])} validation images")),
         ("schedule", schedule),
-        ("seed", t.get("seed", UNKNOWN)),
-        ("checkpoint", f"`{origin['checkpoint']}` ({origin['layout']} layout): {where}"),
-        ("run folder", origin["run_folder"]),
-        ("versions", (f"adam_ext {p['adam_ext']}, torch {p['torch']}, Python {p['python']}, "
-                      f"{p['world_size']} process(es)")),
-        ("git commit", p["git_commit"]),
+        ("seed", _cell(t.get("seed", UNKNOWN))),
+        ("checkpoint", f"{_cell(origin['checkpoint'])} ({_cell(origin['layout'])} layout): {where}"),
+        ("run folder", _cell(origin["run_folder"])),
+        ("versions", (f"adam_ext {_cell(p['adam_ext'])}, torch {_cell(p['torch'])}, "
+                      f"Python {_cell(p['python'])}, {_cell(p['world_size'])} process(es)")),
+        ("git commit", _cell(p["git_commit"])),
     ]
     if "original" in src:
-        rows.append(("exported from", f"`{src['checkpoint']}`, whose card `{src['card']}` this one carries on"))
-    note = [f"*{t['note']}.*", ""] if "note" in t else []
+        carried = f" (its encoder: {_cell(src['card_encoder'])})" if "card_encoder" in src else ""
+        rows.append(("exported from", (f"{_cell(src['checkpoint'])}, whose card "
+                                      f"{_cell(src.get('card', UNKNOWN))} this one carries on{carried}")))
+    note = [f"*{markdown_text(t['note'])}.*", ""] if "note" in t else []
     return ["## How they were made", ""] + note + _table(rows)
 
 
@@ -117,35 +146,39 @@ def _monitors(card: dict) -> list[str]:
     m = card["monitors"]
     lines = ["## Monitors", ""]
     if not isinstance(m["values"], dict):
-        return lines + [f"{UNKNOWN}: {m.get('note', 'not recorded')}.", ""]
+        return lines + [f"{UNKNOWN}: {markdown_text(m.get('note', 'not recorded'))}.", ""]
     when = "on these weights" if m["of_these_weights"] is True else "last before these weights"
-    measured = (f"Measured {when} (stage {m['stage']}, epoch {m['epoch']}, step {m['step']}) on the run's "
-                f"validation images, from `{m['source']}`:")
+    measured = (f"Measured {when} (stage {_cell(m['stage'])}, epoch {_cell(m['epoch'])}, "
+                f"step {_cell(m['step'])}) on the run's validation images, from {_cell(m['source'])}:")
     lines += [measured, "", "| monitor | value | meaning |", "|---|---|---|"]
-    lines += [f"| {k} | {_cell(v)} | {_MONITORS.get(k, '')} |" for k, v in m["values"].items()]
+    lines += [f"| {markdown_text(k)} | {_cell(v)} | {_MONITORS.get(k, '')} |" for k, v in m["values"].items()]
     return lines + [""]
 
 
 def _loading(card: dict) -> list[str]:
     lines = ["## Loading", "", "From the folder that holds the file:", ""]
     for library, code in card["load"].items():
-        lines += [f"### {_LIBRARIES.get(library, library)}", "", "```python", code.rstrip("\n"), "```", ""]
+        heading = _LIBRARIES.get(library, markdown_text(library))
+        lines += [f"### {heading}", "", markdown_fence(code.rstrip("\n"), "python"), ""]
     return lines
 
 
 def render_card(card: dict) -> str:
     """The Markdown text of a model card: the weights, how they were made, monitors, loading
-    snippets and the resolved configuration (folded). Everything comes from ``card``."""
+    snippets and the resolved configuration (folded). Everything comes from ``card``, escaped."""
     w, t, c = card["weights"], card["training"], card["created"]
-    summary = (f"{w['arch']} {w['encoder']} encoder trunk, pretrained with {t['method']}, exported for "
-               f"{_LIBRARIES.get(w['format'], w['format'])} by {c['by']} (adam_ext {c['adam_ext']}) at {c['at']}.")
-    lines = [f"# Model card: {w['file']}", "", summary, "",
-             f"This file is rendered from `{w['file']}.card.json`, the card's source.", ""]
+    library = _LIBRARIES.get(w["format"], _cell(w["format"]))
+    summary = (f"{_cell(w['arch'])} {_cell(w['encoder'])} encoder trunk, pretrained with "
+               f"{_cell(t['method'])}, exported for {library} by {_cell(c['by'])} "
+               f"(adam_ext {_cell(c['adam_ext'])}) at {_cell(c['at'])}.")
+    lines = [f"# Model card: {markdown_text(w['file'])}", "", summary, "",
+             f"This file is rendered from {markdown_text(str(w['file']) + '.card.json')}, the card's source.",
+             ""]
     lines += _weights(card) + _training(card) + _monitors(card) + _loading(card)
     lines += ["## Resolved configuration", ""]
     if isinstance(t["config"], dict):
         lines += ["<details><summary>the pretraining configuration, as the checkpoint records it</summary>", "",
-                  "```json", json.dumps(t["config"], indent=2), "```", "", "</details>", ""]
+                  markdown_fence(_json(t["config"]), "json"), "", "</details>", ""]
     else:
         lines += [f"{UNKNOWN}.", ""]
     return "\n".join(lines)

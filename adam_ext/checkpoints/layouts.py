@@ -1,7 +1,8 @@
 """Every checkpoint layout adam_ext reads, normalised to its MoCo layout: :func:`load_pretrained`.
 
-Accepted checkpoint layouts (all read with ``torch.load(weights_only=True)``; nothing is
-unpickled beyond tensors and plain containers):
+Accepted checkpoint layouts (all read with ``torch.load(weights_only=True)``, nothing unpickled beyond
+tensors and plain containers, or from a ``.safetensors`` file, recognised by its content whatever its
+name: a flat dict of tensors, so a bare MoCo state dict or a torchvision trunk):
 
 * ``adam_ext`` — written by ``adam_ext``'s trainer (also its "best weights" file)::
 
@@ -32,8 +33,9 @@ that does not match the weights is an error.
 Every trunk tensor of both encoders is checked: floating point where torchvision's is, and finite.
 
 A file exported by ``adam export`` has a model card beside it (``FILE.card.json``, see
-:mod:`adam_ext.checkpoints.card`): :attr:`Pretrained.card` holds it when its SHA-256 is the file's;
-a stale or malformed card is left out with a :class:`~adam_ext.checkpoints.card.ModelCardWarning`.
+:mod:`adam_ext.checkpoints.card`): :attr:`Pretrained.card` holds it when it parses and every claim the
+weights can settle is true (SHA-256, bytes, arch, keys and shapes, which encoder); a stale, malformed or
+untrue card is left out with a :class:`~adam_ext.checkpoints.card.ModelCardWarning`.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .card import read_card
+from .card import is_safetensors, read_card
 from .format import PRETRAIN_KIND, PRETRAIN_VERSION, readable_version
 
-__all__ = ["ARCHS", "Pretrained", "infer_arch", "load_pretrained", "trunk_weights"]
+__all__ = ["ARCHS", "Pretrained", "infer_arch", "load_pretrained", "source_encoders", "trunk_weights"]
 
 #: ResNet architectures recognised, keyed by (bottleneck blocks?, number of blocks in layer3).
 ARCHS = {
@@ -93,7 +95,8 @@ class Pretrained:
             (adam_ext, torch, Python, ``git_commit``), ``world_size``, ``data`` (image counts, steps
             per epoch), ``val_loss``, ``summary`` (a ``last.pt``'s finished stages).
         card (dict | None): the model card beside the file (``FILE.card.json``, written by
-            ``adam export``) when its SHA-256 matches the file; else None.
+            ``adam export``) when it parses and the weights bear out its claims
+            (:func:`~adam_ext.checkpoints.card.read_card`); else None.
     """
 
     path: str
@@ -113,7 +116,7 @@ class Pretrained:
         return _head_dim(self.state) if self.state is not None else None
 
     @property
-    def K(self) -> int | None:  # noqa: N802 - MoCo's name for the queue length
+    def K(self) -> int | None:  # MoCo's name for the queue length
         """Queue length (None when the checkpoint holds no queue)."""
         if self.state is None or "queue" not in self.state:
             return None
@@ -124,20 +127,45 @@ class Pretrained:
 # loading
 
 
-def _read(path: str, map_location):
+def _read(path: str, map_location, mmap: bool = False):
+    """The object of a torch file (``torch.load(weights_only=True)``; ``mmap``: tensors read when
+    touched) or the tensors of a safetensors file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} must be a file, got a directory or special file")
+    if is_safetensors(path):
+        return _read_safetensors(path, map_location)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # UnpicklingError (weights_only refused); RuntimeError, KeyError (not torch)
+        if mmap:  # a file of torch's legacy (pre-1.6) format cannot be mapped: read it whole
+            return _read(path, map_location)
         raise ValueError(
             f"checkpoint {path!r} could not be read with torch.load(weights_only=True): "
             f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}. "
             "Only files of tensors and plain containers are read; re-save the model's state_dict alone "
             "if the file also pickles other objects"
         ) from err
+
+
+def _read_safetensors(path: str, map_location) -> dict:
+    """The tensors of a safetensors file, on the CPU then moved by ``map_location`` (a device, or
+    ``"cpu"``): a flat state dict, every dtype as stored."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:  # a declared dependency; said plainly if it is missing
+        raise ValueError(f"checkpoint {path!r} is a safetensors file: pip install safetensors ({err})") \
+            from err
+    try:
+        tensors = load_file(path, device="cpu")
+    except Exception as err:  # SafetensorError (a malformed header or truncated data), OSError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"checkpoint {path!r} could not be read as a safetensors file: "
+                         f"{type(err).__name__}: {first}") from err
+    if map_location not in (None, "cpu") and not (callable(map_location) or isinstance(map_location, dict)):
+        tensors = {k: v.to(map_location) for k, v in tensors.items()}
+    return tensors
 
 
 def _is_state_dict(obj) -> bool:
@@ -311,6 +339,27 @@ def _normalise_queue(state: dict, source: str, model_cfg: dict, path: str) -> No
         state["queue"] = queue.t().contiguous()
 
 
+def source_encoders(path) -> dict:
+    """The query and key encoders' trunks of a checkpoint, as :func:`load_pretrained` names them, read
+    lazily (memory-mapped) and without checking values or reading a card: what a model card's encoder
+    claim is compared with.
+
+    Returns:
+        dict: ``{"query": trunk, "key": trunk or None}``.
+
+    Raises:
+        FileNotFoundError, ValueError: no such regular file, or no layout recognised.
+    """
+    path = os.fspath(path)
+    obj = _read(path, "cpu", mmap=True)
+    if not isinstance(obj, dict):
+        message = f"checkpoint {path!r} must hold a dict, got {type(obj).__name__}"
+        raise ValueError(message)  # noqa: TRY004 - a bad file, a usage error
+    model, wrapper, config, _, _ = _unwrap(obj, path)
+    _, _, encoder_q, encoder_k, _ = _encoders(model, wrapper, config, path)
+    return {"query": encoder_q, "key": encoder_k}
+
+
 def trunk_weights(path, arch: str) -> dict:
     """The query trunk of the checkpoint ``path`` (any layout :func:`load_pretrained` reads) as a state
     dict for :func:`adam_ext.models.build_backbone` / ``MoCo(weights=...)``.
@@ -346,13 +395,14 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
             are fine; the projection head and the queue are not checked (never loaded downstream).
 
     Warns:
-        ModelCardWarning: the model card beside the file is stale (another file's SHA-256) or
-            malformed; it is then not in :attr:`Pretrained.card`.
+        ModelCardWarning: the model card beside the file is stale (another file's SHA-256), malformed
+            or claims what the weights are not; it is then not in :attr:`Pretrained.card`.
     """
     path = os.fspath(path)
     obj = _read(path, map_location)
     if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path!r} must hold a dict, got {type(obj).__name__}; {_LAYOUTS_HELP}")
+        raise ValueError(  # noqa: TRY004 - a bad file, a usage error: `adam` exits 2 on ValueError
+            f"checkpoint {path!r} must hold a dict, got {type(obj).__name__}; {_LAYOUTS_HELP}")
 
     meta = {
         k: obj[k]
@@ -371,7 +421,7 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
                      key_in_file=lambda key: in_file.get("encoder_k." + key, "encoder_k." + key))
     return Pretrained(
         path=path, source=source, arch=arch, state=state, encoder_q=encoder_q, encoder_k=encoder_k,
-        config=config, meta=meta, provenance=provenance, card=read_card(path),
+        config=config, meta=meta, provenance=provenance, card=read_card(path, trunk=encoder_q, arch=arch),
     )
 
 

@@ -6,6 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
+from .._util.escape import terminal
+from .pretrain import seed_arg
+
 # The defaults of adam_ext.data.synthetic.SynthConfig, written out so that `adam synth --help`
 # imports nothing heavy (tests/test_cli.py checks that they agree).
 SYNTH_DEFAULTS = {"size": 512, "seed": 0, "finding_rate": 0.5}
@@ -19,7 +22,8 @@ def synth_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", required=True, type=int, help="number of images")
     parser.add_argument("--size", type=int, default=SYNTH_DEFAULTS["size"],
                         help="image side in pixels (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=SYNTH_DEFAULTS["seed"], help="seed (default %(default)s)")
+    parser.add_argument("--seed", type=seed_arg, default=SYNTH_DEFAULTS["seed"],
+                        help="seed (default %(default)s; at most 2**63 - 1)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     parser.add_argument("--finding-rate", type=float, default=SYNTH_DEFAULTS["finding_rate"],
                         help="probability that an image has findings (default %(default)s)")
@@ -40,8 +44,8 @@ def run_synth(args) -> int:
                    finding_rate=args.finding_rate, scr_count=args.scr_count,
                    **{feature: False for feature in args.without})
     seconds = time.perf_counter() - start
-    print(f"adam synth: {args.n} images of {args.size} px in {seconds:.1f} s "
-          f"({args.n / seconds:.1f} images/s) -> {out}")
+    print(terminal(f"adam synth: {args.n} images of {args.size} px in {seconds:.1f} s "
+                   f"({args.n / seconds:.1f} images/s) -> {out}"))
     return 0
 
 
@@ -83,7 +87,8 @@ def run_cache(args) -> int:
         dataset, args.out, size=args.size, workers=args.workers, overwrite=args.overwrite, meta=meta
     )
     mib = cache.nbytes / 2**20
-    print(f"cached {len(cache)} images of {args.dataset} ({args.split}) in {cache.path}: {mib:.1f} MiB")
+    print(terminal(f"cached {len(cache)} images of {args.dataset} ({args.split}) in {cache.path}: "
+                   f"{mib:.1f} MiB"))
     return 0
 
 

@@ -10,6 +10,9 @@ import argparse
 import os
 from pathlib import Path
 
+from .._util.escape import terminal
+from .pretrain import seed_arg
+
 # analysis -> one-line help
 ANALYSES = {
     "locality": "landmark patches at three scales: t-SNE, k-NN identity accuracy, silhouette, same vs different cosine",
@@ -52,30 +55,50 @@ def embed_parser(p: argparse.ArgumentParser) -> None:
 def run_embed(args) -> int:
     import torch
 
+    from ..checkpoints import parse_init
     from ..data import open_dataset
-    from ..eve.embed import Embedder, check_writable, embed_dataset, write_embeddings
+    from ..engine.config import check_memory, check_side
+    from ..eve.embed import (
+        INPUT_BYTES_PER_PIXEL,
+        Embedder,
+        check_writable,
+        embed_dataset,
+        embed_output,
+        write_embeddings,
+    )
 
     root = Path(args.images)
     if not root.exists():
         raise FileNotFoundError(f"IMAGES {str(root)!r} does not exist")
+    check_side("--size", args.size)  # sizes have limits, checked before anything is allocated
+    check_memory("--size", args.size, max(1, args.batch_size) * INPUT_BYTES_PER_PIXEL * args.size ** 2,
+                 f"a batch of {args.batch_size} images (--batch-size) and their first layer's maps")
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     embedder = Embedder(args.checkpoint, arch=args.arch, size=args.size, layers=layers, device=args.device)
-    print(embedder.report.summary())
+    print(terminal(embedder.report.summary()))
     split = args.split or ("all" if args.dataset == "folder" else None)
     dataset = open_dataset(args.dataset, root, split=split) if split else open_dataset(args.dataset, root)
     if args.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    if args.dense:
+        side = args.dense_size or max(1, args.size // 4)
+        check_side("--dense-size", side)
+        check_memory("--dense-size", side, 2 * len(dataset) * embedder.dense_dim * side ** 2,
+                     f"the float16 dense maps of {len(dataset)} images")
     out = Path(args.out)
-    check_writable(out)  # before the embedding, which may take long
-    result = embed_dataset(embedder, dataset, batch_size=args.batch_size, dense=args.dense,
-                           dense_size=args.dense_size, progress=not args.no_progress)
-    meta = {"checkpoint": args.checkpoint, "arch": embedder.arch, "size": args.size, "layers": list(embedder.layers),
-            "dataset": args.dataset, "images": os.fspath(root), "split": getattr(dataset, "split", split),
-            "n": len(result["paths"]), "global_shape": list(result["global"].shape),
-            "dense_shape": list(result["dense"].shape) if args.dense else None, "init": embedder.report.to_dict()}
-    write_embeddings(out, result, meta)
-    print(f"wrote {out}/global.npy {tuple(result['global'].shape)}"
-          + (f" and dense.npy {tuple(result['dense'].shape)} (float16)" if args.dense else ""))
+    with embed_output(out, inputs=[root, parse_init(args.checkpoint)[1]]):
+        check_writable(out)  # before the embedding, which may take long
+        result = embed_dataset(embedder, dataset, batch_size=args.batch_size, dense=args.dense,
+                               dense_size=args.dense_size, progress=not args.no_progress)
+        meta = {"checkpoint": args.checkpoint, "arch": embedder.arch, "size": args.size,
+                "layers": list(embedder.layers), "dataset": args.dataset, "images": os.fspath(root),
+                "split": getattr(dataset, "split", split), "n": len(result["paths"]),
+                "global_shape": list(result["global"].shape),
+                "dense_shape": list(result["dense"].shape) if args.dense else None,
+                "init": embedder.report.to_dict()}
+        write_embeddings(out, result, meta)
+    print(terminal(f"wrote {out}/global.npy {tuple(result['global'].shape)}"
+                   + (f" and dense.npy {tuple(result['dense'].shape)} (float16)" if args.dense else "")))
     return 0
 
 
@@ -107,7 +130,8 @@ def _common_arguments(p: argparse.ArgumentParser, *, default_size: int = 224) ->
     p.add_argument("--arch", default=None, help="ResNet name for random encoders (others take their checkpoint's)")
     p.add_argument("--size", type=int, default=default_size, help=f"encoder input side (default {default_size})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling (and of random encoders)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of sampling (and of random encoders; at most 2**63 - 1)")
     p.add_argument("--out", required=True, help="output folder (e.g. RUN/eve/<analysis>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -160,8 +184,8 @@ def _run_locality(args) -> int:
                          batch_size=args.batch_size, seed=args.seed)
     result = locality_analysis(parse_checkpoints(args.ckpt), _open_data(args), args.out, config=cfg, arch=args.arch,
                                device=args.device, progress=not args.no_progress)
-    print(locality_markdown(result), end="")
-    print(f"wrote {', '.join(result['files'].values())}")
+    print(terminal(locality_markdown(result)), end="")
+    print(terminal(f"wrote {', '.join(result['files'].values())}"))
     return 0
 
 
@@ -198,8 +222,8 @@ def _run_compositionality(args) -> int:
                                  batch_size=args.batch_size, seed=args.seed)
     result = compositionality_analysis(parse_checkpoints(args.ckpt), _open_data(args), args.out, config=cfg,
                                        arch=args.arch, device=args.device, progress=not args.no_progress)
-    print(compositionality_markdown(result), end="")
-    print(f"wrote {', '.join(result['files'].values())}")
+    print(terminal(compositionality_markdown(result)), end="")
+    print(terminal(f"wrote {', '.join(result['files'].values())}"))
     return 0
 
 
@@ -234,9 +258,9 @@ def _run_correspondence(args) -> int:
         progress=not args.no_progress, pairs=args.pairs, degrees=args.degrees, crop=args.crop, size=args.size,
         dense_size=args.dense_size, layers=layers, grid=args.grid, lines=args.lines, tolerance=args.tolerance,
         seed=args.seed)
-    print((Path(args.out) / "correspondence.md").read_text().split("\n\n", 2)[-1], end="")
-    print(f"wrote {args.out}/correspondence.md, correspondence.json, correspondence_error.png, "
-          "matches_view.png, matches_subject.png")
+    print(terminal((Path(args.out) / "correspondence.md").read_text().split("\n\n", 2)[-1]), end="")
+    print(terminal(f"wrote {args.out}/correspondence.md, correspondence.json, correspondence_error.png, "
+                   "matches_view.png, matches_subject.png"))
     return 0
 
 
@@ -266,9 +290,9 @@ def _run_gradcam(args) -> int:
                               split=args.split, findings=args.findings, threshold=args.threshold,
                               batch_size=args.batch_size, limit=args.limit, overlays=args.overlays,
                               device=args.device, progress=not args.no_progress)
-    print(Path(result["gradcam_md"]).read_text(), end="")
+    print(terminal(Path(result["gradcam_md"]).read_text()), end="")
     written = [result[k] for k in ("gradcam_md", "gradcam_png", "gradcam_json", "overlays_png") if result[k]]
-    print("wrote " + ", ".join(written))
+    print(terminal("wrote " + ", ".join(written)))
     return 0
 
 
@@ -307,9 +331,9 @@ def _run_explore(args) -> int:
         settings["landmarks"] = tuple(s.strip() for s in args.landmarks.split(",") if s.strip())
     result = explore_page(parse_checkpoints(args.ckpt), _open_data(args), args.out, arch=args.arch,
                           device=args.device, progress=not args.no_progress, **settings)
-    print(Path(result["markdown"]).read_text().split("\n\n", 1)[-1], end="")
-    print(f"wrote {result['html']} ({result['bytes'] / 1e6:.1f} MB, dense maps {result['dense_size']} px) "
-          f"and {result['markdown']}")
+    print(terminal(Path(result["markdown"]).read_text().split("\n\n", 1)[-1]), end="")
+    print(terminal(f"wrote {result['html']} ({result['bytes'] / 1e6:.1f} MB, dense maps "
+                   f"{result['dense_size']} px) and {result['markdown']}"))
     return 0
 
 

@@ -19,6 +19,9 @@ import argparse
 import os
 import sys
 
+from .._util.escape import terminal
+from .pretrain import check_seeds, input_file, seed_arg
+
 __all__ = ["PARSERS", "add_recipe_arguments", "recipe_values"]
 
 # flag dest -> config field (None values are not passed)
@@ -54,7 +57,7 @@ def add_recipe_arguments(parser, task: str | None) -> None:
     parser.add_argument("--optimizer", choices=("adamw", "adam"), help="default adamw")
     parser.add_argument("--shots", type=int, help="few-shot: number of training images, drawn per seed")
     parser.add_argument("--runs", type=int, help="runs with seeds seed .. seed+runs-1 (default 1)")
-    parser.add_argument("--seed", type=int, help="first seed (default 0)")
+    parser.add_argument("--seed", type=seed_arg, help="first seed (default 0; at most 2**63 - 1)")
     parser.add_argument("--train-split", help="override the data set's training split")
     parser.add_argument("--test-split", help="override the data set's test split")
     parser.add_argument("--workers", type=int, help="DataLoader workers per process (default 4)")
@@ -97,10 +100,39 @@ def _common(parser: argparse.ArgumentParser, task: str, multi_init: bool) -> Non
 def _config(args, task: str):
     from ..downstream import load_finetune_config
 
+    input_file(args.config, "--config", " (YAML)")
     base = {"task": task, **recipe_values(args)}
     if isinstance(getattr(args, "init", None), str):
         base["init"] = args.init
-    return load_finetune_config(args.config, args.overrides, base=base)
+    cfg = load_finetune_config(args.config, args.overrides, base=base)
+    check_seeds(cfg.seed, cfg.runs if isinstance(cfg.runs, int) and cfg.runs > 0 else 1)
+    _check_options(cfg)
+    return cfg
+
+
+def _check_options(cfg) -> None:
+    """Raises ValueError naming a key of ``options`` that the data set's reader does not take (a
+    usage error, exit 2, rather than the reader's TypeError)."""
+    import inspect
+
+    from ..data.registry import dataset_class
+
+    dataset = cfg.resolved().dataset
+    taken, open_ended = set(), False
+    for klass in dataset_class(dataset).__mro__:  # a reader passes **options on to its base class
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        taken |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    else:
+        open_ended = True  # every __init__ takes **kwargs: nothing to check against
+    taken -= {"self", "root", "split", "transform"}
+    unknown = [key for key in cfg.options if key not in taken]
+    if unknown and not open_ended:
+        raise ValueError(f"options has unknown key {unknown[0]!r} for data set {dataset!r}; expected some of "
+                         f"{sorted(taken)}")
 
 
 def _main() -> bool:
@@ -116,7 +148,8 @@ def _run_finetune(args) -> int:
         primary = result["primary"]
         s = result["summary"][primary]
         print(f"adam finetune {args.task}: test {primary} {s['mean']:.4f} ± {s['std']:.4f} over {s['n']} run(s)")
-        print(f"  results: {result['results_md']}  {result['results_json']}  curves: {result['curves']}")
+        print(terminal(f"  results: {result['results_md']}  {result['results_json']}  "
+                       f"curves: {result['curves']}"))
     return 0
 
 
@@ -127,8 +160,8 @@ def _run_compare(args) -> int:
     result = compare(cfg, args.init, progress=not args.no_progress)
     if _main():
         with open(result["compare_md"]) as f:
-            sys.stdout.write(f.read())
-        print(f"  files: {result['compare_json']}  {result['compare_md']}  {result['curves']}")
+            sys.stdout.write(terminal(f.read()))
+        print(terminal(f"  files: {result['compare_json']}  {result['compare_md']}  {result['curves']}"))
     return 0
 
 

@@ -13,6 +13,38 @@ from pathlib import Path
 #: that reached ``max_steps``, exits 0; errors exit 1 (failures) or 2 (usage).
 STOPPED_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
 
+#: The seeds every ``--seed`` takes: 63-bit, what the seed mixer (``adam_ext._util.seeds``) and torch use.
+SEED_LIMIT = 2**63
+
+
+def seed_arg(text: str) -> int:
+    """The argparse ``type`` of every ``--seed``: an int in [0, 2**63 - 1], else a usage error that
+    says the range (not "Overflow when unpacking long long")."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < SEED_LIMIT:
+        shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1] = [0, {SEED_LIMIT - 1}], "
+                                         f"got {shown}")
+    return value
+
+
+def check_seeds(first: int, count: int = 1, name: str = "seed") -> None:
+    """Raises ValueError unless seeds ``first .. first + count - 1`` all lie in [0, 2**63 - 1]."""
+    if isinstance(first, int) and isinstance(count, int) and not 0 <= first <= SEED_LIMIT - max(1, count):
+        what = f"{name} + runs - 1 = {first + count - 1}" if count > 1 else f"{name} = {first}"
+        raise ValueError(f"seeds must be integers in [0, 2**63 - 1] = [0, {SEED_LIMIT - 1}], got {what}")
+
+
+def input_file(path, flag: str, hint: str = "") -> None:
+    """Raises ValueError when the file argument ``path`` of ``flag`` is a folder (say so, rather than
+    "does not exist"); a missing file is left to the reader, whose message names it."""
+    if path is not None and os.path.isdir(path):
+        raise ValueError(f"{flag} {os.fspath(path)!r} is a folder, expected a file{hint}")
+
+
 # flag dest -> configuration key
 _FLAGS = {"root": "data.root", "dataset": "data.dataset", "out": "out", "epochs": "optim.epochs",
           "batch_size": "optim.batch_size", "backbone": "model.backbone", "monitor_every": "monitor.every"}
@@ -51,6 +83,9 @@ def run_pretrain(args) -> int:
         # `--resume optim.lr=0.5`: the optional value of --resume swallowed an override
         args.overrides = [args.resume, *args.overrides]
         args.resume = "auto"
+    input_file(args.config, "--config", " (YAML)")
+    if args.resume not in (None, "auto"):
+        input_file(args.resume, "--resume", f" (a checkpoint: {os.path.join(args.resume, 'last.pt')}?)")
     overrides = [f"{key}={getattr(args, dest)}" for dest, key in _FLAGS.items() if getattr(args, dest) is not None]
     if args.stages is not None:
         overrides.append(f"stages=[{args.stages}]")
@@ -58,7 +93,9 @@ def run_pretrain(args) -> int:
     try:
         summary = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
     except (NonFiniteLossError, ResumeError, RuntimeError) as exc:
-        print(f"adam pretrain: error: {exc}", file=sys.stderr, flush=True)
+        from . import error_message
+
+        print(f"adam pretrain: error: {error_message(exc)}", file=sys.stderr, flush=True)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         _print_summary(summary)

@@ -9,13 +9,25 @@ Layout of a cache folder::
 
     images.u8    the images, C×h×w uint8 each, back to back
     index.json   {"format": "adam-image-cache", "version": 2, "size": 512, "nbytes": ...,
-                  "meta": {...},
+                  "build": a random id of this build, "meta": {...},
                   "source": {"dataset": reader class, "root": resolved root, "split": ..., "n_images": N},
                   "entries": {key: [offset, C, h, w, H, W, file size, file mtime_ns], ...}}
+    .adam_run.json  the folder's marker: kind "cache", the adam_ext version and command that made
+                 it, the build id (:mod:`adam_ext._util.runfolder`)
 
 ``source`` and the file sizes and times record what the cache was built from (None where the
 data set has no ``root``): a reader refuses a cache of another data set or root, or one whose
 files changed since (:meth:`ImageCache.check_dataset`, :meth:`ImageCache.check_files`).
+
+A cache knows when it changed under a reader: the index and the data file are read from one
+folder (one directory handle, so a rebuild renamed in between cannot pair an old index with new
+images), the data file's identity (device, inode, size, mtime) is kept, and every process that maps
+the images (DataLoader workers too) checks it first: a cache rebuilt since the reader opened it is
+a :class:`CacheChangedError` in one line, never wrong images.
+
+``--overwrite`` (``overwrite=True``) replaces only a cache: a folder marked as one (or an index of
+this format, made before markers) holding nothing else, and never the data set's root or a folder
+that contains it (``adam cache synthetic D D --overwrite`` deletes nothing).
 
 Build it with ``adam cache DATASET ROOT OUT --size 512`` or :meth:`ImageCache.build`; hand the
 folder to a reader as ``open_dataset(name, root, cache=OUT)``; check it against its files with
@@ -34,11 +46,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util import runfolder
+
 DATA_FILE = "images.u8"
 INDEX_FILE = "index.json"
 FORMAT = "adam-image-cache"
 VERSION = 2  # 2: source and per-file size and mtime recorded
 REBUILD = "rebuild it with `adam cache DATASET ROOT OUT --overwrite`"
+#: What a cache folder holds: --overwrite deletes a folder holding anything else.
+OWN_FILES = (DATA_FILE, INDEX_FILE, runfolder.MARKER, runfolder.LOCK_FILE)
+
+
+class CacheChangedError(OSError):
+    """The cache was rebuilt (its images file replaced) after this reader opened it: its index no
+    longer describes the images. One line; ``adam`` exits with 1. Restart the command."""
 
 
 def resize_longer_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -119,8 +140,7 @@ class ImageCache:
             raise FileNotFoundError(
                 f"cache path must be a folder made by `adam cache` holding {INDEX_FILE}, got {self.path}"
             )
-        with open(index_path) as f:
-            index = json.load(f)
+        index, identity = _read_folder(self.path)
         if index.get("format") != FORMAT:
             got = index.get("format")
             raise ValueError(f"cache index {index_path} must have format {FORMAT!r}, got {got!r}")
@@ -133,16 +153,40 @@ class ImageCache:
         self.meta: dict = index.get("meta", {})
         self.source: dict = index["source"]
         self.nbytes: int = index["nbytes"]
+        self.build: str | None = index.get("build")  # None: built before build ids
         self._entries: dict[str, list[int]] = index["entries"]
+        self._identity = identity  # (device, inode, size, mtime_ns) of the images file read with the index
         self._data: np.ndarray | None = None
 
     def _array(self) -> np.ndarray:
+        """The images, mapped in this process on first use, after checking that the file is the one
+        the index was read with.
+
+        Raises:
+            CacheChangedError: the cache was rebuilt since it was opened.
+        """
         if self._data is None:
             if self.nbytes == 0:
                 self._data = np.zeros(0, dtype=np.uint8)
-            else:
-                self._data = np.memmap(self.path / DATA_FILE, dtype=np.uint8, mode="r", shape=(self.nbytes,))
+                return self._data
+            try:
+                with open(self.path / DATA_FILE, "rb") as f:
+                    if _identity(os.fstat(f.fileno())) != self._identity:
+                        raise self._changed("has been replaced")
+                    self._data = np.memmap(f, dtype=np.uint8, mode="r", shape=(self.nbytes,))
+            except FileNotFoundError:
+                raise self._changed("is gone") from None
         return self._data
+
+    def _changed(self, what: str) -> CacheChangedError:
+        try:
+            now = (runfolder.read_marker(self.path) or {}).get("build")
+        except OSError:
+            now = None
+        builds = f"build {self.build or 'unknown'} when opened, {now or 'another'} now"
+        return CacheChangedError(f"cache {self.path} was rebuilt while this reader used it ({builds}; its "
+                                 f"{DATA_FILE} {what}): its images no longer match the index read then; "
+                                 f"start the command again to read the new cache")
 
     def get(self, key: str, copy: bool = False):
         """The cached image of ``key`` and the size of the original.
@@ -260,20 +304,33 @@ class ImageCache:
             out_dir: the cache folder to create.
             size: longer side of the stored images in pixels (smaller images are kept as they are).
             workers: decoding processes (None: one per CPU; 0 or 1: in this process).
-            overwrite: replace an existing ``out_dir`` (otherwise it is an error).
+            overwrite: replace an existing ``out_dir`` (otherwise it is an error), if it is a cache
+                and holds nothing else (see the module docstring).
             meta: JSON-serialisable provenance stored in the index (e.g. data set name and root).
             progress: show a tqdm progress bar.
 
         Returns:
             The new cache, opened.
+
+        Raises:
+            ValueError: a bad argument, or an existing ``out_dir`` without ``overwrite``.
+            adam_ext._util.runfolder.FolderKindError (a ValueError too): ``out_dir`` is, or contains,
+                the data set's root, or is not a cache ``--overwrite`` may delete; nothing is changed.
+            adam_ext._util.runfolder.RunFolderError: another build holds ``out_dir``.
         """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an int >= 1 (pixels of the longer side), got {size!r}")
         if workers is not None and (not isinstance(workers, int) or workers < 0):
             raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
         out_dir = Path(out_dir)
-        if out_dir.exists() and not overwrite:
+        root = getattr(dataset, "root", None)
+        root = None if root is None else str(Path(root).resolve())
+        runfolder.refuse_inputs(out_dir, [root])  # never the data set, nor a folder holding it
+        existed = os.path.lexists(out_dir)
+        if existed and not overwrite:
             raise ValueError(f"out_dir must not exist (or pass overwrite=True), got existing {out_dir}")
+        if existed:
+            _check_replaceable(out_dir)  # before anything is written: a refused folder is left as it was
         keys = list(dataset.image_keys())
         if not all(isinstance(key, str) for key in keys):
             raise ValueError("dataset.image_keys() must return str keys (paths relative to the root)")
@@ -283,26 +340,112 @@ class ImageCache:
         if workers is None:
             workers = os.cpu_count() or 1
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        # mkdir, not tempfile.mkdtemp (mode 0700): the folder gets the mode of any new folder
-        tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir()
-        root = getattr(dataset, "root", None)
-        root = None if root is None else str(Path(root).resolve())
+        if not existed:  # made now and locked, so that a second build into it is refused
+            try:
+                out_dir.mkdir()
+            except FileExistsError:
+                raise ValueError(f"out_dir must not exist (or pass overwrite=True), got existing "
+                                 f"{out_dir}") from None
         source = {"dataset": type(dataset).__name__, "root": root, "split": getattr(dataset, "split", None),
                   "n_images": len(keys)}
         try:
-            entries, nbytes = _write_images(dataset, keys, tmp / DATA_FILE, size, workers, progress)
-            index = {"format": FORMAT, "version": VERSION, "size": size, "nbytes": nbytes,
-                     "meta": meta or {}, "source": source, "entries": entries}
-            with open(tmp / INDEX_FILE, "w") as f:
-                json.dump(index, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            _replace_dir(tmp, out_dir)
+            with runfolder.lock(out_dir):
+                if existed:
+                    _check_replaceable(out_dir)  # again, now that no other build can change it
+                _build_into(dataset, keys, out_dir, size, workers, progress, meta, source)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not existed:
+                _remove_if_empty(out_dir)
             raise
         return cls(out_dir)
+
+
+def _build_into(dataset, keys, out_dir: Path, size: int, workers: int, progress: bool, meta, source) -> None:
+    """Writes the cache into a temporary folder beside ``out_dir`` (its marker first, then the images
+    and the index) and renames it over ``out_dir`` once complete; a failure leaves nothing."""
+    # mkdir, not tempfile.mkdtemp (mode 0700): the folder gets the mode of any new folder
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    build = secrets.token_hex(8)
+    try:
+        runfolder.claim(tmp, "cache", build=build)
+        entries, nbytes = _write_images(dataset, keys, tmp / DATA_FILE, size, workers, progress)
+        index = {"format": FORMAT, "version": VERSION, "size": size, "nbytes": nbytes, "build": build,
+                 "meta": meta or {}, "source": source, "entries": entries}
+        with open(tmp / INDEX_FILE, "w") as f:
+            json.dump(index, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Raises FolderKindError unless ``folder`` is a cache that ``--overwrite`` may delete: a real
+    folder (not a link), marked as a cache (or, made before markers, holding an index of this
+    format), and holding nothing but a cache's own files (:data:`OWN_FILES`)."""
+    if folder.is_symlink() or not folder.is_dir():
+        what = "symbolic link" if folder.is_symlink() else "file"
+        raise runfolder.FolderKindError(f"out_dir {str(folder)!r} is a {what}, not a cache folder; adam "
+                                        f"cache --overwrite replaces only a cache it made")
+    marker = runfolder.read_marker(folder)
+    if marker is None:  # made before markers: its index must say it is a cache
+        try:
+            with open(folder / INDEX_FILE) as f:
+                legacy = json.load(f).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError, RecursionError):
+            legacy = False
+        kind = "cache" if legacy else runfolder.detect_kind(folder)
+    else:
+        kind = marker["kind"]
+    if kind != "cache":
+        what = f"is {runfolder.KINDS[kind][0]} (made by `{runfolder.KINDS[kind][1]}`)" if kind else (
+            f"is not a cache (no {runfolder.MARKER} marker of one, no {INDEX_FILE} of format {FORMAT!r})")
+        raise runfolder.FolderKindError(f"out_dir {str(folder)!r} {what}; adam cache --overwrite deletes "
+                                        f"only a cache it made: choose another OUT")
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN_FILES)
+    if foreign:
+        named = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise runfolder.FolderKindError(f"cache {str(folder)!r} also holds {named}, which adam cache did not "
+                                        f"write; --overwrite would delete them: move them away or choose "
+                                        f"another OUT")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Removes a folder a failed build made, if it holds nothing but its lock file."""
+    try:
+        if {p.name for p in folder.iterdir()} <= {runfolder.LOCK_FILE}:
+            shutil.rmtree(folder)
+    except OSError:
+        pass
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_folder(path: Path) -> tuple[dict, tuple | None]:
+    """The index of the cache folder ``path`` and the identity of its images file, both read through
+    one handle of the folder: a rebuild renamed over ``path`` meanwhile cannot mix the two."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    if os.open not in os.supports_dir_fd:  # no openat: read by path
+        with open(path / INDEX_FILE) as f:
+            index = json.load(f)
+        data = path / DATA_FILE
+        return index, _identity(os.stat(data)) if data.exists() else None
+    folder = os.open(path, flags)
+    try:
+        with open(os.open(INDEX_FILE, os.O_RDONLY, dir_fd=folder)) as f:
+            index = json.load(f)
+        try:
+            identity = _identity(os.stat(DATA_FILE, dir_fd=folder))
+        except FileNotFoundError:
+            identity = None
+    finally:
+        os.close(folder)
+    return index, identity
 
 
 def _write_images(dataset, keys, data_path: Path, size: int, workers: int, progress: bool):

@@ -375,8 +375,11 @@ class SyntheticDataset(Reader):
         require_files(self.root, self._keys, str(entry))
 
     def _read_labels(self, entry: Path) -> dict:
+        """{image name: multi-hot labels} of Data_Entry_2017.csv; also keeps each image's recorded
+        side lengths (:attr:`_extent`) for checking the coordinates of the other side files."""
         index = {c: i for i, c in enumerate(CLASSES)}
         labels = {}
+        self._extent = {}
         for line_no, line in enumerate(entry.read_text().splitlines()[1:], start=2):
             fields = line.split(",")
             if len(fields) < 2:
@@ -389,40 +392,97 @@ class SyntheticDataset(Reader):
                     vector[index[label]] = 1.0
             self._inside_root(f"images/{fields[0]}", f"{entry}:{line_no}")
             labels[fields[0]] = vector
+            try:  # OriginalImage[Width,Height]: columns 8 and 9
+                self._extent[fields[0]] = (float(fields[7]), float(fields[8]))
+            except (IndexError, ValueError):
+                pass  # not recorded: coordinates are checked against the largest image side then
         return labels
 
     def _split_names(self, split: str, names: list, seed: int) -> list:
         if split == "all":
             return names
+        known = set(names)
         lists = {}
         for key, file in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
-            lists[key] = (self.root / file).read_text().split()
+            path = self.root / file
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing; the {split!r} split of a synthetic data set is "
+                                        f"read from train_val_list.txt and test_list.txt (split 'all' needs "
+                                        f"neither)")
+            lists[key] = []
+            for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+                name = line.strip()
+                if not name:
+                    continue
+                if name not in known:
+                    raise ValueError(f"{path}:{line_no}: image {name!r} is not listed in Data_Entry_2017.csv")
+                lists[key].append(name)
         if split == "test":
             return lists["test"]
         held = holdout([n.split("_")[0] for n in lists["train_val"]], VAL_FRACTION, seed, stream="reader_val")
         return [n for n, val in zip(lists["train_val"], held) if val == (split == "val")]
 
+    def _coordinates(self, path: Path, line_no: int, name: str, fields: list[str],
+                     labels: tuple) -> list[float]:
+        """``fields`` as finite pixel coordinates (x, y alternating) within one image side of the
+        image ``name`` (its recorded width and height; the largest image side where not recorded):
+        phantom landmarks lie up to a pixel outside the film, never -5e6 px away."""
+        from . import _io
+
+        width, height = self._extent.get(name, (float(np.sqrt(_io.MAX_IMAGE_PIXELS)),) * 2)
+        values = []
+        for label, text in zip(labels, fields):
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{path}:{line_no}: {label} must be a number (pixels), "
+                                 f"got {text!r}") from None
+            side = width if label.startswith("x") else height
+            if not -side <= value <= 2 * side:  # also refuses NaN and inf
+                raise ValueError(f"{path}:{line_no}: {label} = {text} px lies far outside the {width:g} x "
+                                 f"{height:g} image {name} (allowed: within one image side of it)")
+            values.append(value)
+        return values
+
+    def _side_rows(self, name: str, header: str):
+        """(path, line number, fields) of each row of the side file ``name`` whose image is in this
+        split; a row with another number of fields than ``header`` is an error naming file and line."""
+        path = self.root / name
+        if not path.is_file():
+            return
+        wanted = set(self.names)
+        expected = header.split(",")
+        for line_no, line in enumerate(path.read_text().splitlines()[1:], start=2):
+            if not line.strip():
+                continue
+            fields = line.split(",")
+            if len(fields) != len(expected):
+                raise ValueError(f"{path}:{line_no}: expected {len(expected)} fields ({header}), got "
+                                 f"{len(fields)}: {line[:80]!r}")
+            if fields[0] in wanted:
+                yield path, line_no, fields
+
     def _read_findings(self):
         boxes = {n: [] for n in self.names}
-        path = self.root / "findings.csv"
-        if path.is_file():
-            index = {c: i for i, c in enumerate(CLASSES)}
-            for line in path.read_text().splitlines()[1:]:
-                name, finding, *coords = line.split(",")
-                if name in boxes:
-                    boxes[name].append((index[finding], *map(float, coords)))
+        index = {c: i for i, c in enumerate(CLASSES)}
+        rows = self._side_rows("findings.csv", "image,finding,x0,y0,x1,y1")
+        for path, line_no, (name, finding, *coords) in rows:
+            if finding not in index:
+                raise ValueError(f"{path}:{line_no}: unknown finding {finding!r}; expected one of {CLASSES}")
+            x0, y0, x1, y1 = self._coordinates(path, line_no, name, coords, ("x0", "y0", "x1", "y1"))
+            if not (x0 <= x1 and y0 <= y1):
+                raise ValueError(f"{path}:{line_no}: a box needs x0 <= x1 and y0 <= y1, got {coords}")
+            boxes[name].append((index[finding], x0, y0, x1, y1))
         return ([np.array([b[1:] for b in boxes[n]], np.float32).reshape(-1, 4) for n in self.names],
                 [np.array([b[0] for b in boxes[n]], np.int64) for n in self.names])
 
     def _read_landmarks(self):
         points = {n: np.full((len(LANDMARKS), 2), np.nan, np.float32) for n in self.names}
         order = {k: i for i, k in enumerate(LANDMARKS)}
-        path = self.root / "landmarks.csv"
-        if path.is_file():
-            for line in path.read_text().splitlines()[1:]:
-                name, key, x, y = line.split(",")
-                if name in points and key in order:
-                    points[name][order[key]] = (float(x), float(y))
+        for path, line_no, (name, key, x, y) in self._side_rows("landmarks.csv", "image,landmark,x,y"):
+            if key not in order:
+                raise ValueError(f"{path}:{line_no}: unknown landmark {key!r}; expected one of {LANDMARKS}")
+            points[name][order[key]] = self._coordinates(path, line_no, name, [x, y], ("x", "y"))
         return [points[n] for n in self.names]
 
     def groups(self) -> list[str]:

@@ -9,12 +9,10 @@ from dataclasses import dataclass, field
 
 from ..checkpoints import parse_init
 from ..engine.config import check_field, is_int, is_num, layered_values
-from ..data.registry import SPLITS
+from ..data.registry import DATASETS, FUNDUS, SPLITS
 
 __all__ = ["FUNDUS", "TASKS", "FinetuneConfig", "load_finetune_config", "validate"]
 
-#: Colour fundus data sets: default input size 512 px (X-rays: 224).
-FUNDUS = ("eyepacs", "drive")
 TASKS = ("cls", "seg")
 
 
@@ -41,7 +39,8 @@ class FinetuneConfig:
             decoder's and every other layer's stay ``lr``); 1: one rate for all.
         size: input side in px (None: 512 for fundus, 224 otherwise).
         masks: seg: mask names to segment (None: all of the reader's); seg_mode: ``multilabel``
-            (sigmoid per mask) or ``multiclass`` (softmax).
+            (sigmoid per mask) or ``multiclass`` (softmax); dice_backend: ``adam_ext`` or ``monai``
+            (Dice and IoU by MONAI's metrics, :func:`~adam_ext.downstream.metrics.dice_iou`).
         optimizer: ``adamw`` or ``adam`` (the paper's rib segmentation: Adam, lr 1e-3).
         lr: None: 2.5e-4 (cls), 2e-4 (seg), 1e-3 (adam). weight_decay: None: 0.05 (adamw), 0 (adam).
         betas: None: (0.9, 0.95) for cls (the paper), torch's (0.9, 0.999) for seg.
@@ -70,6 +69,7 @@ class FinetuneConfig:
     size: int | None = None
     masks: list | None = None
     seg_mode: str = "multilabel"
+    dice_backend: str = "adam_ext"
     optimizer: str = "adamw"
     lr: float | None = None
     weight_decay: float | None = None
@@ -98,7 +98,7 @@ class FinetuneConfig:
         if cfg.dataset is None:
             cfg.dataset = "chestxray14" if cfg.task == "cls" else "scr"
         if cfg.size is None:
-            cfg.size = 512 if cfg.dataset in FUNDUS else 224
+            cfg.size = DATASETS[cfg.dataset].finetune_size
         if cfg.lr is None:
             cfg.lr = 1e-3 if cfg.optimizer == "adam" else (2.5e-4 if cfg.task == "cls" else 2e-4)
         if cfg.weight_decay is None:
@@ -128,6 +128,8 @@ def validate(cfg: FinetuneConfig) -> None:
                                  and all(isinstance(m, str) for m in cfg.masks)),
            "masks", "null or a non-empty list of mask names", cfg.masks)
     check_field(cfg.seg_mode in ("multilabel", "multiclass"), "seg_mode", "multilabel or multiclass", cfg.seg_mode)
+    check_field(cfg.dice_backend in ("adam_ext", "monai"), "dice_backend", "adam_ext or monai",
+                cfg.dice_backend)
     check_field(cfg.optimizer in ("adamw", "adam"), "optimizer", "adamw or adam", cfg.optimizer)
     check_field(cfg.lr is None or (is_num(cfg.lr) and cfg.lr > 0), "lr", "> 0 or null", cfg.lr)
     check_field(cfg.weight_decay is None or (is_num(cfg.weight_decay) and cfg.weight_decay >= 0), "weight_decay",

@@ -9,6 +9,9 @@ Definitions (the ones every results table of :mod:`adam_ext.downstream` uses):
 * **Dice / IoU** (:func:`dice_iou`): per image and per class on hard masks,
   ``Dice = 2|P∩T| / (|P| + |T|)`` and ``IoU = |P∩T| / |P∪T|``. When prediction and target are
   both empty, the prediction is perfect and **Dice = IoU = 1**; when only one is empty both are 0.
+  ``backend="monai"`` computes the same numbers with MONAI's ``DiceMetric`` and ``MeanIoU``
+  (``ignore_empty=False``: MONAI's own rule for empty masks is this one), for results stated in the
+  field's common metric (the fine-tuning option ``dice_backend: monai``).
 * **Aggregation** (:func:`segmentation_metrics`): per image, then averaged over the images
   (``dice/<class>`` is the mean of that class's per-image Dice over the evaluated set);
   ``mean_dice`` / ``mean_iou`` average the classes. This is the usual per-image protocol of
@@ -25,7 +28,11 @@ import warnings
 import numpy as np
 import torch
 
+#: Implementations of :func:`dice_iou`.
+DICE_BACKENDS = ("adam_ext", "monai")
+
 __all__ = [
+    "DICE_BACKENDS",
     "auc_per_class",
     "classification_metrics",
     "dice_iou",
@@ -107,12 +114,16 @@ def classification_metrics(scores, targets, classes, multilabel: bool) -> dict[s
     return out
 
 
-def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def dice_iou(pred: torch.Tensor, target: torch.Tensor, *, backend: str = "adam_ext") -> tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
     """Per-image, per-class Dice and IoU of hard masks.
 
     Args:
         pred: bool (or 0/1 integer) Tensor[N, M, H, W]: predicted masks.
         target: same shape and kinds: ground-truth masks.
+        backend: ``"adam_ext"`` (exact counts in float64) or ``"monai"`` (``monai.metrics.DiceMetric``
+            and ``MeanIoU`` with ``include_background=True, ignore_empty=False``, computed by MONAI in
+            float32 and returned as float64: equal to ours within float32 rounding, 6e-8 relative).
 
     Returns:
         ``(dice, iou)``: float64 Tensor[N, M] each; 1 where both masks are empty (see the module
@@ -123,7 +134,11 @@ def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
             f"pred and target must both be (N, M, H, W) of the same shape, got {tuple(pred.shape)} and "
             f"{tuple(target.shape)}"
         )
+    if backend not in DICE_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(DICE_BACKENDS)}, got {backend!r}")
     pred, target = pred.bool(), target.bool()
+    if backend == "monai":
+        return _dice_iou_monai(pred, target)
     inter = (pred & target).sum((2, 3), dtype=torch.float64)
     total = pred.sum((2, 3), dtype=torch.float64) + target.sum((2, 3), dtype=torch.float64)
     union = total - inter
@@ -131,6 +146,16 @@ def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
     dice = torch.where(empty, 1.0, 2 * inter / total.clamp_min(1))
     iou = torch.where(empty, 1.0, inter / union.clamp_min(1))
     return dice, iou
+
+
+def _dice_iou_monai(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dice_iou` by MONAI's metrics (each mask channel a class, the background one included)."""
+    from monai.metrics import DiceMetric, MeanIoU
+
+    y_pred, y = pred.float(), target.float()
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(y_pred, y)
+    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)(y_pred, y)
+    return dice.to(torch.float64), iou.to(torch.float64)
 
 
 def segmentation_metrics(dice, iou, names) -> dict[str, float]:

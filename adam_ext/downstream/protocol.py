@@ -35,22 +35,8 @@ Outputs under ``out``::
     curves.png       training loss and validation metric per epoch, one line per run
     seed<S>/best.pt  the best weights of each run (written atomically; ``save_weights``)
 
-Default splits per data set (``train_split`` / ``test_split`` override them):
-
-================  ============  ==========  ===========================================
-data set          train         test        validation
-================  ============  ==========  ===========================================
-chestxray14       train         test        the reader's ``val`` (patient-wise, seeded)
-synthetic         train         test        the reader's ``val`` (patient-wise, seeded)
-scr               fold1         fold2       10% of fold1, seeded
-shenzhen          train         test        10% of train, seeded (test: reader's 20%)
-vindr_cxr         train         test        10% of train, seeded
-siim_acr          train         test        10% of train, seeded
-chestx_det        train         test        10% of train, seeded
-vindr_rib         train         val         10% of train, seeded
-eyepacs           train         test        10% of train, seeded
-drive             training      test        10% of training, seeded
-================  ============  ==========  ===========================================
+Default splits per data set: each data set's registry entry (the table in :mod:`adam_ext.data.registry`;
+``train_split`` / ``test_split`` override them).
 """
 
 from __future__ import annotations
@@ -75,6 +61,7 @@ from ..checkpoints import (
     init_label,
     json_safe,
     load_encoder,
+    parse_init,
 )
 from .._util.seeds import SPLIT_VERSION
 from ..data.registry import SPLITS
@@ -117,7 +104,7 @@ def _make_task(cfg: FinetuneConfig, reader):
         return ClassificationTask(reader, cfg.arch, cfg.size)
     from .segmentation import SegmentationTask
 
-    return SegmentationTask(reader, cfg.arch, cfg.size, cfg.masks, cfg.seg_mode)
+    return SegmentationTask(reader, cfg.arch, cfg.size, cfg.masks, cfg.seg_mode, cfg.dice_backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,17 +300,30 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, *, label: str | None = 
     cfg = cfg.resolved()
     ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     try:
-        with runfolder.lock(cfg.out) if ctx.main else contextlib.nullcontext():  # one writer per folder
+        with _output(cfg.out, "finetune", _inputs(cfg, [cfg.init]), ctx):  # one writer, a folder of its kind
             return _finetune(cfg, progress, label or init_label(cfg.init), ctx)
     finally:
         ctx.close()
 
 
+def _inputs(cfg: FinetuneConfig, inits) -> list:
+    """What runs of ``cfg`` read (the data set's root, its cache, the initialisations' files): an
+    output folder must not be, or contain, one of them."""
+    files = [parse_init(spec)[1] for spec in inits]
+    return [cfg.root, cfg.options.get("cache") if isinstance(cfg.options.get("cache"), str) else None, *files]
+
+
+def _output(out, kind: str, inputs, ctx, part_of: str | None = None, writes=()):
+    """On rank 0, the run folder ``out`` claimed for ``kind`` and locked while the block runs
+    (:func:`adam_ext._util.runfolder.run_folder`); on other ranks nothing."""
+    if not ctx.main:
+        return contextlib.nullcontext()
+    return runfolder.run_folder(out, kind, inputs=inputs, part_of=part_of, writes=writes)
+
+
 def _finetune(cfg, progress, label, ctx) -> dict:
     out = Path(cfg.out)
     if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-        runfolder.refuse_symlinks(out)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(out / "metrics.jsonl", "")
 
@@ -372,32 +372,56 @@ def compare(cfg: FinetuneConfig, inits, progress: bool = True) -> dict:
         raise ValueError(f"init must be given at least twice to compare, got {inits}")
     cfg = cfg.resolved()
     labels = _unique_labels(inits)
+    subs = [dataclasses.replace(cfg, init=spec, out=str(Path(cfg.out) / label))
+            for label, spec in zip(labels, inits)]
+    for sub in subs:  # every initialisation is checked before the first one trains
+        validate(sub)
+        path = parse_init(sub.init)[1]
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(f"init {sub.init!r}: checkpoint {path!r} does not exist"
+                                    + (" (it is a folder)" if os.path.isdir(path) else ""))
+    inputs = _inputs(cfg, inits)
     ctx = ProcessContext(cfg.device, cfg.dist_timeout)
-    main = ctx.main
     try:
-        results = {}
-        for label, spec in zip(labels, inits):
-            sub = dataclasses.replace(cfg, init=spec, out=str(Path(cfg.out) / label))
-            validate(sub)
-            results[label] = _finetune(sub, progress, label, ctx)
+        # The comparison's folder and each initialisation's are locked, of their kind, free of links.
+        with _output(cfg.out, "compare", inputs, ctx, writes=labels):
+            results = {}
+            for label, sub in zip(labels, subs):
+                with _output(sub.out, "finetune", inputs, ctx, part_of="compare"):
+                    results[label] = _finetune(sub, progress, label, ctx)
+            out = _compare_result(cfg, labels, inits, results)
+            if ctx.main:
+                out.update(write_compare(Path(cfg.out), out, cfg))
     finally:
         ctx.close()
-    base = labels[0]
-    table = compare_table(results, labels)
-    out = {"kind": "adam_ext.finetune.compare", "task": cfg.task, "dataset": cfg.dataset, "baseline": base,
-           "labels": labels, "inits": dict(zip(labels, inits)), "seeds": [cfg.seed + i for i in range(cfg.runs)],
-           "split_version": SPLIT_VERSION,
-           "primary": results[base]["primary"], "metrics": table, "results": results}
-    if main:
-        out.update(write_compare(Path(cfg.out), out, cfg))
     return out
 
 
+def _compare_result(cfg, labels, inits, results) -> dict:
+    base = labels[0]
+    return {"kind": "adam_ext.finetune.compare", "task": cfg.task, "dataset": cfg.dataset, "baseline": base,
+            "labels": labels, "inits": dict(zip(labels, inits)),
+            "seeds": [cfg.seed + i for i in range(cfg.runs)], "split_version": SPLIT_VERSION,
+            "primary": results[base]["primary"],
+            "metrics": compare_table(results, labels), "results": results}
+
+
+#: Names of a comparison's own files: no initialisation's folder may take one.
+COMPARE_FILES = ("compare.json", "compare.md", "curves.png", runfolder.MARKER, runfolder.LOCK_FILE)
+
+
 def _unique_labels(inits) -> list[str]:
+    """One label per initialisation: its :func:`init_label` as one safe path component
+    (:func:`adam_ext._util.runfolder.safe_name`: ``sub/../best.pt`` gives ``best``, never ``..``),
+    made unique (``-2``, ``-3``...; compared without case, for case-insensitive file systems)."""
     labels = []
     for spec in inits:
-        base, label, k = init_label(spec), init_label(spec), 2
-        while label in labels:
+        kind, path = parse_init(spec)
+        if path is not None:  # runs/a/../b/best.pt is named after b, the folder it is in
+            spec = ("imagenet:" if kind == "imagenet" else "") + os.path.normpath(path)
+        base = runfolder.safe_name(init_label(spec), reserved=COMPARE_FILES)
+        label, k = base, 2
+        while label.lower() in {x.lower() for x in labels}:
             label, k = f"{base}-{k}", k + 1
         labels.append(label)
     return labels

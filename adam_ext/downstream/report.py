@@ -6,12 +6,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .._util.atomic import atomic_save_figure
+from .._util.escape import markdown_code, markdown_text
 from ..checkpoints import atomic_write_json, atomic_write_text
 from .config import FinetuneConfig
 from .metrics import format_summary, summarize, ttest
 
-__all__ = ["compare_markdown", "compare_table", "metric_order", "plot_curves", "results_markdown", "summaries",
-           "write_compare", "write_results"]
+__all__ = ["compare_markdown", "compare_table", "metric_order", "plot_curves", "plot_label",
+           "results_markdown", "summaries", "write_compare", "write_results"]
+
+
+def plot_label(name) -> str:
+    """``name`` as a matplotlib legend entry shows it: ``$`` would start mathtext (a parse error
+    for a stray one) and a leading ``_`` hides the entry."""
+    name = str(name).replace("$", r"\$")
+    return f" {name}" if name.startswith("_") else name
 
 
 def metric_order(names, primary: str) -> list[str]:
@@ -49,15 +58,17 @@ def _encoder_note(cfg: dict) -> str:
 
 
 def results_markdown(result: dict) -> str:
-    """A Markdown page: setup line, then one row per test metric with mean ± std over runs."""
+    """A Markdown page: setup line, then one row per test metric with mean ± std over runs. Names
+    (the label, the init) are escaped (:mod:`adam_ext._util.escape`)."""
     cfg, runs = result["config"], result["runs"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     shots = f", {cfg['shots']}-shot" if cfg.get("shots") else ""
     shots += _encoder_note(cfg)
+    title = f"{result['task']} on {markdown_text(result['dataset'])} from {markdown_text(result['label'])}"
     lines = [
-        f"# Fine-tuning: {result['task']} on {result['dataset']} from {result['label']}",
+        f"# Fine-tuning: {title}",
         "",
-        (f"{cfg['arch']}, init `{result['init']}`, {len(runs)} run(s) (seeds {seeds}){shots}, "
+        (f"{cfg['arch']}, init {markdown_code(result['init'])}, {len(runs)} run(s) (seeds {seeds}){shots}, "
          f"size {cfg['size']}, {cfg['optimizer']} lr {cfg['lr']}, up to {cfg['epochs']} epochs "
          f"(patience {cfg['patience']}). Test metrics of the best validation epoch, mean ± sample std over "
          "runs; n/a: undefined (e.g. a class with one label value in the test set)."),
@@ -90,7 +101,7 @@ def plot_curves(groups: dict, out, primary: str) -> Path:
         colour = colours[g % len(colours)]
         for i, run in enumerate(runs):
             epochs = [r["epoch"] for r in run["history"]]
-            name = label if i == 0 else None
+            name = plot_label(label) if i == 0 else None
             ax_loss.plot(epochs, [r["train_loss"] for r in run["history"]], color=colour, alpha=0.7, label=name)
             values = [r.get(f"val_{primary}") for r in run["history"]]
             values = [math.nan if v is None else v for v in values]
@@ -104,7 +115,7 @@ def plot_curves(groups: dict, out, primary: str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
+    atomic_save_figure(fig, out)  # never a partial figure, never through a link
     plt.close(fig)
     return Path(out)
 
@@ -138,23 +149,27 @@ def write_compare(folder: Path, out: dict, cfg: FinetuneConfig) -> dict:
 
 
 def compare_markdown(result: dict, cfg: FinetuneConfig) -> str:
-    """Markdown table: one row per test metric, mean ± std per initialisation, p-value vs the baseline."""
+    """Markdown table: one row per test metric, mean ± std per initialisation, p-value vs the baseline;
+    labels and inits escaped (:mod:`adam_ext._util.escape`)."""
     labels, base = result["labels"], result["baseline"]
     others = labels[1:]
+    cell = {lab: markdown_text(lab) for lab in labels}
     lines = [
-        f"# Comparison: {result['task']} on {result['dataset']}",
+        f"# Comparison: {result['task']} on {markdown_text(result['dataset'])}",
         "",
         (f"{cfg.arch}, {len(result['seeds'])} run(s) per initialisation under the same seeds "
          f"({', '.join(map(str, result['seeds']))}){f', {cfg.shots}-shot' if cfg.shots else ''}{_encoder_note(cfg.to_dict())}. "
          "Test metrics, mean ± sample std; p: independent two-sample t-test (scipy.stats.ttest_ind) "
-         f"against `{base}`; n/a: undefined."),
+         f"against {markdown_code(base)}; n/a: undefined."),
         "",
-        "| metric | " + " | ".join(labels) + " | " + " | ".join(f"p ({o} vs {base})" for o in others) + " |",
+        "| metric | " + " | ".join(cell[lab] for lab in labels) + " | "
+        + " | ".join(f"p ({cell[o]} vs {cell[base]})" for o in others) + " |",
         "|---|" + "---|" * (len(labels) + len(others)),
     ]
     for m, entry in result["metrics"].items():
         cells = [format_summary(entry[lab]) for lab in labels]
         cells += ["n/a" if math.isnan(entry["tests"][o]["p"]) else f"{entry['tests'][o]['p']:.3g}" for o in others]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Initialisations: " + "; ".join(f"`{lab}` = `{spec}`" for lab, spec in result["inits"].items())]
+    lines += ["", "Initialisations: " + "; ".join(f"{markdown_code(lab)} = {markdown_code(spec)}"
+                                                   for lab, spec in result["inits"].items())]
     return "\n".join(lines) + "\n"

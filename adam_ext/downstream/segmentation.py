@@ -130,7 +130,8 @@ class SegmentationTask:
     name = "seg"
     primary = "mean_dice"
 
-    def __init__(self, reader, arch: str, size: int, masks=None, mode: str = "multilabel"):
+    def __init__(self, reader, arch: str, size: int, masks=None, mode: str = "multilabel",
+                 dice_backend: str = "adam_ext"):
         names = tuple(getattr(reader, "mask_names", ()) or ())
         if not names:
             raise ValueError(f"dataset must have segmentation masks (mask_names), got none for {reader!r}")
@@ -143,6 +144,7 @@ class SegmentationTask:
         if size % 32:
             raise ValueError(f"size must be a multiple of 32 for the U-Net, got {size}")
         self.classes, self.channels = chosen, [names.index(m) for m in chosen]
+        self.dice_backend = dice_backend
         self.arch, self.size, self.mode = arch, size, mode
 
     def build_model(self) -> tuple[nn.Module, nn.Module]:
@@ -188,7 +190,7 @@ class SegmentationTask:
             truth = target > 0.5
         else:
             truth = target[:, None] == torch.arange(1, len(self.classes) + 1, device=target.device)[None, :, None, None]
-        dice, iou = dice_iou(self.predict(logits), truth)
+        dice, iou = dice_iou(self.predict(logits), truth, backend=self.dice_backend)
         return {"dice": dice.cpu().numpy(), "iou": iou.cpu().numpy()}
 
     def metrics(self, collected: dict[str, np.ndarray]) -> dict[str, float]:

@@ -18,13 +18,61 @@ from typing import Any
 import numpy as np
 import yaml
 
-__all__ = ["ConfigLoader", "build_dataclass", "check_field", "config_differences", "is_int", "is_num",
-           "layered_values", "load_yaml", "parse_override"]
+__all__ = ["MAX_SIDE", "ConfigLoader", "build_dataclass", "check_field", "check_memory", "check_side",
+           "config_differences", "is_int", "is_num", "layered_values", "load_yaml", "max_side",
+           "parse_override", "physical_memory"]
 
 
 def check_field(ok: bool, name: str, expected: str, value: Any) -> None:
     if not ok:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------- size limits
+#
+# Sizes have limits, refused as usage errors naming the field before anything is allocated (issue 24):
+# an image side is capped by the largest image the readers decode (max_side), and a size whose
+# allocation can be estimated is refused when a *lower bound* of it exceeds this machine's physical
+# memory (physical_memory). A lower bound never refuses a configuration that could run; it refuses
+# data.view_size=20000 or model.dim=1e8 at once instead of after minutes of swapping.
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (``sysconf``), or None where it cannot be read. The
+    total, not what is free now, so that whether a configuration is valid does not depend on the
+    moment."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+#: The largest image side in pixels (a view, an encoder input, a generated film): the side of the
+#: largest image the readers decode (their MAX_IMAGE_PIXELS, 64 Mi pixels = 8192²). A view or an
+#: encoder input larger than every image only upsamples.
+MAX_SIDE = 8192
+
+
+def max_side() -> int:
+    """:data:`MAX_SIDE` (a function, so that a program may raise the module's constant)."""
+    return MAX_SIDE
+
+
+def check_side(name: str, value) -> None:
+    """Raises ValueError naming ``name`` unless ``value`` is an int in [1, :func:`max_side`]."""
+    limit = max_side()
+    if not is_int(value) or not 1 <= value <= limit:
+        raise ValueError(f"{name} must be an int in [1, {limit}] pixels (the side of the largest image the "
+                         f"readers decode, 64 Mi pixels), got {value!r}")
+
+
+def check_memory(name: str, value, need: float, what: str) -> None:
+    """Raises ValueError naming ``name`` when ``need`` bytes, a lower bound of what ``value`` makes
+    the command allocate (``what`` says which allocation), exceed this machine's memory."""
+    total = physical_memory()
+    if total is not None and need > total:
+        raise ValueError(f"{name} = {value} needs at least {need / 2**30:,.1f} GiB for {what}, more than "
+                         f"this machine's {total / 2**30:.1f} GiB of memory; lower {name}")
 
 
 def is_int(v) -> bool:

@@ -285,8 +285,11 @@ class RepresentationMonitor:
     def label_free(self, collected: _Collector) -> dict:
         """RankMe, collapse indicator, alignment and uniformity of the collected validation pass."""
         q, k, pooled = collected.tensors()
-        spread = len(q) >= 2  # a validation split of one image has no spread to measure
-        return {"rankme": rankme(pooled), "collapse_std": collapse_std(q) if spread else math.nan,
+        # A validation split of one image has no spread to measure: its RankMe is 1 by construction
+        # (one singular value), which is not a collapse; NaN, which no collapse rule warns on.
+        spread = len(q) >= 2
+        return {"rankme": rankme(pooled) if spread else math.nan,
+                "collapse_std": collapse_std(q) if spread else math.nan,
                 "collapse_std_healthy": 1 / math.sqrt(q.shape[1]), "alignment": alignment(q, k),
                 "uniformity": uniformity(q) if spread else math.nan}
 

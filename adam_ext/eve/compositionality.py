@@ -24,7 +24,11 @@ from .._util.seeds import numpy_rng
 from ..engine.config import is_int
 from .common import (
     markdown_table,
+    output_folder,
     parse_checkpoints,
+    plot_label,
+    save_figure,
+    spec_files,
     write_result,
 )
 from .locality import (
@@ -235,15 +239,15 @@ def plot_distributions(similarities: dict, out) -> Path:
     axes = fig.subplots(1, len(grids), squeeze=False, sharey=True)[0]
     for ax, n in zip(axes, grids):
         for name, sims in similarities.items():
-            ax.hist(np.clip(sims[n], low, 1.0), bins=bins, histtype="step", linewidth=1.5, label=name)
+            ax.hist(np.clip(sims[n], low, 1.0), bins=bins, histtype="step", linewidth=1.5,
+                    label=plot_label(name))
         ax.set(title=f"{n}x{n} parts", xlabel="cos(whole, mean of parts)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("patches")
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].legend(fontsize=8)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return Path(out)
+    return save_figure(fig, out)
 
 
 def compositionality_analysis(checkpoints, dataset, out, *, config: CompositionalityConfig | None = None,
@@ -261,11 +265,19 @@ def compositionality_analysis(checkpoints, dataset, out, *, config: Compositiona
         dict with ``config``, ``patch_side`` (pixels, min and max) and ``encoders`` {name: {spec,
         arch, dim, grids: {n: :func:`grid_stats` + ``values``}}}; also OUT/compositionality.json.
     """
-    from .embed import Embedder
-
     cfg = config or CompositionalityConfig()
     pairs = parse_checkpoints(checkpoints)
-    out = Path(out)
+    with output_folder(out, FILES, inputs=[getattr(dataset, "root", None), *spec_files(pairs)]) as folder:
+        return _compositionality(pairs, dataset, folder, cfg, arch, device, progress)
+
+
+#: What the analysis writes in its folder.
+FILES = ("compositionality.md", "compositionality.json", "compositionality.png")
+
+
+def _compositionality(pairs, dataset, out: Path, cfg: CompositionalityConfig, arch, device, progress) -> dict:
+    from .embed import Embedder
+
     patches = sample_patches(dataset, cfg.patches, fraction=cfg.patch_fraction, source=cfg.source,
                              seed=cfg.seed)
     sides = [min(p.shape[1:]) for p in patches]

@@ -47,6 +47,10 @@ from torchvision.transforms.v2 import functional as TF
 from .._util.seeds import numpy_rng
 from .common import (
     markdown_table,
+    output_folder,
+    plot_label,
+    save_figure,
+    spec_files,
     write_result,
 )
 
@@ -440,18 +444,30 @@ def correspondence_analysis(checkpoints, dataset, out, *, arch: str | None = Non
 
     Raises:
         ValueError: a bad setting (naming it), no encoder, data without landmarks, or fewer
-            than 2 subjects for subject pairs.
+            than 2 subjects for subject pairs; FolderKindError: ``out`` is another command's folder.
     """
-    from tqdm import tqdm
-
-    from .embed import Embedder
-
     cfg = CorrespondenceConfig(**settings)
     checkpoints = list(checkpoints)
     if not checkpoints:
         raise ValueError("checkpoints must name at least one encoder as [(name, spec)]")
     if len(dataset) == 0:
         raise ValueError(f"data: {dataset!r} holds no images")
+    inputs = [getattr(dataset, "root", None), *spec_files(checkpoints)]
+    with output_folder(out, FILES, inputs=inputs) as folder:
+        return _correspondence(checkpoints, dataset, folder, cfg, arch, device, progress)
+
+
+#: What the analysis writes in its folder.
+FILES = ("correspondence.md", "correspondence.json", "correspondence_error.png", "matches_view.png",
+         "matches_subject.png")
+
+
+def _correspondence(checkpoints, dataset, out: Path, cfg: CorrespondenceConfig, arch, device,
+                    progress) -> dict:
+    from tqdm import tqdm
+
+    from .embed import Embedder
+
     pairs = {"view": _view_pairs(dataset, cfg), "subject": _subject_pairs(dataset, cfg)}
     n_landmarks = len(pairs["view"][0]["source_points"])
     names = list(getattr(dataset, "landmark_names", None) or [f"landmark_{i}" for i in range(n_landmarks)])
@@ -476,7 +492,7 @@ def correspondence_analysis(checkpoints, dataset, out, *, arch: str | None = Non
             drawn[(name, kind)] = errors[0]
         result["encoders"][name] = entry
         del embedder
-    _write_outputs(Path(out), result, pairs, drawn, cfg)
+    _write_outputs(out, result, pairs, drawn, cfg)
     return result
 
 
@@ -515,12 +531,12 @@ def _error_figure(path: Path, result: dict) -> None:
     for ax, kind in zip(axes[0], KINDS):
         data = [e[kind]["errors_px"] or [math.nan] for e in entries]
         ax.boxplot(data, showmeans=True)
-        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20, fontsize=8)
+        ax.set_xticks(range(1, len(labels) + 1), [plot_label(x) for x in labels], rotation=20, fontsize=8)
         ax.set_title(f"{kind} pairs")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("landmark transfer error (px)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -548,10 +564,11 @@ def _match_figure(path: Path, kind: str, pair: dict, drawn: dict, cfg: Correspon
         if kind == "view":
             correct = _line_correct(pair, errors["lines"], cfg)
             colours = ["#2ecc40" if c else "#ff4136" for c in correct.tolist()]
-            title = f"{name}: {len(correct)} mutual matches, {correct.double().mean().item():.0%} right"
+            right = correct.double().mean().item()
+            title = f"{plot_label(name)}: {len(correct)} mutual matches, {right:.0%} right"
         else:
             colours = plt.cm.viridis(similarity.clamp(0, 1).numpy())
-            title = f"{name}: {len(similarity)} mutual matches (colour: cosine)"
+            title = f"{plot_label(name)}: {len(similarity)} mutual matches (colour: cosine)"
         ax.imshow(canvas, cmap="gray", vmin=0, vmax=255)
         for (x0, y0), (x1, y1), colour in zip(src_xy.tolist(), dst_xy.tolist(), colours):
             ax.plot([x0, x1 + offset], [y0, y1], color=colour, lw=0.8, alpha=0.9)
@@ -559,7 +576,7 @@ def _match_figure(path: Path, kind: str, pair: dict, drawn: dict, cfg: Correspon
         ax.axis("off")
     fig.suptitle(f"{kind} pair: source (left), target (right)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -38,6 +38,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +47,23 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from .._util import runfolder
+from .._util.runfolder import write_errors
 from ..checkpoints import atomic_write_files
 from ..data.views import IMAGENET_MEAN, IMAGENET_STD, ToNormalizedRGB
+from ..engine.config import check_side
 from ..models import BACKBONES, build_backbone
-from .._util.runfolder import write_errors
 from .common import resolve_device
 
-__all__ = ["STAGES", "Embedder", "check_writable", "embed_dataset", "open_encoder_spec", "write_embeddings"]
+__all__ = ["EMBED_KIND", "INPUT_BYTES_PER_PIXEL", "STAGES", "Embedder", "check_writable", "embed_dataset",
+           "embed_output", "open_encoder_spec", "write_embeddings"]
+
+#: ``kind`` in ``embed.json``: what the folder is (its files are its output, so it has no marker file).
+EMBED_KIND = "adam_ext.embed"
+#: Bytes per input pixel an image in a batch takes at the least: the float32 input (3 channels) and
+#: the stem's conv1 and bn1 maps at stride 2 (64 channels each), 4 x (3 + 2 x 16); the size limits
+#: of ``adam embed --size`` multiply it by the batch (issue 24).
+INPUT_BYTES_PER_PIXEL = 140
 
 #: the ResNet stages whose maps dense embeddings can use, with their strides
 STAGES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
@@ -112,6 +123,7 @@ class Embedder(nn.Module):
 
         if not isinstance(size, int) or isinstance(size, bool) or size < 32:
             raise ValueError(f"size must be an integer >= 32 (pixels), got {size!r}")
+        check_side("size", size)  # before any image is resized to it
         layers = tuple(layers)
         if not layers or any(layer not in STAGES for layer in layers):
             raise ValueError(f"layers must be a non-empty subset of {list(STAGES)}, got {list(layers)}")
@@ -248,8 +260,22 @@ def write_embeddings(out, result: dict, meta: dict) -> None:
     if "dense" in result:
         outputs["dense.npy"] = lambda f: np.save(f, result["dense"])
     outputs["paths.txt"] = lambda f: f.write(b"".join(os.fsencode(p) + b"\n" for p in result["paths"]))
+    meta = {"kind": EMBED_KIND, **meta}
     outputs["embed.json"] = lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8"))
     atomic_write_files(out, outputs)
+
+
+@contextmanager
+def embed_output(out, inputs=()):
+    """The output folder of ``adam embed`` while the block runs: refused when it is another command's
+    folder or is (or contains) one of ``inputs`` (:func:`adam_ext._util.runfolder.check_folder`),
+    locked against a second writer (on the folder itself: nothing is added to it), free of links,
+    and rid of the temp files a killed ``adam embed`` left (they are as large as the outputs).
+    Yields the temp files removed."""
+    runfolder.check_folder(out, "embed", inputs=inputs)
+    with runfolder.lock_directory(out):
+        runfolder.refuse_symlinks(out)
+        yield runfolder.remove_stale_temps(out)
 
 
 def check_writable(out: Path) -> None:

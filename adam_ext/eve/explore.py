@@ -55,7 +55,6 @@ Example::
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -68,9 +67,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._util.escape import html_text
 from .._util.seeds import numpy_rng
 from ..checkpoints import atomic_write_files
-from .common import markdown_table
+from .common import markdown_table, output_folder, spec_files
 from .correspondence import nearest_match, rescale_points, sample_vectors, transfer_error
 
 __all__ = ["ExploreConfig", "choose_dense_size", "decode_features", "encode_features", "explore_markdown",
@@ -78,6 +78,10 @@ __all__ = ["ExploreConfig", "choose_dense_size", "decode_features", "encode_feat
            "landmark_transfer", "page_bytes", "read_explorer"]
 
 TEMPLATE = "explore.html"  # package data of adam_ext.eve (pyproject.toml [tool.setuptools.package-data])
+#: The template's two markers, replaced in one pass: a name holding one is never expanded.
+_MARKERS = re.compile("__ADAM_EXPLORER_(?:TITLE|DATA)__")
+#: What the explorer writes in its folder.
+FILES = ("explore.html", "explore.md")
 DATA_ID = "adam-explorer-data"
 BASELINE = "(same position)"
 MIN_AUTO_SIZE = 8  # below this a heat map no longer tells anatomy apart: refuse rather than shrink further
@@ -288,11 +292,13 @@ def _png_data_uri(image: torch.Tensor, display: int) -> str:
 
 def _render(data: dict, title: str) -> str:
     """The page: the template with ``data`` as JSON (``<``, ``>`` and ``&`` escaped, so no string can
-    close the script element) and the title."""
+    close the script element) and the title (HTML-escaped), both markers replaced in one pass, so a
+    name holding a marker stays text."""
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return template.replace("__ADAM_EXPLORER_TITLE__", html.escape(title)).replace("__ADAM_EXPLORER_DATA__", text)
+    fields = {"__ADAM_EXPLORER_TITLE__": html_text(title), "__ADAM_EXPLORER_DATA__": text}
+    return _MARKERS.sub(lambda found: fields[found.group()], template)
 
 
 def read_explorer(path) -> dict:
@@ -373,25 +379,31 @@ def explore_page(checkpoints, dataset, out, *, arch: str | None = None, device="
 
     Raises:
         ValueError: a bad setting (naming it), fewer than 2 images, an unknown landmark, a
-            ``--ckpt`` that cannot be loaded (``ckpt NAME=SPEC: ...``), or a page over ``max_mb``.
-        OSError: ``out`` cannot be written (checked before the encoders run).
+            ``--ckpt`` that cannot be loaded (``ckpt NAME=SPEC: ...``), or a page over ``max_mb``;
+            FolderKindError: ``out`` is another command's folder (see :func:`~.common.output_folder`).
+        OSError: ``out`` cannot be written (checked before the encoders run: its marker is written).
     """
-    from tqdm import tqdm
-
-    from .embed import check_writable
-
     cfg = ExploreConfig(**settings)
     checkpoints = list(checkpoints)
     if not checkpoints:
         raise ValueError("checkpoints must name at least one encoder as [(name, spec)]")
     indices = _choose_indices(dataset, cfg)
     landmark_names, rows = _landmark_names(dataset, cfg.landmarks)
-    out = Path(out)
-    check_writable(out)
+    inputs = [getattr(dataset, "root", None), *spec_files(checkpoints)]
+    with output_folder(out, FILES, inputs=inputs) as folder:
+        return _explore(checkpoints, dataset, folder, cfg, indices, landmark_names, rows, arch, device,
+                        progress)
+
+
+def _explore(checkpoints, dataset, out: Path, cfg: ExploreConfig, indices, landmark_names, rows, arch, device,
+             progress) -> dict:
+    from tqdm import tqdm
+
     images, points, shapes, names = _read_images(dataset, indices, rows)
     encoders = _open_encoders(checkpoints, cfg, arch, device)
     data = {"version": 1, "size": cfg.size, "layers": list(cfg.layers), "dense_size": None, "display": cfg.display,
             "landmark_names": landmark_names,
+            "asked": cfg.images if cfg.indices is None else len(cfg.indices),
             "images": [{"name": name, "index": index, "height": h, "width": w, "src": _png_data_uri(image, cfg.display)}
                        for name, index, (h, w), image in zip(names, indices, shapes, images)],
             "landmarks": [[None if math.isnan(x) or math.isnan(y) else [x, y] for x, y in p.tolist()] for p in points],
@@ -424,11 +436,14 @@ def explore_page(checkpoints, dataset, out, *, arch: str | None = None, device="
 
 
 def explore_markdown(data: dict, cfg: ExploreConfig) -> str:
-    """``explore.md``: what the page shows and, with landmarks, each encoder's transfer errors."""
+    """``explore.md``: what the page shows (and that it shows fewer images than asked, when the data
+    set holds fewer) and, with landmarks, each encoder's transfer errors (names escaped)."""
     side, n = data["dense_size"], len(data["images"])
-    text = (f"# Eve explorer\n\nOpen `explore.html` (self-contained, works from disk): {n} images, dense maps "
-            f"{side} x {side} (encoder input {cfg.size} px, {'+'.join(cfg.layers)}), pointer → cosine heat map "
-            "and best match in the other images.\n\n")
+    asked = data.get("asked", n)
+    fewer = f" (of the {asked} asked: the data set holds only {n})" if asked > n else ""
+    text = (f"# Eve explorer\n\nOpen `explore.html` (self-contained, works from disk): {n} images{fewer}, "
+            f"dense maps {side} x {side} (encoder input {cfg.size} px, {'+'.join(cfg.layers)}), pointer → "
+            "cosine heat map and best match in the other images.\n\n")
     if not data["landmark_names"]:
         return text
     text += (f"Landmark transfer error in pixels of the target image, over the {n * (n - 1)} ordered pairs of "

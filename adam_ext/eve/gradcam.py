@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data.registry import SPLITS
-from .common import resolve_device
+from .common import output_folder, resolve_device
 from .gradcam_model import (
     FinetunedClassifier,
     classifier_input,
@@ -38,7 +38,11 @@ from .gradcam_model import (
     load_classifier,
     parse_models,
 )
-from .gradcam_report import _write_outputs, gradcam_markdown  # noqa: F401 (gradcam_markdown: public here too)
+from .gradcam_report import (  # noqa: F401 (gradcam_markdown: public here too)
+    FILES,
+    _write_outputs,
+    gradcam_markdown,
+)
 from .gradcam_scores import _check_threshold, box_iou, box_mask, heatmap_peak, pointing_game
 
 __all__ = ["TARGET_LAYER", "FinetunedClassifier", "box_iou", "box_mask", "classifier_input", "gradcam_analysis",
@@ -287,6 +291,16 @@ def gradcam_analysis(models, root=None, *, out, dataset: str | None = None, spli
     classes = classifiers[0].classes
     chosen = _findings(findings, classes)
     data = _open_data(classifiers[0], root, dataset, split)
+    with output_folder(out, FILES, inputs=[data.root, *(c.path for c in classifiers)]) as folder:
+        result, rows = _analyse(data, classifiers, chosen, overlays, threshold=threshold,
+                                batch_size=batch_size, limit=limit, progress=progress)
+        result.update(_write_outputs(folder, result, rows))
+    return result
+
+
+def _analyse(data, classifiers, chosen, overlays, *, threshold, batch_size, limit, progress):
+    """The result of :func:`gradcam_analysis` before its files are written, and the overlay rows."""
+    classes = classifiers[0].classes
     wanted, skipped, picker = set(chosen or classes), Counter(), _OverlayPicker(overlays)
     records, n_images = _score_data(data, classifiers, wanted, skipped, picker, threshold=threshold,
                                     batch_size=batch_size, limit=limit, progress=progress)
@@ -300,5 +314,4 @@ def gradcam_analysis(models, root=None, *, out, dataset: str | None = None, spli
                          for c in classifiers},
               "results": _summary(records, [c.name for c in classifiers], order), "skipped": dict(skipped),
               "pairs": records}
-    result.update(_write_outputs(Path(out), result, picker.rows()))
-    return result
+    return result, picker.rows()

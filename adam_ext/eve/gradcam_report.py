@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import markdown_table, write_result
+from .._util.escape import markdown_code, markdown_text
+from .common import markdown_table, plot_label, save_figure, write_result
 from .gradcam_scores import heatmap_peak
 
-__all__ = ["gradcam_markdown"]
+__all__ = ["FILES", "gradcam_markdown"]
+
+#: What the analysis writes in its folder.
+FILES = ("gradcam.md", "gradcam.json", "gradcam.png", "overlays.png")
 
 
 def gradcam_markdown(result: dict) -> str:
@@ -23,10 +27,11 @@ def gradcam_markdown(result: dict) -> str:
         cells = [v for name in names for v in (result["results"][name][finding]["pointing"],
                                                 result["results"][name][finding]["iou"])]
         rows.append([finding, first["n"], *cells])
-    models = "; ".join(f"`{name}` = `{m['path']}` ({m['arch']}, {m['size']} px, init `{m['init']}`)"
+    models = "; ".join(f"{markdown_code(name)} = {markdown_code(m['path'])} ({markdown_text(m['arch'])}, "
+                       f"{m['size']} px, init {markdown_code(m['init'])})"
                        for name, m in result["models"].items())
     return "\n".join([
-        f"# Grad-CAM localisation: {result['dataset']} ({result['split']})",
+        f"# Grad-CAM localisation: {markdown_text(result['dataset'])} ({markdown_text(result['split'])})",
         "",
         (f"{result['n_images']} images with boxes. Grad-CAM of `{result['target_layer']}` for the finding's "
          "logit, the whole image resized to the model's input side. pointing: share of heatmaps whose maximum "
@@ -53,13 +58,13 @@ def _plot_bars(result: dict, path: Path) -> None:
                                                               f"IoU (map >= {result['threshold']} x max)")):
         for j, name in enumerate(names):
             values = [result["results"][name][f][metric] for f in rows]
-            ax.bar(x + (j - (len(names) - 1) / 2) * width, values, width, label=name)
-        ax.set_xticks(x, [f"{f}\n(n={k})" for f, k in zip(rows, n)], fontsize=8)
+            ax.bar(x + (j - (len(names) - 1) / 2) * width, values, width, label=plot_label(name))
+        ax.set_xticks(x, [f"{plot_label(f)}\n(n={k})" for f, k in zip(rows, n)], fontsize=8)
         ax.set(ylim=(0, 1), title=title)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -80,7 +85,8 @@ def _plot_overlays(rows: list[dict], names: list[str], threshold: float, path: P
         for col, ax in enumerate(ax_row):
             ax.imshow(shown, cmap="gray", extent=extent)
             if col == 0:
-                ax.set_title(f"{row['finding']} ({row['boxes']} box{'es' if row['boxes'] > 1 else ''})", fontsize=8)
+                boxes = f"{row['boxes']} box{'es' if row['boxes'] > 1 else ''}"
+                ax.set_title(f"{plot_label(row['finding'])} ({boxes})", fontsize=8)
             else:
                 name = names[col - 1]
                 heat = row["heatmaps"][name]
@@ -91,14 +97,15 @@ def _plot_overlays(rows: list[dict], names: list[str], threshold: float, path: P
                                extent=extent, origin="upper")
                     ax.plot((peak[1] + 0.5) * width / heat.shape[1], (peak[0] + 0.5) * height / heat.shape[0],
                             "w+", ms=10, mew=2)
-                ax.set_title(f"{name}: {'hit' if row['hit'][name] else 'miss'}, IoU {row['iou'][name]:.2f}",
+                hit = "hit" if row["hit"][name] else "miss"
+                ax.set_title(f"{plot_label(name)}: {hit}, IoU {row['iou'][name]:.2f}",
                              fontsize=8)
             for x0, y0, x1, y1 in row["box_array"]:
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.2))
             ax.set(xlim=(0, width), ylim=(height, 0))
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -34,9 +34,16 @@ from ..engine.config import is_int
 from ..data.landmarks import LandmarkPatches, extract_patch, landmark_names_of, landmark_patches, level_sides
 from .common import (
     markdown_table,
+    output_folder,
     parse_checkpoints,
+    plot_label,
+    save_figure,
+    spec_files,
     write_result,
 )
+
+#: What an analysis writes in its folder.
+FILES = ("locality.md", "locality.json", "tsne.png")
 
 __all__ = ["LandmarkPatches", "LocalityConfig", "embed_in_batches", "extract_patch", "knn_accuracy_across_levels",
            "landmark_names_of", "landmark_patches", "level_label", "level_sides", "locality_analysis",
@@ -325,17 +332,16 @@ def plot_tsne(coords: dict, landmark, level, landmark_names: Sequence[str], leve
                 sel = (level == v) & (landmark == j)
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=colours[j],
                            marker=_MARKERS[v % len(_MARKERS)], alpha=0.75, linewidths=0)
-        ax.set_title(name)
+        ax.set_title(plot_label(name))
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [Line2D([], [], ls="", marker="o", color=colours[j], label=name)
+    handles = [Line2D([], [], ls="", marker="o", color=colours[j], label=plot_label(name))
                for j, name in enumerate(landmark_names)]
     handles += [Line2D([], [], ls="", marker=_MARKERS[v % len(_MARKERS)], color="0.3",
                        label=f"level {v + 1}: {lbl}") for v, lbl in enumerate(level_labels)]
     fig.legend(handles=handles, loc="outside right center", fontsize=7, frameon=False)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return Path(out)
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -365,12 +371,20 @@ def locality_analysis(checkpoints, dataset, out, *, config: LocalityConfig | Non
         dict with ``config``, ``n_patches``, ``images``, ``landmarks``, ``levels``, ``chance``
         (fraction of the most frequent landmark) and ``encoders`` {name: {spec, arch, dim, metrics
         of :func:`locality_metrics`}}; also written to OUT/locality.json.
-    """
-    from .embed import Embedder
 
+    Raises:
+        adam_ext._util.runfolder.FolderKindError: ``out`` is another command's folder (see
+            :func:`~adam_ext.eve.common.output_folder`); RunFolderError: another process holds it.
+    """
     cfg = config or LocalityConfig()
     pairs = parse_checkpoints(checkpoints)
-    out = Path(out)
+    with output_folder(out, FILES, inputs=[getattr(dataset, "root", None), *spec_files(pairs)]) as folder:
+        return _locality(pairs, dataset, folder, cfg, arch, device, progress)
+
+
+def _locality(pairs, dataset, out: Path, cfg: LocalityConfig, arch, device, progress) -> dict:
+    from .embed import Embedder
+
     lp = landmark_patches(dataset, levels=cfg.levels, images=cfg.images, landmarks=cfg.landmarks,
                           seed=cfg.seed)
     if len(np.unique(lp.landmark)) < 2:

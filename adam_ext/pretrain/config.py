@@ -30,6 +30,8 @@ from ..engine.config import (  # noqa: F401 (ConfigLoader, load_yaml, parse_over
     ConfigLoader,
     build_dataclass,
     check_field,
+    check_memory,
+    check_side,
     config_differences,
     is_int,
     is_num,
@@ -274,8 +276,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
+#: The most images ``synthetic`` data may be generated with: about nine times ChestX-ray14's 112,120
+#: (a 256-px phantom takes about 0.1 s of a core and 100 KB on disk with its masks: a million is a
+#: day of 2 cores and 100 GB); more is a typo that would run until killed.
+MAX_SYNTHETIC_N = 1_000_000
+#: Bytes per view pixel a training sample keeps at the least: the float32 view (3 channels) and the
+#: stem's two saved maps at stride 2 (64 channels each: conv1 and bn1 outputs), 4 x (3 + 2 x 16).
+VIEW_BYTES_PER_PIXEL = 140
+
+
 def validate(cfg: PretrainConfig) -> None:
-    """Raises ValueError naming the first field that is out of range."""
+    """Raises ValueError naming the first field that is out of range (sizes: see :func:`check_sizes`)."""
     from ..data.registry import DATASETS
 
     d, m, o = cfg.data, cfg.model, cfg.optim
@@ -342,6 +353,34 @@ def validate(cfg: PretrainConfig) -> None:
                getattr(mon, name))
     check_field(mon.images >= 2, "monitor.images", "an int >= 2", mon.images)
     check_field(is_num(mon.temperature) and mon.temperature > 0, "monitor.temperature", "> 0", mon.temperature)
+    check_sizes(cfg)
+
+
+def check_sizes(cfg: PretrainConfig) -> None:
+    """The upper bounds of the sizes (issue 24), checked before anything is allocated: the image sides
+    at most :func:`~adam_ext.engine.config.max_side`, ``data.synthetic_n`` at most
+    :data:`MAX_SYNTHETIC_N`, and lower bounds of the memory a training step takes for its views
+    (``data.view_size``: :data:`VIEW_BYTES_PER_PIXEL` per pixel, two views per image of the batch of
+    one rank) and for the queue and projection head (``model.dim``, ``model.K``: the queue
+    K x dim and the head's last layer hidden x dim in both encoders, its gradient and momentum;
+    float32) within this machine's memory.
+
+    Raises:
+        ValueError: naming the field.
+    """
+    d, m = cfg.data, cfg.model
+    check_side("data.view_size", d.view_size)
+    check_side("data.synthetic_size", d.synthetic_size)
+    check_field(d.synthetic_n <= MAX_SYNTHETIC_N, "data.synthetic_n",
+                f"at most {MAX_SYNTHETIC_N:,} images (nine times ChestX-ray14)", d.synthetic_n)
+    world = os.environ.get("WORLD_SIZE", "1")
+    world = max(1, int(world)) if world.isdigit() else 1
+    local_batch = max(1, cfg.optim.batch_size // world)
+    check_memory("data.view_size", d.view_size, local_batch * 2 * VIEW_BYTES_PER_PIXEL * d.view_size ** 2,
+                 f"the two views of a batch of {local_batch} images and their first layer's maps")
+    hidden = m.mlp_hidden or BACKBONES[m.backbone]
+    check_memory("model.dim", m.dim, 4 * (m.K * m.dim + 4 * hidden * m.dim),
+                 f"the queue (model.K = {m.K} x model.dim) and the projection head's last layer")
 
 
 def _check_reader_options(dataset: str, options: dict) -> None:

@@ -1,4 +1,6 @@
-"""A pretraining run's report: curves as PNG and a Markdown page, from the run folder alone.
+"""A pretraining run's report: curves as PNG and a Markdown page, from the run folder alone. Names
+it did not write (the run's path, the folders of comparisons and analyses, the configuration) are
+escaped (:mod:`adam_ext._util.escape`); the tables it includes escape their own.
 
 ``adam report RUN`` (and every finished ``adam pretrain``) reads ``RUN/metrics.jsonl``,
 ``RUN/summary.json`` and ``RUN/config.yaml`` and writes::
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import yaml
 
 from .._util.atomic import atomic_write_text
+from .._util.escape import markdown_code, markdown_fence, markdown_text
 from .._util.runfolder import read_jsonl, refuse_symlinks
 
 __all__ = ["read_metrics", "read_monitors", "write_report"]
@@ -165,7 +169,7 @@ def write_report(run) -> Path:
     _plot(train, val, "pruned_fraction", "fraction of the queue pruned", run / "pruned.png")
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"stages": []}
-    lines = [f"# Adam pretraining report: `{run}`", ""]
+    lines = [f"# Adam pretraining report: {markdown_code(run)}", ""]
     config_values = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     pruned_val = bool((config_values or {}).get("val_pruning", False))
     if summary["stages"]:
@@ -197,9 +201,10 @@ def write_report(run) -> Path:
               "Fraction of the queue's keys at least γ similar to the query, removed from the negatives "
               "(0 where the pruner is off).", "", "![pruned](pruned.png)", ""]
     for table in sorted(run.glob("*/compare.md")):  # downstream comparisons run into the folder (make demo)
-        lines += [f"## Downstream: `{table.parent.name}`", "", table.read_text().strip(), ""]
+        name = table.parent.name
+        lines += [f"## Downstream: {markdown_code(name)}", "", table.read_text().strip(), ""]
         if (table.parent / "curves.png").is_file():
-            lines += [f"![{table.parent.name} curves]({table.parent.name}/curves.png)", ""]
+            lines += [f"![{markdown_text(name)} curves]({quote(name)}/curves.png)", ""]
     for folder in sorted(p for p in run.glob("eve/*") if p.is_dir()):  # adam eve ANALYSIS --out RUN/eve/ANALYSIS
         table = folder / f"{folder.name}.md"
         if not table.is_file():
@@ -207,12 +212,13 @@ def write_report(run) -> Path:
         text = table.read_text().strip()
         if text.startswith("# "):  # the analysis' own title: the section heading replaces it
             text = text.split("\n", 1)[1].strip() if "\n" in text else ""
-        lines += [f"## Eve: {folder.name}", "", text, ""]
+        lines += [f"## Eve: {markdown_text(folder.name)}", "", text, ""]
         for picture in sorted(folder.glob("*.png")):
-            lines += [f"![{folder.name}: {picture.stem}](eve/{folder.name}/{picture.name})", ""]
+            link = quote(f"eve/{folder.name}/{picture.name}")
+            lines += [f"![{markdown_text(folder.name)}: {markdown_text(picture.stem)}]({link})", ""]
     config = run / "config.yaml"
     if config.is_file():
-        lines += ["## Configuration", "", "```yaml", config.read_text().rstrip(), "```", ""]
+        lines += ["## Configuration", "", markdown_fence(config.read_text().rstrip(), "yaml"), ""]
     out = run / "report.md"
     atomic_write_text(out, "\n".join(lines))
     return out

@@ -20,9 +20,16 @@ from .resume import ResumeError, check_resumable, load_checkpoint
 __all__ = ["prepare_run_folder", "pretrain", "set_backends"]
 
 
+def _inputs(cfg: PretrainConfig) -> tuple:
+    """What a run reads: its run folder must not be, or contain, one of them."""
+    return cfg.data.root, cfg.data.cache
+
+
 def prepare_run_folder(out: Path, cfg: PretrainConfig, fresh: bool) -> None:
-    """Checks the (locked) run folder and writes its configuration; a fresh run starts its metrics."""
+    """Checks the (locked) run folder, claims it as a pretraining run (its marker, see
+    :mod:`adam_ext._util.runfolder`) and writes its configuration; a fresh run starts its metrics."""
     runfolder.refuse_symlinks(out)
+    runfolder.claim(out, "pretrain", inputs=_inputs(cfg))
     if fresh and (out / "last.pt").is_file():
         raise ValueError(f"out folder {str(out)!r} already holds a run (last.pt); pass --resume to "
                          f"continue it or choose another out")
@@ -67,8 +74,9 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True, phase_time
         ResumeError: the resume file is missing, foreign or from another configuration (nothing in
             the run folder has changed).
         ValueError: a configuration that cannot run (e.g. a batch larger than the data set).
-        adam_ext.runfolder.RunFolderError: another live process holds the run folder, or it holds a
-            symbolic link.
+        adam_ext._util.runfolder.RunFolderError: another live process holds the run folder, or it holds a
+            symbolic link; FolderKindError (a ValueError too): the folder is another command's (a
+            fine-tuning folder...), or is or contains the data.
         OSError: a file could not be written (read-only folder, full disk); the message names it.
     """
     if not cfg.data.root:
@@ -86,6 +94,7 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True, phase_time
             check_resumable(ckpt, cfg, resume)
         with contextlib.ExitStack() as held:
             if ctx.main:
+                runfolder.check_folder(out, "pretrain", inputs=_inputs(cfg))  # before the lock file is made
                 held.enter_context(runfolder.lock(out))  # one writer per folder, until the run ends
                 prepare_run_folder(out, cfg, fresh=resume is None)
             if cfg.data.dataset == "synthetic":  # generated once (or again for an older generator's)

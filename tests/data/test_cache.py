@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from adam_ext._util.runfolder import MARKER
 from adam_ext.data.cache import DATA_FILE, INDEX_FILE, ImageCache, resize_longer_side
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,8 @@ def test_build_and_reopen(tmp_path, seed, workers):
     dataset = FakeDataset(seed)
     built = ImageCache.build(dataset, tmp_path / "cache", size=256, workers=workers, progress=False)
     cache = ImageCache(tmp_path / "cache")
-    assert sorted(os.listdir(tmp_path / "cache")) == sorted([DATA_FILE, INDEX_FILE])
+    # the marker says the folder's kind: "cache"
+    assert sorted(os.listdir(tmp_path / "cache")) == sorted([DATA_FILE, INDEX_FILE, MARKER])
     assert len(cache) == len(built) == len(SHAPES)
     assert cache.keys() == list(SHAPES) and "odd.png" in cache and "missing.png" not in cache
     assert cache.get("missing.png") is None
