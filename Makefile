@@ -14,7 +14,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: all install build test bench demo clean
+.PHONY: all install build test lint docs docs-build bench demo clean
 all: test
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -32,6 +32,19 @@ install build: $(VENV)/.built
 
 test: $(VENV)/.built
 	$(PY) -m pytest -q tests
+	$(MAKE) lint docs-build
+
+# ruff (lint and format) and the import layers are part of `make test`.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check adam_ext tests python benchmarks
+	$(VENV)/bin/ruff format --check adam_ext tests python benchmarks
+
+# The documentation site: `make docs` serves it on http://127.0.0.1:8000; `make test` builds it with
+# --strict, so a broken link or a missing symbol fails the tests.
+docs-build: $(VENV)/.built
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+docs: $(VENV)/.built
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 bench: $(VENV)/.built
 	$(PY) benchmarks/bench_loss.py

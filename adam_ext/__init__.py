@@ -17,7 +17,12 @@ import sys
 __version__ = "0.2.0"
 
 # public name -> module that defines it
-_LAZY = {"PurposivePrunerLoss": ".ops.losses", "build_info": ".ops", "pruned_info_nce": ".ops", "reference": ".ops.reference"}
+_LAZY = {
+    "PurposivePrunerLoss": ".ops.losses",
+    "build_info": ".ops",
+    "pruned_info_nce": ".ops",
+    "reference": ".ops.reference",
+}
 
 __all__ = ["PurposivePrunerLoss", "build_info", "pruned_info_nce", "reference", "__version__"]
 

@@ -40,15 +40,13 @@ from pathlib import Path
 import torch
 import torchvision
 
-from adam_ext.pretrain.config import PretrainConfig, load_config
 from adam_ext.data.synthetic import ensure_synthetic
+from adam_ext.engine import STEP_PHASES, PhaseTimer, git_commit, machine
 from adam_ext.engine.distributed import ProcessContext, resolve_workers
-from adam_ext.engine import STEP_PHASES, PhaseTimer
-from adam_ext.pretrain import pretrain
-from adam_ext.pretrain import Trainer, open_splits
-from adam_ext.pretrain.run import set_backends
-from adam_ext.engine import git_commit, machine
+from adam_ext.pretrain import Trainer, open_splits, pretrain
+from adam_ext.pretrain.config import PretrainConfig, load_config
 from adam_ext.pretrain.report import read_metrics
+from adam_ext.pretrain.run import set_backends
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Settings the benchmark imposes on the loop (see the module's docstring).
@@ -120,15 +118,27 @@ def phases_ms(results: list[Result]) -> dict[str, float]:
 def configure(args, out: Path, extra=()) -> PretrainConfig:
     """The loop's configuration: preset, file and ``--set`` overrides, then :data:`FORCED` and the run's own."""
     plan = args.plan
-    overrides = [*args.overrides, *FORCED, f"out={out}", f"device={args.device}", f"max_steps={plan.total}", *extra]
+    overrides = [
+        *args.overrides,
+        *FORCED,
+        f"out={out}",
+        f"device={args.device}",
+        f"max_steps={plan.total}",
+        *extra,
+    ]
     return load_config(args.config, overrides, preset=args.preset)
 
 
 def steps_per_epoch(cfg: PretrainConfig) -> int:
     """Full batches in an epoch of the configured training split (the data generated first if synthetic)."""
     if cfg.data.dataset == "synthetic":
-        ensure_synthetic(cfg.data.root, cfg.data.synthetic_n, cfg.data.synthetic_size, seed=cfg.seed,
-                         log=lambda message: print(f"bench_pretrain --e2e: {message}", flush=True))
+        ensure_synthetic(
+            cfg.data.root,
+            cfg.data.synthetic_n,
+            cfg.data.synthetic_size,
+            seed=cfg.seed,
+            log=lambda message: print(f"bench_pretrain --e2e: {message}", flush=True),
+        )
     _, train_idx, _, _ = open_splits(cfg)
     return len(train_idx) // cfg.optim.batch_size
 
@@ -191,8 +201,13 @@ def load_line() -> str:
         return "load average unknown"
     text = f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
     try:
-        ps = subprocess.run(["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"], capture_output=True, text=True,
-                            timeout=10, check=False).stdout.splitlines()
+        ps = subprocess.run(
+            ["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
         return text
     busiest = []
@@ -205,30 +220,49 @@ def load_line() -> str:
 def _describe(cfg: PretrainConfig, spe: int) -> str:
     n = cfg.stages[0]
     views = cfg.data.view_options()
-    return (f"{cfg.model.backbone}, {cfg.data.view_size}-px views ({views or 'default view options'}), "
-            f"global batch {cfg.optim.batch_size}, K = {cfg.model.K}, dim {cfg.model.dim}, m = {cfg.model.m}, "
-            f"{cfg.optim.optimizer}, amp {cfg.amp}, channels-last {cfg.channels_last}; first stage n = {n} "
-            f"(γ = {cfg.gamma_for(n)}); data: {cfg.data.dataset} at {cfg.data.root}, {spe} steps per epoch, "
-            f"data.workers {cfg.data.workers} ({resolve_workers(cfg.data.workers)} per rank), log_every {cfg.log_every}, tensorboard {cfg.tensorboard}")
+    return (
+        f"{cfg.model.backbone}, {cfg.data.view_size}-px views ({views or 'default view options'}), "
+        f"global batch {cfg.optim.batch_size}, K = {cfg.model.K}, dim {cfg.model.dim}, m = {cfg.model.m}, "
+        f"{cfg.optim.optimizer}, amp {cfg.amp}, channels-last {cfg.channels_last}; first stage n = {n} "
+        f"(γ = {cfg.gamma_for(n)}); data: {cfg.data.dataset} at {cfg.data.root}, {spe} steps per epoch, "
+        f"data.workers {cfg.data.workers} ({resolve_workers(cfg.data.workers)} per rank), log_every {cfg.log_every}, tensorboard {cfg.tensorboard}"
+    )
 
 
 def _timing_tables(loop: Result, floors: list[Result]) -> list[str]:
     floor = images_per_s(floors)
     runs = [("loop (`adam pretrain`)", loop.images_per_s), ("floor (the step on device tensors)", floor)]
     if len(floors) == 2:
-        runs += [(f"floor's {r.plan.steps} steps {when} the loop", r.images_per_s)
-                 for when, r in zip(("before", "after"), floors)]
+        runs += [
+            (f"floor's {r.plan.steps} steps {when} the loop", r.images_per_s)
+            for when, r in zip(("before", "after"), floors)
+        ]
     lines = ["| run | images/s | ms / step | × floor |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {rate:.1f} | {1e3 * loop.batch / rate:.1f} | {rate / floor:.2f}× |" for name, rate in runs]
-    where = ("Where the time goes (ms per step, mean over the breakdown steps; forward = both encoders, "
-             "backward includes the loss's, logging/other = the window's bookkeeping and flush):")
-    lines += ["", f"**loop / floor = {loop.images_per_s / floor:.2f}**", "", where, "",
-              "| run | " + " | ".join(STEP_PHASES) + " | sum |", "|---|" + "---:|" * (len(STEP_PHASES) + 1)]
+    lines += [
+        f"| {name} | {rate:.1f} | {1e3 * loop.batch / rate:.1f} | {rate / floor:.2f}× |"
+        for name, rate in runs
+    ]
+    where = (
+        "Where the time goes (ms per step, mean over the breakdown steps; forward = both encoders, "
+        "backward includes the loss's, logging/other = the window's bookkeeping and flush):"
+    )
+    lines += [
+        "",
+        f"**loop / floor = {loop.images_per_s / floor:.2f}**",
+        "",
+        where,
+        "",
+        "| run | " + " | ".join(STEP_PHASES) + " | sum |",
+        "|---|" + "---:|" * (len(STEP_PHASES) + 1),
+    ]
     ms = {"loop": loop.phases_ms(), "floor": phases_ms(floors)}
     ms["loop − floor"] = {p: ms["loop"][p] - ms["floor"][p] for p in STEP_PHASES}
     for name, row in ms.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[p]:.1f}" for p in STEP_PHASES)
-                     + f" | {sum(row.values()):.1f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{row[p]:.1f}" for p in STEP_PHASES)
+            + f" | {sum(row.values()):.1f} |"
+        )
     return lines
 
 
@@ -239,12 +273,17 @@ def overhead_line(loop: Result, floors: list[Result]) -> list[str]:
     overhead = sum(ms[p] - floor_ms[p] for p in OVERHEAD)
     share = overhead / sum(ms.values())
     halves = " and ".join(f"{r.images_per_s:.1f}" for r in floors)
-    return ["", (f"The loop's own work ({', '.join(OVERHEAD)}, beyond the floor's) takes {overhead:.1f} ms, "
-                 f"{100 * share:.1f}% of its step: computing as fast as the floor, loop / floor would be "
-                 f"{1 - share:.2f}. "
-                 f"The measured ratio also holds how the machine's load moved between the runs (the floor: "
-                 f"{halves} images/s) and any CPU a loader worker takes from the step (slower compute phases, "
-                 f"in the loop − floor row).")]
+    return [
+        "",
+        (
+            f"The loop's own work ({', '.join(OVERHEAD)}, beyond the floor's) takes {overhead:.1f} ms, "
+            f"{100 * share:.1f}% of its step: computing as fast as the floor, loop / floor would be "
+            f"{1 - share:.2f}. "
+            f"The measured ratio also holds how the machine's load moved between the runs (the floor: "
+            f"{halves} images/s) and any CPU a loader worker takes from the step (slower compute phases, "
+            f"in the loop − floor row)."
+        ),
+    ]
 
 
 def epoch_start_line(loop: Result, spe: int) -> list[str]:
@@ -254,15 +293,23 @@ def epoch_start_line(loop: Result, spe: int) -> list[str]:
     rest = [1e3 * step["data wait"] for i, step in split if i % spe]
     if not (first and rest):
         return []
-    return ["", (f"Data wait at the first step of an epoch (its batches begin only when the epoch does): "
-                 f"{sum(first) / len(first):.1f} ms ({len(first)} step(s)); at the other steps "
-                 f"{sum(rest) / len(rest):.1f} ms ({len(rest)}).")]
+    return [
+        "",
+        (
+            f"Data wait at the first step of an epoch (its batches begin only when the epoch does): "
+            f"{sum(first) / len(first):.1f} ms ({len(first)} step(s)); at the other steps "
+            f"{sum(rest) / len(rest):.1f} ms ({len(rest)})."
+        ),
+    ]
 
 
 def report(args, cfg: PretrainConfig, spe: int, loop: Result, rows: list[dict], floors: list[Result]) -> str:
     plan = loop.plan
-    breakdown = (f"then {plan.steps} more steps synchronised at every phase boundary give the breakdown"
-                 if plan.gpu else "the same steps give the breakdown (on a CPU there is nothing to synchronise)")
+    breakdown = (
+        f"then {plan.steps} more steps synchronised at every phase boundary give the breakdown"
+        if plan.gpu
+        else "the same steps give the breakdown (on a CPU there is nothing to synchronise)"
+    )
     lines = [
         f"# Pretraining end to end: the `adam pretrain` loop against its floor, {args.device}",
         "",
@@ -272,30 +319,44 @@ def report(args, cfg: PretrainConfig, spe: int, loop: Result, rows: list[dict], 
         f"- command: `{' '.join(['python benchmarks/bench_pretrain.py --e2e', *args.argv])}`",
         f"- machine load: before, {args.load_before}; after, {load_line()}",
         f"- configuration: {_describe(cfg, spe)}",
-        (f"- set by the benchmark: {', '.join(FORCED)}, no progress bar, max_steps {plan.total}; each epoch's "
-         f"validation and best.pt / last.pt are timed apart (epoch end) and left out of the step times"),
-        (f"- method: {plan.warmup} warm-up step(s), then {plan.steps} measured steps (images/s, timed as one "
-         f"range between two synchronisations); {breakdown}. Floor: the Trainer's own step "
-         f"(`Trainer.train_step`) on random views already on the device, in the same process: half its measured "
-         f"steps before the loop and half after, each half after {plan.warmup} warm-up step(s) of its own"),
+        (
+            f"- set by the benchmark: {', '.join(FORCED)}, no progress bar, max_steps {plan.total}; each epoch's "
+            f"validation and best.pt / last.pt are timed apart (epoch end) and left out of the step times"
+        ),
+        (
+            f"- method: {plan.warmup} warm-up step(s), then {plan.steps} measured steps (images/s, timed as one "
+            f"range between two synchronisations); {breakdown}. Floor: the Trainer's own step "
+            f"(`Trainer.train_step`) on random views already on the device, in the same process: half its measured "
+            f"steps before the loop and half after, each half after {plan.warmup} warm-up step(s) of its own"
+        ),
         "",
         *_timing_tables(loop, floors),
     ]
     lines += overhead_line(loop, floors)
     steps, logged, timed = logged_check(loop, rows)
     if steps:
-        lines += ["", (f"The loop's own clock (`images_per_s` of metrics.jsonl, {steps} measured steps in whole "
-                       f"logging windows): {1e3 * logged / steps:.1f} ms per step against the phase timer's "
-                       f"{1e3 * timed / steps:.1f} ms for the same steps (the loop's windows leave out the rows "
-                       f"they write after timing themselves).")]
+        lines += [
+            "",
+            (
+                f"The loop's own clock (`images_per_s` of metrics.jsonl, {steps} measured steps in whole "
+                f"logging windows): {1e3 * logged / steps:.1f} ms per step against the phase timer's "
+                f"{1e3 * timed / steps:.1f} ms for the same steps (the loop's windows leave out the rows "
+                f"they write after timing themselves)."
+            ),
+        ]
     lines += epoch_start_line(loop, spe)
     ends = -(-plan.total // spe) - 1  # epochs begun after the first
     if ends:
         end_s = loop.timer.between.get("epoch end", 0.0) / ends
         step_s = loop.batch / loop.images_per_s
         amortised = spe * loop.batch / (spe * step_s + end_s)
-        lines += ["", (f"Epoch ends inside the run: {ends}, {end_s:.2f} s each (validation, best.pt, last.pt); "
-                       f"spread over an epoch of {spe} steps the loop would make {amortised:.1f} images/s.")]
+        lines += [
+            "",
+            (
+                f"Epoch ends inside the run: {ends}, {end_s:.2f} s each (validation, best.pt, last.pt); "
+                f"spread over an epoch of {spe} steps the loop would make {amortised:.1f} images/s."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -304,16 +365,28 @@ def report(args, cfg: PretrainConfig, spe: int, loop: Result, rows: list[dict], 
 
 def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench_pretrain.py --e2e", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="demo", help="pretraining preset (default demo; 'none' for the defaults)")
+    p.add_argument(
+        "--preset", default="demo", help="pretraining preset (default demo; 'none' for the defaults)"
+    )
     p.add_argument("--config", help="pretraining YAML file, after the preset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="pretraining override, value in YAML (repeatable), e.g. data.root=/data/synthetic")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pretraining override, value in YAML (repeatable), e.g. data.root=/data/synthetic",
+    )
     p.add_argument("--steps", type=int, default=20, help="measured steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps before them (default 3)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    p.add_argument("--out", type=Path, default=None,
-                   help="Markdown file to write (default benchmarks/results/pretrain-e2e-<device>.md; '-': none)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Markdown file to write (default benchmarks/results/pretrain-e2e-<device>.md; '-': none)",
+    )
     args = p.parse_args(argv)
     args.argv = list(argv)
     if args.steps < 1:
@@ -340,14 +413,18 @@ def main(argv=None) -> int:
         except (ValueError, OSError) as exc:  # a configuration or data folder that cannot run
             raise SystemExit(f"bench_pretrain --e2e: error: {exc}") from None
         if args.plan.total > spe * cfg.optim.epochs:
-            raise SystemExit(f"bench_pretrain --e2e: error: --warmup + --steps{' x 2 on cuda' if args.plan.gpu else ''}"
-                             f" = {args.plan.total} steps exceed the first stage's {cfg.optim.epochs} epochs x "
-                             f"{spe} steps; raise optim.epochs (--set optim.epochs=N) or lower --steps")
+            raise SystemExit(
+                f"bench_pretrain --e2e: error: --warmup + --steps{' x 2 on cuda' if args.plan.gpu else ''}"
+                f" = {args.plan.total} steps exceed the first stage's {cfg.optim.epochs} epochs x "
+                f"{spe} steps; raise optim.epochs (--set optim.epochs=N) or lower --steps"
+            )
         print(f"bench_pretrain --e2e on {machine(torch.device(args.device))}: {args.plan}", flush=True)
         # The floor's steps half before and half after the loop: a machine whose load drifts (other
         # work on shared cores) biases the ratio less, and the two halves show the drift.
         plan, floor_cfg = args.plan, configure(args, Path(tmp) / "floor", ["tensorboard=false"])
-        before, after = (Plan(plan.warmup, n, plan.gpu) if n else None for n in (-(-plan.steps // 2), plan.steps // 2))
+        before, after = (
+            Plan(plan.warmup, n, plan.gpu) if n else None for n in (-(-plan.steps // 2), plan.steps // 2)
+        )
         set_backends(floor_cfg, torch.device(args.device))  # what pretrain sets, before the loop sets it
         floors = [run_floor(floor_cfg, before)]
         loop, rows = run_loop(cfg, plan)
@@ -356,8 +433,10 @@ def main(argv=None) -> int:
     text = report(args, cfg, spe, loop, rows, floors)
     print("\n" + text)
     floor = images_per_s(floors)
-    print(f"loop {loop.images_per_s:.1f} images/s, floor {floor:.1f} images/s, "
-          f"loop / floor = {loop.images_per_s / floor:.2f}")
+    print(
+        f"loop {loop.images_per_s:.1f} images/s, floor {floor:.1f} images/s, "
+        f"loop / floor = {loop.images_per_s / floor:.2f}"
+    )
     out = args.out or RESULTS_DIR / f"pretrain-e2e-{args.device}.md"
     if str(out) != "-":
         out.parent.mkdir(parents=True, exist_ok=True)

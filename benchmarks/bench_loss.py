@@ -95,7 +95,8 @@ def make_inputs(case: Case, device: str, n_queues: int = 1, seed: int = 0):
     q = torch.randn(case.B, case.D, generator=g).to(device, case.dtype).requires_grad_()
     k = torch.randn(case.B, case.D, generator=g).to(device, case.dtype).requires_grad_()
     queues = [
-        F.normalize(torch.randn(case.K, case.D, generator=g), dim=1).to(device, case.dtype) for _ in range(n_queues)
+        F.normalize(torch.randn(case.K, case.D, generator=g), dim=1).to(device, case.dtype)
+        for _ in range(n_queues)
     ]
     return q, k, queues
 
@@ -135,8 +136,13 @@ class _FlexClosedForm(torch.autograd.Function):
             return torch.where(keep, score, -float("inf"))
 
         with torch.no_grad():
-            out = flex(qh.detach()[None, None], keys[None, None], values[None, None],
-                       score_mod=score_mod, scale=1.0 / TEMPERATURE)[0, 0]
+            out = flex(
+                qh.detach()[None, None],
+                keys[None, None],
+                values[None, None],
+                score_mod=score_mod,
+                scale=1.0 / TEMPERATURE,
+            )[0, 0]
         ppos = out[:, D].float()
         ctx.save_for_backward(qh, kh, ppos, out[:, :D])
         return -torch.log(ppos)
@@ -256,7 +262,9 @@ def run_case(case: Case, providers: list[str], device: str, args) -> list[Result
     results = []
     for provider in providers:
         if not fits(case, provider, budget):
-            results.append(Result(case, provider, None, None, "skipped: B x K buffers exceed --memory-budget-gb"))
+            results.append(
+                Result(case, provider, None, None, "skipped: B x K buffers exceed --memory-budget-gb")
+            )
             continue
         note = ""
         try:
@@ -282,12 +290,20 @@ def run_case(case: Case, providers: list[str], device: str, args) -> list[Result
                 raise ValueError(provider)
             ms = time_ms(step, q, k, queues, device, args.min_run_time, slow=provider == "official")
             peak = peak_extra_mb(step, q, k, queues[0], device)
-        except Exception as exc:  # noqa: BLE001  (a baseline that cannot run here is reported, not fatal)
+        except Exception as exc:
             ms, peak, note = None, None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
         results.append(Result(case, provider, ms, peak, note))
-        print(f"  {provider:9s} B={case.B:5d} K={case.K:8d}: "
-              + (f"{ms:10.2f} ms, peak +{peak:.1f} MB" if ms is not None and peak is not None else
-                 f"{ms:10.2f} ms" if ms is not None else note), flush=True)
+        print(
+            f"  {provider:9s} B={case.B:5d} K={case.K:8d}: "
+            + (
+                f"{ms:10.2f} ms, peak +{peak:.1f} MB"
+                if ms is not None and peak is not None
+                else f"{ms:10.2f} ms"
+                if ms is not None
+                else note
+            ),
+            flush=True,
+        )
     return results
 
 
@@ -315,13 +331,19 @@ def lightly_rows(case: Case, device: str, args) -> list[Result]:
     criteria = {
         "lightly NTXentLoss": NTXentLoss(temperature=TEMPERATURE, memory_bank_size=size),
         "PrunedNTXentLoss, γ=None": PrunedNTXentLoss(temperature=TEMPERATURE, memory_bank_size=size),
-        "PrunedNTXentLoss, γ=0.8": PrunedNTXentLoss(temperature=TEMPERATURE, memory_bank_size=size, gamma=0.8),
+        "PrunedNTXentLoss, γ=0.8": PrunedNTXentLoss(
+            temperature=TEMPERATURE, memory_bank_size=size, gamma=0.8
+        ),
     }
     q, k, _ = make_inputs(dataclasses.replace(case, K=0), device)
     k = k.detach()
-    print(f"lightly's MoCo loss, B={case.B} K={case.K} D={case.D} ({args.lightly_rounds} interleaved rounds):",
-          flush=True)
-    steps = {name: functools.partial(_criterion_step, criterion.to(device)) for name, criterion in criteria.items()}
+    print(
+        f"lightly's MoCo loss, B={case.B} K={case.K} D={case.D} ({args.lightly_rounds} interleaved rounds):",
+        flush=True,
+    )
+    steps = {
+        name: functools.partial(_criterion_step, criterion.to(device)) for name, criterion in criteria.items()
+    }
     # Interleaved rounds, median of the rounds' medians: on a shared machine the load moves
     # between providers measured one after the other, less so between rounds.
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -331,9 +353,13 @@ def lightly_rows(case: Case, device: str, args) -> list[Result]:
     results = []
     for name, step in steps.items():
         ms, peak = statistics.median(times[name]), peak_extra_mb(step, q, k, None, device)
-        results.append(Result(case, name, ms, peak, f"rounds: {', '.join(f'{t:.1f}' for t in times[name])} ms"))
-        print(f"  {name:26s} {ms:10.2f} ms ({results[-1].note}), peak +{peak if peak is not None else float('nan'):.1f} MB",
-              flush=True)
+        results.append(
+            Result(case, name, ms, peak, f"rounds: {', '.join(f'{t:.1f}' for t in times[name])} ms")
+        )
+        print(
+            f"  {name:26s} {ms:10.2f} ms ({results[-1].note}), peak +{peak if peak is not None else float('nan'):.1f} MB",
+            flush=True,
+        )
     return results
 
 
@@ -347,15 +373,19 @@ def lightly_table(results: list[Result]) -> str:
     theirs = results[0].ms
     case = results[0].case
     lines = [
-        (f"lightly's MoCo loss against its drop-in, B={case.B}, K={case.K}, D={case.D}, forward + backward "
-         "of a MoCo step (queries' gradient, keys enqueued):"),
+        (
+            f"lightly's MoCo loss against its drop-in, B={case.B}, K={case.K}, D={case.D}, forward + backward "
+            "of a MoCo step (queries' gradient, keys enqueued):"
+        ),
         "",
         "| provider | time (ms) | × lightly's time | lightly's time / this | peak extra memory (MB) | note |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for r in results:
         peak = f"{r.peak_mb:.1f}" if r.peak_mb is not None else "—"
-        lines.append(f"| {r.provider} | {r.ms:.2f} | {r.ms / theirs:.2f} | {theirs / r.ms:.2f}× | {peak} | {r.note} |")
+        lines.append(
+            f"| {r.provider} | {r.ms:.2f} | {r.ms / theirs:.2f} | {theirs / r.ms:.2f}× | {peak} | {r.note} |"
+        )
     return "\n".join(lines)
 
 
@@ -426,14 +456,21 @@ def moco_queue_rows(case: Case, device: str, args) -> list[Result]:
     with torch.no_grad():
         ours = fused_on_moco_features(q, k, queue_kd, TEMPERATURE).double()
         official = None if skipped else official_moco_v2_loss(q, k, queue_dk, TEMPERATURE).double()
-        gaps = {name: abs(fn(q, k, queue, TEMPERATURE).double() - (ours if official is None else official)).item()
-                for name, (fn, queue) in losses.items()}
+        gaps = {
+            name: abs(fn(q, k, queue, TEMPERATURE).double() - (ours if official is None else official)).item()
+            for name, (fn, queue) in losses.items()
+        }
     against = "ours on the (K, D) queue" if official is None else "official"
-    print(f"MoCo's own queue, B={case.B} K={case.K} D={case.D} ({args.moco_queue_rounds} interleaved rounds):", flush=True)
+    print(
+        f"MoCo's own queue, B={case.B} K={case.K} D={case.D} ({args.moco_queue_rounds} interleaved rounds):",
+        flush=True,
+    )
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.moco_queue_rounds):
         for name, step in steps.items():
-            times[name].append(time_ms(step, q, k, [None], device, args.min_run_time / args.moco_queue_rounds))
+            times[name].append(
+                time_ms(step, q, k, [None], device, args.min_run_time / args.moco_queue_rounds)
+            )
     results = [Result(case, name, None, None, note) for name, note in skipped.items()]
     for name, step in steps.items():
         ms = statistics.median(times[name])
@@ -463,24 +500,32 @@ def moco_queue_table(results: list[Result]) -> str:
     memory_ratio = (view.allocated_mb + 1e-9) / (rows.allocated_mb + 1e-9)
     verdict = "PASS" if time_ratio <= 1.05 and memory_ratio <= 1.05 else "FAIL"
     lines = [
-        (f"MoCo's own queue: the official MoCo v2 loss against ours, B={case.B}, K={case.K}, D={case.D}, float32, "
-         "forward + backward of a MoCo step (queries' gradient, detached keys):"),
+        (
+            f"MoCo's own queue: the official MoCo v2 loss against ours, B={case.B}, K={case.K}, D={case.D}, float32, "
+            "forward + backward of a MoCo step (queries' gradient, detached keys):"
+        ),
         "",
-        ("| provider | time (ms) | × official time | official time / this | allocated per call (MB) "
-         "| peak extra memory (MB) | note |"),
+        (
+            "| provider | time (ms) | × official time | official time / this | allocated per call (MB) "
+            "| peak extra memory (MB) | note |"
+        ),
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         if r.ms is None:
             lines.append(f"| {r.provider} | — | — | — | — | — | {r.note} |")
             continue
-        ratios = (f"{r.ms / official.ms:.2f} | {official.ms / r.ms:.2f}×" if official.ms else "— | —")
-        lines.append(f"| {r.provider} | {r.ms:.2f} | {ratios} | {r.allocated_mb:.2f} | {_mb(r.peak_mb)} | {r.note} |")
+        ratios = f"{r.ms / official.ms:.2f} | {official.ms / r.ms:.2f}×" if official.ms else "— | —"
+        lines.append(
+            f"| {r.provider} | {r.ms:.2f} | {ratios} | {r.allocated_mb:.2f} | {_mb(r.peak_mb)} | {r.note} |"
+        )
     lines += [
         "",
-        (f"{verdict}: queue.t() of the (D, K) queue takes {time_ratio:.3f}× the time (median of the per-round "
-         f"ratios) and {memory_ratio:.3f}× the memory allocated of the (K, D) queue (target: at most 1.05×, i.e. "
-         f"no copy; a copy of the queue would allocate {case.K * case.D * 4 / 2**20:.1f} MB)."),
+        (
+            f"{verdict}: queue.t() of the (D, K) queue takes {time_ratio:.3f}× the time (median of the per-round "
+            f"ratios) and {memory_ratio:.3f}× the memory allocated of the (K, D) queue (target: at most 1.05×, i.e. "
+            f"no copy; a copy of the queue would allocate {case.K * case.D * 4 / 2**20:.1f} MB)."
+        ),
     ]
     return "\n".join(lines)
 
@@ -503,8 +548,10 @@ def table(results: list[Result]) -> str:
             gflops = f"{case.gflop / (r.ms / 1e3):.0f}" if r.ms else ""
             lines.append(
                 f"| {case.B} | {case.K} | {case.D} | {str(case.dtype).replace('torch.', '')} | {case.gamma} | {name} | "
-                + (f"{r.ms:.2f}" if r.ms else "—") + f" | {ratio} | {gflops} | "
-                + (f"{r.peak_mb:.1f}" if r.peak_mb is not None else "—") + f" | {r.note} |"
+                + (f"{r.ms:.2f}" if r.ms else "—")
+                + f" | {ratio} | {gflops} | "
+                + (f"{r.peak_mb:.1f}" if r.peak_mb is not None else "—")
+                + f" | {r.note} |"
             )
     return "\n".join(lines)
 
@@ -513,13 +560,20 @@ def headline_summary(results: list[Result], case: Case) -> str:
     rs = {r.provider: r for r in results if r.case == case}
     fused = rs["fused"].ms
     out = []
-    for name, what in (("eager", "eager reference"), ("compiled", "torch.compile of the reference"),
-                       ("flex", "FlexAttention + closed-form gradient")):
+    for name, what in (
+        ("eager", "eager reference"),
+        ("compiled", "torch.compile of the reference"),
+        ("flex", "FlexAttention + closed-form gradient"),
+    ):
         if rs.get(name) and rs[name].ms:
-            out.append(f"- fused is **{rs[name].ms / fused:.2f}×** faster than the {what} ({rs[name].ms:.1f} ms vs {fused:.1f} ms)")
+            out.append(
+                f"- fused is **{rs[name].ms / fused:.2f}×** faster than the {what} ({rs[name].ms:.1f} ms vs {fused:.1f} ms)"
+            )
     if rs.get("floor") and rs["floor"].ms:
-        out.append(f"- fused takes **{fused / rs['floor'].ms:.2f}×** the time of the two matrix products alone "
-                   f"({rs['floor'].ms:.1f} ms, {rs['floor'].note.replace('fastest of tiled/untiled: ', '')})")
+        out.append(
+            f"- fused takes **{fused / rs['floor'].ms:.2f}×** the time of the two matrix products alone "
+            f"({rs['floor'].ms:.1f} ms, {rs['floor'].note.replace('fastest of tiled/untiled: ', '')})"
+        )
     return "\n".join(out)
 
 
@@ -531,19 +585,39 @@ def main(argv=None) -> int:
     p.add_argument("--providers", default="fused,eager,compiled,flex,floor")
     p.add_argument("--Ks", default="4096,65536,262144,1048576")
     p.add_argument("--Bs", default="32,256,1024")
-    p.add_argument("--official-batch", type=int, default=32, help="B at which the official per-row loop is timed")
+    p.add_argument(
+        "--official-batch", type=int, default=32, help="B at which the official per-row loop is timed"
+    )
     p.add_argument("--no-official", action="store_true")
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timed runs per measurement")
-    p.add_argument("--memory-budget-gb", type=float, default=12.0, help="skip baselines whose B x K buffers exceed it")
-    p.add_argument("--no-lightly", action="store_true", help="leave out lightly's NTXentLoss against PrunedNTXentLoss")
-    p.add_argument("--lightly-only", action="store_true", help="only lightly's NTXentLoss against PrunedNTXentLoss")
+    p.add_argument(
+        "--memory-budget-gb", type=float, default=12.0, help="skip baselines whose B x K buffers exceed it"
+    )
+    p.add_argument(
+        "--no-lightly", action="store_true", help="leave out lightly's NTXentLoss against PrunedNTXentLoss"
+    )
+    p.add_argument(
+        "--lightly-only", action="store_true", help="only lightly's NTXentLoss against PrunedNTXentLoss"
+    )
     p.add_argument("--lightly-size", default="256,65536", help="B,K of the lightly rows (float32, D=128)")
     p.add_argument("--lightly-rounds", type=int, default=5, help="interleaved rounds of the lightly rows")
-    p.add_argument("--no-moco-queue", action="store_true", help="leave out the official MoCo v2 loss on its (D, K) queue")
-    p.add_argument("--moco-queue-only", action="store_true", help="only the official MoCo v2 loss against ours on its queue")
-    p.add_argument("--moco-queue-size", default="256,65536", help="B,K of the MoCo queue rows (float32, D=128)")
-    p.add_argument("--moco-queue-rounds", type=int, default=5, help="interleaved rounds of the MoCo queue rows")
-    p.add_argument("--out", default=None, help="Markdown file to write (default benchmarks/results/<device>.md)")
+    p.add_argument(
+        "--no-moco-queue", action="store_true", help="leave out the official MoCo v2 loss on its (D, K) queue"
+    )
+    p.add_argument(
+        "--moco-queue-only",
+        action="store_true",
+        help="only the official MoCo v2 loss against ours on its queue",
+    )
+    p.add_argument(
+        "--moco-queue-size", default="256,65536", help="B,K of the MoCo queue rows (float32, D=128)"
+    )
+    p.add_argument(
+        "--moco-queue-rounds", type=int, default=5, help="interleaved rounds of the MoCo queue rows"
+    )
+    p.add_argument(
+        "--out", default=None, help="Markdown file to write (default benchmarks/results/<device>.md)"
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no GPU is available")
@@ -552,10 +626,16 @@ def main(argv=None) -> int:
     headline = Case(256, 65536, 128, dtype)
     cases = [headline]
     if not args.headline:
-        cases += [Case(B, K, 128, dtype) for B in map(int, args.Bs.split(",")) for K in map(int, args.Ks.split(","))
-                  if (B, K) != (256, 65536)]
+        cases += [
+            Case(B, K, 128, dtype)
+            for B in map(int, args.Bs.split(","))
+            for K in map(int, args.Ks.split(","))
+            if (B, K) != (256, 65536)
+        ]
     info = adam_ext.build_info()
-    print(f"adam_ext benchmark on {machine(args.device)}; torch {torch.__version__}; build {info}", flush=True)
+    print(
+        f"adam_ext benchmark on {machine(args.device)}; torch {torch.__version__}; build {info}", flush=True
+    )
 
     results: list[Result] = []
     only = args.lightly_only or args.moco_queue_only
@@ -586,14 +666,29 @@ def main(argv=None) -> int:
         "",
     ]
     if results:
-        lines += ["Headline (B=256, K=65536, D=128):", "", headline_summary(results, headline), "", table(results), ""]
+        lines += [
+            "Headline (B=256, K=65536, D=128):",
+            "",
+            headline_summary(results, headline),
+            "",
+            table(results),
+            "",
+        ]
     if lightly is not None:
         lines += [lightly_table(lightly), ""]
     if moco is not None:
         lines += [moco_queue_table(moco), ""]
     report = "\n".join(lines)
     print("\n" + report)
-    suffix = "-lightly" if args.lightly_only else "-moco-queue" if args.moco_queue_only else "-headline" if args.headline else ""
+    suffix = (
+        "-lightly"
+        if args.lightly_only
+        else "-moco-queue"
+        if args.moco_queue_only
+        else "-headline"
+        if args.headline
+        else ""
+    )
     out = args.out or os.path.join(RESULTS_DIR, f"{args.device}{suffix}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

@@ -53,8 +53,8 @@ import torchvision
 
 from adam_ext.data.synthetic import SyntheticDataset, generate
 from adam_ext.data.views import TwoViews
-from adam_ext.models import BACKBONES, MoCo
 from adam_ext.engine import git_commit, machine
+from adam_ext.models import BACKBONES, MoCo
 from adam_ext.ops.reference import official_loop_pruned_info_nce
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -85,8 +85,14 @@ class Config:
 class ViewBatches:
     """Batches of Adam view pairs from decoded synthetic radiographs kept in memory."""
 
-    def __init__(self, images: list[torch.Tensor], cfg: Config, device: torch.device, seed: int,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        images: list[torch.Tensor],
+        cfg: Config,
+        device: torch.device,
+        seed: int,
+        channels_last: bool = False,
+    ):
         self.images, self.batch, self.device = images, cfg.batch, device
         self.format = torch.channels_last if channels_last else torch.contiguous_format
         self.views = TwoViews(cfg.size, n=cfg.n, seed=seed)
@@ -105,8 +111,9 @@ class ViewBatches:
 def decoded_synthetic_images(cfg: Config, seed: int) -> list[torch.Tensor]:
     """``cfg.images`` synthetic chest radiographs (uint8 Tensor[1, side, side]) written and read back."""
     with tempfile.TemporaryDirectory(prefix="bench_pretrain-") as tmp:
-        root = generate(Path(tmp) / "synth", cfg.images, size=cfg.image_side, seed=seed, workers=1,
-                        progress=False)
+        root = generate(
+            Path(tmp) / "synth", cfg.images, size=cfg.image_side, seed=seed, workers=1, progress=False
+        )
         dataset = SyntheticDataset(root, "all")
         return [torch.from_numpy(dataset.load_image(key)) for key in dataset.image_keys()]
 
@@ -116,8 +123,9 @@ def build(cfg: Config, device: torch.device, seed: int, channels_last: bool = Fa
     model = MoCo(cfg.arch, cfg.dim, cfg.K, cfg.m, cfg.T, cfg.gamma).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.03 * cfg.batch / 256, momentum=0.9,
-                                weight_decay=1e-4)
+    optimizer = torch.optim.SGD(
+        model.encoder_q.parameters(), lr=0.03 * cfg.batch / 256, momentum=0.9, weight_decay=1e-4
+    )
     return model, optimizer
 
 
@@ -257,8 +265,10 @@ def measure(cfg: Config, args, device: torch.device) -> tuple[dict, dict]:
         for name in order:
             for _ in range(args.breakdown_steps):
                 phase_runs[name].append(runners[name](instrument=True))
-    phases = {name: {p: statistics.median(run[p] for run in runs) for p in PHASES}
-              for name, runs in phase_runs.items()}
+    phases = {
+        name: {p: statistics.median(run[p] for run in runs) for p in PHASES}
+        for name, runs in phase_runs.items()
+    }
     return rates, phases
 
 
@@ -313,8 +323,10 @@ def report(cfg: Config, args, device, rates, phases) -> tuple[str, bool]:
     ]
     for name in PROVIDERS:
         each = ", ".join(f"{v:.2f}" for v in rates[name])
-        lines.append(f"| {name} | {ips[name]:.2f} | {cfg.batch / ips[name]:.3f} | "
-                     f"{ips[name] / ips['official-style']:.2f}× | {each} |")
+        lines.append(
+            f"| {name} | {ips[name]:.2f} | {cfg.batch / ips[name]:.3f} | "
+            f"{ips[name] / ips['official-style']:.2f}× | {each} |"
+        )
     lines += [
         "",
         "Where the time goes (ms per step, median of the instrumented steps; encoders = forward of both, "
@@ -325,8 +337,11 @@ def report(cfg: Config, args, device, rates, phases) -> tuple[str, bool]:
     ]
     for name in PROVIDERS:
         total = sum(phases[name].values())
-        lines.append(f"| {name} | " + " | ".join(f"{1e3 * phases[name][p]:.1f}" for p in PHASES)
-                     + f" | {1e3 * total:.1f} | {100 * phases[name]['loss'] / total:.1f}% |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{1e3 * phases[name][p]:.1f}" for p in PHASES)
+            + f" | {1e3 * total:.1f} | {100 * phases[name]['loss'] / total:.1f}% |"
+        )
     saved = {p: phases["official-style"][p] - phases["ours"][p] for p in PHASES}
     official = phases["official-style"]
     rest = sum(official.values()) - official["loss"] - official["momentum"]
@@ -336,7 +351,8 @@ def report(cfg: Config, args, device, rates, phases) -> tuple[str, bool]:
         f"{1e3 * official['loss']:.1f} ms ({official['loss'] / phases['ours']['loss']:.1f}×).",
         "",
         "Official-style minus ours per phase (ms): "
-        + ", ".join(f"{p} {1e3 * saved[p]:+.1f}" for p in PHASES) + ".",
+        + ", ".join(f"{p} {1e3 * saved[p]:+.1f}" for p in PHASES)
+        + ".",
         "",
         f"Amdahl bound: with a loss and momentum update that cost nothing, a step would be at most "
         f"{sum(official.values()) / rest:.2f}× the official-style step (its other phases take "
@@ -360,44 +376,70 @@ def main(argv=None) -> int:
     if "--e2e" in argv:
         return e2e_module().main([a for a in argv if a != "--e2e"])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--e2e", action="store_true",
-                   help="benchmark the real adam pretrain loop against its floor instead (see --e2e --help)")
+    p.add_argument(
+        "--e2e",
+        action="store_true",
+        help="benchmark the real adam pretrain loop against its floor instead (see --e2e --help)",
+    )
     defaults = Config()
     p.add_argument("--arch", default=defaults.arch, choices=list(BACKBONES))
     p.add_argument("--size", type=int, default=defaults.size, help="view side in pixels")
     p.add_argument("--batch", type=int, default=defaults.batch)
     p.add_argument("--K", type=int, default=defaults.K, help="queue length (a multiple of --batch)")
     p.add_argument("--dim", type=int, default=defaults.dim)
-    p.add_argument("--gamma", type=lambda s: None if s.lower() == "none" else float(s),
-                   default=defaults.gamma, help="pruning threshold; 'none' disables it")
+    p.add_argument(
+        "--gamma",
+        type=lambda s: None if s.lower() == "none" else float(s),
+        default=defaults.gamma,
+        help="pruning threshold; 'none' disables it",
+    )
     p.add_argument("--images", type=int, default=defaults.images, help="synthetic images generated")
     p.add_argument("--image-side", type=int, default=defaults.image_side, help="their side in pixels (>= 64)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=1, help="timed steps per provider and round")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps per provider")
     p.add_argument("--breakdown-steps", type=int, default=1, help="instrumented steps per provider and round")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="run ours in the default memory format too")
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="run ours in the default memory format too",
+    )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None,
-                   help="Markdown file to write (default benchmarks/results/pretrain-<device>.md; '-': none)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Markdown file to write (default benchmarks/results/pretrain-<device>.md; '-': none)",
+    )
     args = p.parse_args(argv)
     args.argv = argv
     args.load = (_load(),)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no GPU is available")
     if args.K % args.batch:
-        p.error(f"--K must be a multiple of --batch (the official-style slice enqueue), "
-                f"got {args.K} and {args.batch}")
+        p.error(
+            f"--K must be a multiple of --batch (the official-style slice enqueue), "
+            f"got {args.K} and {args.batch}"
+        )
     for name in ("rounds", "steps", "breakdown_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = Config(arch=args.arch, size=args.size, batch=args.batch, K=args.K, dim=args.dim,
-                 gamma=args.gamma, images=args.images, image_side=args.image_side, channels_last=args.channels_last)
+    cfg = Config(
+        arch=args.arch,
+        size=args.size,
+        batch=args.batch,
+        K=args.K,
+        dim=args.dim,
+        gamma=args.gamma,
+        images=args.images,
+        image_side=args.image_side,
+        channels_last=args.channels_last,
+    )
     print(f"bench_pretrain on {machine(device)}; torch {torch.__version__}; {cfg}", flush=True)
 
     rates, phases = measure(cfg, args, device)

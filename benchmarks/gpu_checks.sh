@@ -51,7 +51,7 @@ step "learning curve at resnet50 / 224 px, issue 11 (needs segmentation-models-p
 # snapshots at 1/2 and all of the run, 16-shot heart + clavicles at 224 px fine-tuned and frozen, 10 seeds;
 # resumable: a rerun of the script continues the curve where the time limit cut it.
 if $PY -c "import segmentation_models_pytorch, albumentations" 2>/dev/null; then
-  run 240 $PY python/learning_curve.py --out "$OUT/curve_resnet50" --budgets 0.5,1 --runs 10 --device cuda \
+  run 240 $PY python/experiments/learning_curve.py --out "$OUT/curve_resnet50" --budgets 0.5,1 --runs 10 --device cuda \
     --arch resnet50 --size 224 --epochs 30 --patience 10 --batch-size 16 --workers 8 --no-progress \
     --set data.root=/tmp/gpu_curve_data --set data.synthetic_n=2000 --set data.synthetic_size=512 \
     --set data.view_size=224 --set data.workers=8 --set model.backbone=resnet50 --set model.dim=128 \
@@ -72,8 +72,8 @@ run 100 $PY benchmarks/bench_pretrain.py --e2e --device cuda --preset none --war
   --set amp=bf16
 
 step operator tests on CUDA
-run 200 $PY -m pytest -q -p no:cacheprovider -k cuda tests/test_pruned_info_nce.py tests/test_bad_inputs.py \
-  tests/test_op_registration.py -rfE --junitxml="$OUT/pytest_cuda.xml"
+run 200 $PY -m pytest -q -p no:cacheprovider -k cuda tests/ops/test_pruned_info_nce.py tests/ops/test_bad_inputs.py \
+  tests/ops/test_op_registration.py -rfE --junitxml="$OUT/pytest_cuda.xml"
 
 step loss benchmark headline fp32 and bf16
 run 120 $PY benchmarks/bench_loss.py --device cuda --headline --out "$OUT/bench_loss_cuda_headline.md"

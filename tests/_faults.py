@@ -1,4 +1,4 @@
-"""Fault injection into a run folder's two writers (tests/test_faults.py).
+"""Fault injection into a run folder's two writers (tests/pretrain/test_faults.py).
 
 Every file a pretraining run writes goes through :func:`adam_ext._util.runfolder.append_line` (metrics
 rows) or :func:`adam_ext._util.atomic._atomic_write_unchecked` (checkpoints, config, summary,
@@ -47,28 +47,38 @@ def inject(mode: str, at: int) -> None:
             if mode == "enospc":  # the kernel's answer once the disk is full
                 with mock.patch("os.write", side_effect=OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))):
                     return append(path, text)
-            with mock.patch("os.open", side_effect=PermissionError(errno.EACCES, os.strerror(errno.EACCES),
-                                                                   os.fspath(path))):
+            with mock.patch(
+                "os.open",
+                side_effect=PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path)),
+            ):
                 return append(path, text)
         return append(path, text)
 
     def faulty_atomic(out, write):
         if hit():
             if mode == "kill-torn":
-                tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.inj3ct.tmp")
+                tmp = os.path.join(
+                    os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.inj3ct.tmp"
+                )
                 with open(tmp, "wb") as f:
                     f.write(b"\0" * 4096)
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "enospc":
+
                 def failing(f):
                     f.write(b"\0" * 4096)
                     if str(out).endswith(".pt"):  # what torch.save raises on a short write
-                        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 0")
+                        raise RuntimeError(
+                            "[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 0"
+                        )
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
                 return atomic(out, failing)
             folder = os.path.dirname(os.path.abspath(out))
-            with mock.patch("tempfile.mkstemp", side_effect=PermissionError(errno.EACCES, os.strerror(errno.EACCES),
-                                                                            folder)):
+            with mock.patch(
+                "tempfile.mkstemp",
+                side_effect=PermissionError(errno.EACCES, os.strerror(errno.EACCES), folder),
+            ):
                 return atomic(out, write)
         return atomic(out, write)
 

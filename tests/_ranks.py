@@ -29,10 +29,25 @@ def launch_two_ranks(argv, *, timeout: float, env: dict | None = None) -> tuple[
         A rank still running after ``timeout`` seconds raises ``subprocess.TimeoutExpired``; both
         are killed either way.
     """
-    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2",
-                OMP_NUM_THREADS="1", **(env or {}))
-    procs = [subprocess.Popen([str(a) for a in argv], env=dict(base, RANK=str(r), LOCAL_RANK=str(r)), cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    base = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        WORLD_SIZE="2",
+        OMP_NUM_THREADS="1",
+        **(env or {}),
+    )
+    procs = [
+        subprocess.Popen(
+            [str(a) for a in argv],
+            env=dict(base, RANK=str(r), LOCAL_RANK=str(r)),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     t0 = time.time()
     try:
         outputs = [p.communicate(timeout=timeout)[0] for p in procs]

@@ -13,14 +13,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from adam_ext.pretrain.config import PretrainConfig
 from adam_ext.data.synthetic import generate
+from adam_ext.pretrain.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def make_data(folder: Path) -> Path:
-    return generate(folder, 32, size=64, seed=0, workers=1, progress=False)  # 23 training films: 5 steps an epoch
+    return generate(
+        folder, 32, size=64, seed=0, workers=1, progress=False
+    )  # 23 training films: 5 steps an epoch
 
 
 def tiny(data, out, **overrides) -> PretrainConfig:
@@ -29,7 +31,11 @@ def tiny(data, out, **overrides) -> PretrainConfig:
         "data": {"dataset": "synthetic", "root": str(data), "view_size": 32, "workers": 0},
         "model": {"backbone": "resnet18", "K": 16, "dim": 8, "mlp_hidden": 16},
         "optim": {"batch_size": 4, "epochs": 2},
-        "stages": [0, 2], "out": str(out), "log_every": 2, "tensorboard": False, "checkpoint_every": 0,
+        "stages": [0, 2],
+        "out": str(out),
+        "log_every": 2,
+        "tensorboard": False,
+        "checkpoint_every": 0,
     }
     for key, value in overrides.items():
         section, _, field = key.partition("__")
@@ -71,11 +77,19 @@ def signal_after_rows(cfg: PretrainConfig, rows_: int, sig) -> tuple[int, str]:
     config = out.parent / f"{out.name}.signal.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     command = [sys.executable, "-m", "adam_ext.cli", "pretrain", "--config", str(config), "--no-progress"]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and (not (out / "metrics.jsonl").is_file() or len(train_rows(out)) < rows_):
+        while time.time() < deadline and (
+            not (out / "metrics.jsonl").is_file() or len(train_rows(out)) < rows_
+        ):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.2)
         proc.send_signal(sig)

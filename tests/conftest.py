@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")),
+]
 # Planted similarities stay at least 0.02 away from every threshold the tests use.
 PLANTED_SIMILARITIES = (0.3, 0.55, 0.7, 0.9, 0.97, 0.99)
 
@@ -52,7 +55,9 @@ def driver_data(tmp_path_factory):
     ChestX-ray14 layout for pretraining, SCR layout under scr/ for few-shot segmentation."""
     from adam_ext.data.synthetic import generate
 
-    return generate(tmp_path_factory.mktemp("driver_data"), 24, size=64, seed=0, workers=1, progress=False)  # 17 train: 4 steps of 4
+    return generate(
+        tmp_path_factory.mktemp("driver_data"), 24, size=64, seed=0, workers=1, progress=False
+    )  # 17 train: 4 steps of 4
 
 
 @pytest.fixture
@@ -70,7 +75,9 @@ def make_inputs(B, K, D, *, seed, dtype=torch.float32, device="cpu", planted=Non
     (q, k, queue) and their casts to ``dtype`` on ``device``.
     """
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, D, generator=g, dtype=torch.float64) * (0.5 + 3 * torch.rand(B, 1, generator=g, dtype=torch.float64))
+    q = torch.randn(B, D, generator=g, dtype=torch.float64) * (
+        0.5 + 3 * torch.rand(B, 1, generator=g, dtype=torch.float64)
+    )
     k = q + 0.8 * torch.randn(B, D, generator=g, dtype=torch.float64)
     queue = F.normalize(torch.randn(K, D, generator=g, dtype=torch.float64), dim=1)
     n_plant = min(K, max(2 * B, 12)) if planted is None else planted

@@ -19,7 +19,9 @@ def cmake_cuda_args() -> list[str]:
         return []
     home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     args = [f"-DCUDA_TOOLKIT_ROOT_DIR={home}"]
-    nvrtc = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "lib", "libnvrtc.so*"))
+    nvrtc = glob.glob(
+        os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "lib", "libnvrtc.so*")
+    )
     nvrtc = [p for p in nvrtc if "builtins" not in p and ".alt." not in p]
     if nvrtc:
         args.append(f"-DCUDA_nvrtc_LIBRARY={os.path.realpath(nvrtc[0])}")
@@ -32,8 +34,21 @@ def test_cmake_build_and_ctest(tmp_path):
         pytest.skip("libtorch of a CUDA build of torch needs a CUDA toolkit to configure")
     env = dict(os.environ, TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0"))
     build = tmp_path / "build"
-    configure = ["cmake", "-S", ROOT, "-B", str(build), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-                 *cmake_cuda_args()]
-    for cmd in (configure, ["cmake", "--build", str(build), "-j2"], ["ctest", "--test-dir", str(build), "--output-on-failure"]):
+    configure = [
+        "cmake",
+        "-S",
+        ROOT,
+        "-B",
+        str(build),
+        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        *cmake_cuda_args(),
+    ]
+    for cmd in (
+        configure,
+        ["cmake", "--build", str(build), "-j2"],
+        ["ctest", "--test-dir", str(build), "--output-on-failure"],
+    ):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, (
+            f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )

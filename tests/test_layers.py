@@ -6,8 +6,8 @@ from __future__ import annotations
 import ast
 import pkgutil
 import subprocess
-import textwrap
 import sys
+import textwrap
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "adam_ext"
@@ -58,9 +58,11 @@ def private_imports() -> list[str]:
                 dotted = f"{target}.{name}" if target else name
                 inside = dotted.split(".")[1:]
                 if inside[:1] == ["_util"]:  # the package's shared bottom floor (DESIGN.md): private to
-                    inside = inside[1:]      # adam_ext, public to its packages; its own names still count
-                if any(part.startswith("_") and not part.startswith("__") for part in inside) \
-                        and dotted != "adam_ext._C":
+                    inside = inside[1:]  # adam_ext, public to its packages; its own names still count
+                if (
+                    any(part.startswith("_") and not part.startswith("__") for part in inside)
+                    and dotted != "adam_ext._C"
+                ):
                     found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {dotted}")
     return found
 
@@ -85,8 +87,14 @@ def test_the_check_finds_a_private_import(tmp_path, monkeypatch):
 def test_layer_contracts_hold():
     """pyproject.toml's [tool.importlinter] contracts: the layers, and the three jobs independent."""
     exe = Path(sys.executable).parent / "lint-imports"  # import-linter, from requirements.txt
-    done = subprocess.run([str(exe), "--config", str(PACKAGE.parent / "pyproject.toml")], cwd=PACKAGE.parent,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [str(exe), "--config", str(PACKAGE.parent / "pyproject.toml")],
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     assert "BROKEN" not in done.stdout
 
@@ -103,7 +111,11 @@ def script_imports_beyond_the_public_api() -> list[str]:
     found = []
     for path in sorted([*REPO.glob("benchmarks/**/*.py"), *REPO.glob("python/**/*.py")]):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("adam_ext") and not node.level:
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("adam_ext")
+                and not node.level
+            ):
                 modules, names = [node.module], [a.name for a in node.names]
             elif isinstance(node, ast.Import):
                 modules, names = [a.name for a in node.names if a.name.startswith("adam_ext")], []
@@ -118,7 +130,9 @@ def script_imports_beyond_the_public_api() -> list[str]:
                 public = getattr(imported, "__all__", None)
                 submodules = {m.name for m in pkgutil.iter_modules(getattr(imported, "__path__", []))}
                 for name in names:
-                    if name.startswith("_") or (public is not None and name not in public and name not in submodules):
+                    if name.startswith("_") or (
+                        public is not None and name not in public and name not in submodules
+                    ):
                         found.append(f"{where}: {module}.{name} is not public")
     return found
 

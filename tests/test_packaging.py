@@ -58,9 +58,19 @@ pytestmark = pytest.mark.packaging
 
 REPO = Path(__file__).resolve().parent.parent
 #: Files outside the Python package that the source distribution must hold (besides every file of csrc/).
-SDIST_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "CMakeLists.txt", "README.md", "LICENSE",
-               "CHANGELOG.md", "adam_ext/eve/explore.html", "csrc/checks.h", "csrc/pruned_info_nce.h",
-               "csrc/cuda/common.cuh")
+SDIST_FILES = (
+    "pyproject.toml",
+    "setup.py",
+    "MANIFEST.in",
+    "CMakeLists.txt",
+    "README.md",
+    "LICENSE",
+    "CHANGELOG.md",
+    "adam_ext/eve/explore.html",
+    "csrc/checks.h",
+    "csrc/pruned_info_nce.h",
+    "csrc/cuda/common.cuh",
+)
 BASE = ("torch", "torchvision")
 LOADERS = ("import_module", "_require")  # functions called with the name of a module they import
 
@@ -128,9 +138,13 @@ def _imports_of(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.add(node.module)
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", "")) in LOADERS):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) in LOADERS
+        ):
             found.add(node.args[0].value)
     return found
 
@@ -165,8 +179,12 @@ def _optional_imports(package: Path) -> dict[str, list[str]]:
     elsewhere = set()
     for path in set(package.rglob("*.py")) - set(integrations):
         elsewhere |= {m.split(".")[0] for m in _imports_of(path)}
-    return {path.stem: sorted(m for m in _third_party(_imports_of(path), package) if m.split(".")[0] not in elsewhere)
-            for path in integrations}
+    return {
+        path.stem: sorted(
+            m for m in _third_party(_imports_of(path), package) if m.split(".")[0] not in elsewhere
+        )
+        for path in integrations
+    }
 
 
 # Run in the new environment: imports each module and names the declared requirement of adam_ext
@@ -216,8 +234,21 @@ print(json.dumps(problems))
 
 def _index_reachable(tmp: Path) -> str | None:
     """None when pip (with the machine's own configuration) can download a small package, else why not."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--timeout", "10",
-           "--retries", "0", "--dest", str(tmp), "tqdm"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-cache-dir",
+        "--timeout",
+        "10",
+        "--retries",
+        "0",
+        "--dest",
+        str(tmp),
+        "tqdm",
+    ]
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
@@ -235,14 +266,30 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     # Fresh venv; torch + torchvision (with their own dependencies) visible through a .pth file.
     venv = tmp_path / "venv"
     py = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONUSERBASE")}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONNOUSERSITE="1",
-               PIP_NO_INPUT="1", ADAM_EXT_CUDA="0", MAX_JOBS=env.get("MAX_JOBS", "2"), MPLBACKEND="Agg")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONUSERBASE")
+    }
+    env.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONNOUSERSITE="1",
+        PIP_NO_INPUT="1",
+        ADAM_EXT_CUDA="0",
+        MAX_JOBS=env.get("MAX_JOBS", "2"),
+        MPLBACKEND="Agg",
+    )
     _run([sys.executable, "-m", "venv", str(venv)], env, tmp_path, 120, "python -m venv")
     base = _link_base(tmp_path / "base")
-    site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     env, tmp_path, 60, "site-packages").strip())
+    site = Path(
+        _run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            env,
+            tmp_path,
+            60,
+            "site-packages",
+        ).strip()
+    )
     (site / "_adam_test_base.pth").write_text(f"{tmp_path / 'base'}\n")
     print(f"  base distributions ({len(base)}): {', '.join(base)}")
 
@@ -257,37 +304,65 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     pip = [str(py), "-m", "pip", "--disable-pip-version-check"]
     if tomllib is not None:
         build_requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
-        _run(pip + ["install", "--no-compile", *build_requires], env, tmp_path, 300,
-             "pip install build requirements")
-    _run(pip + ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist), str(sdist)], env, tmp_path,
-         600, "pip wheel from the sdist (C++ build)")
+        _run(
+            pip + ["install", "--no-compile", *build_requires],
+            env,
+            tmp_path,
+            300,
+            "pip install build requirements",
+        )
+    _run(
+        pip + ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist), str(sdist)],
+        env,
+        tmp_path,
+        600,
+        "pip wheel from the sdist (C++ build)",
+    )
     wheel = next(dist.glob("adam_ext-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-    assert "adam_ext/eve/explore.html" in names and any(n.endswith(".dist-info/licenses/LICENSE") for n in names), \
-        [n for n in names if not n.endswith(".py")]
-    out = _run(pip + ["install", "--no-compile", str(wheel)], env, tmp_path, 600,
-               "pip install the wheel (dependencies)")
+    assert "adam_ext/eve/explore.html" in names and any(
+        n.endswith(".dist-info/licenses/LICENSE") for n in names
+    ), [n for n in names if not n.endswith(".py")]
+    out = _run(
+        pip + ["install", "--no-compile", str(wheel)],
+        env,
+        tmp_path,
+        600,
+        "pip install the wheel (dependencies)",
+    )
     assert "Collecting torch" not in out, "pip installed a second torch instead of using the pinned one"
     print("  " + next((line for line in out.splitlines() if line.startswith("Successfully installed")), "?"))
 
     # The installed package (not the checkout), its extension, and the pinned torch.
-    code = ("import adam_ext, json, torch; "
-            "print(json.dumps([adam_ext.__file__, torch.__file__, adam_ext.build_info()]))")
+    code = (
+        "import adam_ext, json, torch; "
+        "print(json.dumps([adam_ext.__file__, torch.__file__, adam_ext.build_info()]))"
+    )
     info = _run([str(py), "-c", code], env, tmp_path, 120, "import adam_ext")
     adam_file, torch_file, build = json.loads(info.strip().splitlines()[-1])
     assert Path(adam_file).is_relative_to(site), adam_file
     assert Path(torch_file).is_relative_to(tmp_path / "base"), torch_file
     assert build["extension_loaded"], build
     modules = _third_party_imports(REPO / "adam_ext")
-    out = _run([str(py), "-c", CHECK_IMPORTS, json.dumps(modules)], env, tmp_path, 300,
-               f"import the {len(modules)} third-party modules adam_ext uses")
+    out = _run(
+        [str(py), "-c", CHECK_IMPORTS, json.dumps(modules)],
+        env,
+        tmp_path,
+        300,
+        f"import the {len(modules)} third-party modules adam_ext uses",
+    )
     result = json.loads(out.strip().splitlines()[-1])
     print("  " + ", ".join(f"{m} <- {'/'.join(d)}" for m, d in result["report"].items()))
     assert not result["problems"], "\n".join(result["problems"])
     optional = _optional_imports(REPO / "adam_ext")
-    out = _run([str(py), "-c", CHECK_OPTIONAL, json.dumps(optional)], env, tmp_path, 300,
-               f"the optional integrations {sorted(optional)}, without their extras")
+    out = _run(
+        [str(py), "-c", CHECK_OPTIONAL, json.dumps(optional)],
+        env,
+        tmp_path,
+        300,
+        f"the optional integrations {sorted(optional)}, without their extras",
+    )
     problems = json.loads(out.strip().splitlines()[-1])
     assert not problems, "\n".join(problems)
     _run(pip + ["check"], env, tmp_path, 120, "pip check")
@@ -295,25 +370,86 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
     adam = str(venv / "bin" / "adam")
     assert "pretrain" in _run([adam, "--help"], env, tmp_path, 60, "adam --help")
     version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
-    assert _run([adam, "--version"], env, tmp_path, 60, "adam --version").strip() == f"adam (adam_ext) {version}"
-    loss = ("import torch, torch.nn.functional as F, adam_ext; torch.manual_seed(0); "
-            "q, k = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8); "
-            "queue = F.normalize(torch.randn(32, 8), dim=1); "
-            "out = adam_ext.pruned_info_nce(q, k, queue, temperature=0.2, gamma=0.8); "
-            "loss = out[0] if isinstance(out, tuple) else out; loss.backward(); "
-            "assert torch.isfinite(loss) and q.grad.abs().sum() > 0; print(float(loss))")
+    assert (
+        _run([adam, "--version"], env, tmp_path, 60, "adam --version").strip() == f"adam (adam_ext) {version}"
+    )
+    loss = (
+        "import torch, torch.nn.functional as F, adam_ext; torch.manual_seed(0); "
+        "q, k = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8); "
+        "queue = F.normalize(torch.randn(32, 8), dim=1); "
+        "out = adam_ext.pruned_info_nce(q, k, queue, temperature=0.2, gamma=0.8); "
+        "loss = out[0] if isinstance(out, tuple) else out; loss.backward(); "
+        "assert torch.isfinite(loss) and q.grad.abs().sum() > 0; print(float(loss))"
+    )
     _run([str(py), "-c", loss], env, tmp_path, 120, "a loss and its gradient")
-    _run([adam, "synth", "--out", "D", "--n", "12", "--size", "64", "--workers", "1"], env, tmp_path, 120,
-         "adam synth")
+    _run(
+        [adam, "synth", "--out", "D", "--n", "12", "--size", "64", "--workers", "1"],
+        env,
+        tmp_path,
+        120,
+        "adam synth",
+    )
     # The explorer reads its page template, package data: the installed package must hold it.
-    _run([adam, "eve", "explore", "--ckpt", "random", "--arch", "resnet18", "--data", "D", "--split", "all",
-          "--images", "2", "--size", "64", "--out", "E", "--no-progress"], env, tmp_path, 120, "adam eve explore")
+    _run(
+        [
+            adam,
+            "eve",
+            "explore",
+            "--ckpt",
+            "random",
+            "--arch",
+            "resnet18",
+            "--data",
+            "D",
+            "--split",
+            "all",
+            "--images",
+            "2",
+            "--size",
+            "64",
+            "--out",
+            "E",
+            "--no-progress",
+        ],
+        env,
+        tmp_path,
+        120,
+        "adam eve explore",
+    )
     assert (tmp_path / "E" / "explore.html").stat().st_size > 100_000
     # The tiny configuration of tests/_runs.py, one stage of one epoch; TensorBoard on (the default).
-    _run([adam, "pretrain", "--data", "D", "--dataset", "synthetic", "--out", "R", "--stages", "0",
-          "--epochs", "1", "--batch-size", "4", "--backbone", "resnet18", "--no-progress",
-          "data.view_size=32", "data.workers=0", "model.K=16", "model.dim=8", "model.mlp_hidden=16",
-          "log_every=2", "checkpoint_every=0"], env, tmp_path, 300, "adam pretrain")
+    _run(
+        [
+            adam,
+            "pretrain",
+            "--data",
+            "D",
+            "--dataset",
+            "synthetic",
+            "--out",
+            "R",
+            "--stages",
+            "0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--backbone",
+            "resnet18",
+            "--no-progress",
+            "data.view_size=32",
+            "data.workers=0",
+            "model.K=16",
+            "model.dim=8",
+            "model.mlp_hidden=16",
+            "log_every=2",
+            "checkpoint_every=0",
+        ],
+        env,
+        tmp_path,
+        300,
+        "adam pretrain",
+    )
     assert (tmp_path / "R" / "best.pt").is_file(), sorted(p.name for p in (tmp_path / "R").iterdir())
     assert any((tmp_path / "R" / "tensorboard").iterdir())
     # Free the disk now (the new environment holds about 0.6 GB), not in a later session's clean-up.
@@ -326,8 +462,17 @@ def test_pip_install_into_fresh_venv_runs_adam(tmp_path):
 def _sources_of_a_clone() -> list[str]:
     """The files a fresh clone holds, as the working tree has them: tracked, and untracked but not
     ignored (new files of a change not committed yet)."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     return sorted(name for name in listed if name and (REPO / name).is_file())
 
 
@@ -338,8 +483,13 @@ def _build_sdist(src: Path, dist: Path, env: dict) -> Path:
     for name in files:
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, src / name)
-    _run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist), str(src)], env, src,
-         300, "python -m build --sdist")
+    _run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist), str(src)],
+        env,
+        src,
+        300,
+        "python -m build --sdist",
+    )
     sdist = next(dist.glob("adam_ext-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         packed = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}

@@ -58,9 +58,19 @@ def data(driver_data):
 
 
 def ft_config(data, out, **extra) -> FinetuneConfig:
-    values = {"task": "cls", "dataset": "synthetic", "root": str(data), "arch": "resnet18", "size": 32,
-              "epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "out": str(out),
-              "save_weights": False}
+    values = {
+        "task": "cls",
+        "dataset": "synthetic",
+        "root": str(data),
+        "arch": "resnet18",
+        "size": 32,
+        "epochs": 1,
+        "batch_size": 8,
+        "workers": 0,
+        "device": "cpu",
+        "out": str(out),
+        "save_weights": False,
+    }
     return FinetuneConfig(**{**values, **extra})
 
 
@@ -99,8 +109,11 @@ def test_legacy_and_marked_folders_are_recognised(tmp_path, marked):
     run = pretraining_folder(tmp_path / "run", tmp_path / "data", marked)
     assert runfolder.detect_kind(run) == "pretrain"
     assert runfolder.check_folder(run, "pretrain") == ("own" if marked else "adopt")
-    with pytest.raises(FolderKindError, match=r"is a pretraining run folder \(made by `adam pretrain`\), "
-                                              r"not a fine-tuning folder"):
+    with pytest.raises(
+        FolderKindError,
+        match=r"is a pretraining run folder \(made by `adam pretrain`\), "
+        r"not a fine-tuning folder",
+    ):
         runfolder.check_folder(run, "finetune")
 
 
@@ -137,8 +150,25 @@ def test_finetune_refuses_a_pretraining_run_folder_and_changes_nothing(tmp_path,
 def test_adam_finetune_refuses_a_pretraining_run_folder_with_exit_2(tmp_path, data, capsys):
     run = pretraining_folder(tmp_path / "run", tmp_path / "data", marked=False)
     before = snapshot(run)
-    rc = main(["finetune", "cls", "--dataset", "synthetic", "--data", str(data), "--arch", "resnet18",
-               "--size", "32", "--epochs", "1", "--out", str(run), "--no-progress"])
+    rc = main(
+        [
+            "finetune",
+            "cls",
+            "--dataset",
+            "synthetic",
+            "--data",
+            str(data),
+            "--arch",
+            "resnet18",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--out",
+            str(run),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not a fine-tuning folder" in err[0], err
     assert snapshot(run) == before
@@ -153,8 +183,11 @@ def test_pretrain_refuses_a_fine_tuning_folder(tmp_path):
     runfolder.claim(out, "finetune")
     (out / "results.json").write_text("{}")
     before = snapshot(out)
-    with pytest.raises(FolderKindError, match=r"is a fine-tuning folder \(made by `adam finetune`\), not a "
-                                              r"pretraining run folder"):
+    with pytest.raises(
+        FolderKindError,
+        match=r"is a fine-tuning folder \(made by `adam finetune`\), not a "
+        r"pretraining run folder",
+    ):
         pretrain(tiny(tmp_path / "data", out), progress=False)
     assert snapshot(out) == before
 
@@ -181,8 +214,21 @@ def test_embed_refuses_another_commands_folder(tmp_path, eve_data, capsys):
     out = tmp_path / "cmp"
     runfolder.claim(out, "compare")
     before = snapshot(out)
-    rc = main(["embed", "random", str(eve_data[0] / "images"), str(out), "--arch", "resnet18", "--size", "32",
-               "--no-progress", "--device", "cpu"])
+    rc = main(
+        [
+            "embed",
+            "random",
+            str(eve_data[0] / "images"),
+            str(out),
+            "--arch",
+            "resnet18",
+            "--size",
+            "32",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 2 and "comparison folder" in capsys.readouterr().err
     assert snapshot(out) == before
 
@@ -239,8 +285,9 @@ def test_a_cache_made_before_markers_is_still_replaceable(films, tmp_path):
     out = tmp_path / "cache"
     ImageCache.build(open_dataset("synthetic", films, split="all"), out, size=32, workers=0, progress=False)
     (out / MARKER).unlink()  # a cache of adam_ext 0.1.0
-    ImageCache.build(open_dataset("synthetic", films, split="all"), out, size=40, workers=0, overwrite=True,
-                     progress=False)
+    ImageCache.build(
+        open_dataset("synthetic", films, split="all"), out, size=40, workers=0, overwrite=True, progress=False
+    )
     assert ImageCache(out).size == 40
 
 
@@ -257,8 +304,9 @@ def _rebuilt(films, tmp_path):
     out = tmp_path / "cache"
     ImageCache.build(open_dataset("synthetic", films, split="all"), out, size=64, workers=0, progress=False)
     reader = ImageCache(out)
-    ImageCache.build(open_dataset("synthetic", other, split="all"), out, size=64, workers=0, overwrite=True,
-                     progress=False)
+    ImageCache.build(
+        open_dataset("synthetic", other, split="all"), out, size=64, workers=0, overwrite=True, progress=False
+    )
     return out, reader
 
 
@@ -298,8 +346,16 @@ def test_a_cache_read_in_worker_processes_reports_the_rebuild_in_one_line(films,
 
 
 def test_compare_labels_are_one_safe_path_component():
-    inits = ["random", "sub/../best.pt", "../../x.pt", "runs/.hidden/best.pt", "imagenet:a/../b.pth",
-             f"{HOSTILE}.pt", "/abs/compare.md", "random"]
+    inits = [
+        "random",
+        "sub/../best.pt",
+        "../../x.pt",
+        "runs/.hidden/best.pt",
+        "imagenet:a/../b.pth",
+        f"{HOSTILE}.pt",
+        "/abs/compare.md",
+        "random",
+    ]
     labels = _unique_labels(inits)
     assert labels[:5] == ["random", "best", "x", "hidden", "imagenet-b"]
     assert len(set(labels)) == len(labels) and labels[-1] == "random-2"
@@ -364,8 +420,9 @@ def test_compare_refuses_a_standalone_finetune_in_its_folder(tmp_path, data):
     runfolder.claim(out, "compare")  # and in a comparison's own folder: not part of it
     with pytest.raises(FolderKindError, match="not part of this `adam compare`"):
         compare(ft_config(data, out), ["random", "random"], progress=False)
-    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".")} == \
-        {k: v for k, v in before.items() if not k.startswith(".")}
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".")} == {
+        k: v for k, v in before.items() if not k.startswith(".")
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,8 +462,21 @@ def test_temp_files_of_a_killed_embed_are_removed(tmp_path, eve_data, capsys):
     out.mkdir()
     stale = out / ".global.npy.k1ll3d.tmp"  # what a kill during the write of global.npy leaves
     stale.write_bytes(b"\0" * 4096)
-    args = ["embed", "random", str(eve_data[0] / "images"), str(out), "--arch", "resnet18", "--size", "32",
-            "--limit", "2", "--no-progress", "--device", "cpu"]
+    args = [
+        "embed",
+        "random",
+        str(eve_data[0] / "images"),
+        str(out),
+        "--arch",
+        "resnet18",
+        "--size",
+        "32",
+        "--limit",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     # the stale temp file is gone; no marker: the listing is the output
     assert sorted(os.listdir(out)) == ["embed.json", "global.npy", "paths.txt"]
@@ -442,10 +512,21 @@ def test_markdown_tables_keep_their_shape_with_hostile_names():
 def test_compare_markdown_escapes_labels_and_inits():
     labels = ["random", HOSTILE]
     summary = {"n": 1, "mean": 0.5, "std": float("nan")}
-    result = {"labels": labels, "baseline": "random", "task": "cls", "dataset": "synthetic", "seeds": [0],
-              "inits": {"random": "random", HOSTILE: f"runs/{HOSTILE}``/best.pt"},
-              "metrics": {"mean_auc": {"random": summary, HOSTILE: summary,
-                                       "tests": {HOSTILE: {"t": float("nan"), "p": float("nan")}}}}}
+    result = {
+        "labels": labels,
+        "baseline": "random",
+        "task": "cls",
+        "dataset": "synthetic",
+        "seeds": [0],
+        "inits": {"random": "random", HOSTILE: f"runs/{HOSTILE}``/best.pt"},
+        "metrics": {
+            "mean_auc": {
+                "random": summary,
+                HOSTILE: summary,
+                "tests": {HOSTILE: {"t": float("nan"), "p": float("nan")}},
+            }
+        },
+    }
     text = compare_markdown(result, FinetuneConfig(arch="resnet18"))
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len({line.replace("\\|", "").count("|") for line in table}) == 1  # every row as wide as the header
@@ -458,10 +539,17 @@ def test_the_explorer_title_holds_no_data_and_no_markup(tmp_path, eve_data):
     from adam_ext.eve.explore import explore_page, read_explorer
 
     dataset = open_dataset("synthetic", eve_data[0], split="all")
-    result = explore_page([(HOSTILE, "random")], dataset, tmp_path / "x", arch="resnet18", progress=False,
-                          indices=(0, 1), size=32)
+    result = explore_page(
+        [(HOSTILE, "random")],
+        dataset,
+        tmp_path / "x",
+        arch="resnet18",
+        progress=False,
+        indices=(0, 1),
+        size=32,
+    )
     page = Path(result["html"]).read_text()
-    title = page[page.index("<title>") + 7:page.index("</title>")]
+    title = page[page.index("<title>") + 7 : page.index("</title>")]
     assert len(title) < 300 and "{" not in title and "<script>" not in title  # not the page's JSON, no markup
     assert read_explorer(result["html"])["encoders"][0]["name"] == HOSTILE  # the name itself kept, as data
     text = Path(result["markdown"]).read_text()
@@ -473,8 +561,9 @@ def test_explore_says_when_it_shows_fewer_images_than_asked(tmp_path, eve_data):
     from adam_ext.eve.explore import explore_page
 
     dataset = torch.utils.data.Subset(open_dataset("synthetic", eve_data[0], split="all"), [0, 1, 2])
-    result = explore_page([("random", "random")], dataset, tmp_path / "x", arch="resnet18", progress=False,
-                          images=6, size=32)
+    result = explore_page(
+        [("random", "random")], dataset, tmp_path / "x", arch="resnet18", progress=False, images=6, size=32
+    )
     assert "3 images (of the 6 asked: the data set holds only 3)" in Path(result["markdown"]).read_text()
 
 
@@ -525,16 +614,19 @@ def _append(path: Path, line: str) -> int:
     return len(text.splitlines()) + 1
 
 
-@pytest.mark.parametrize("file, row, message", [
-    ("landmarks.csv", "{name},carina,-5e6,3", r"x = -5e6 px lies far outside the 64 x 64 image"),
-    ("landmarks.csv", "{name},carina,nan,3", r"x = nan px lies far outside"),
-    ("landmarks.csv", "{name},carina,3", r"expected 4 fields \(image,landmark,x,y\), got 3"),
-    ("landmarks.csv", "{name},carina,x,3", r"x must be a number \(pixels\), got 'x'"),
-    ("landmarks.csv", "{name},nose,3,3", r"unknown landmark 'nose'"),
-    ("findings.csv", "{name},Nodule,1,2,3", r"expected 6 fields"),
-    ("findings.csv", "{name},Flu,1,2,3,4", r"unknown finding 'Flu'"),
-    ("findings.csv", "{name},Nodule,10,2,3,4", r"a box needs x0 <= x1 and y0 <= y1"),
-])
+@pytest.mark.parametrize(
+    "file, row, message",
+    [
+        ("landmarks.csv", "{name},carina,-5e6,3", r"x = -5e6 px lies far outside the 64 x 64 image"),
+        ("landmarks.csv", "{name},carina,nan,3", r"x = nan px lies far outside"),
+        ("landmarks.csv", "{name},carina,3", r"expected 4 fields \(image,landmark,x,y\), got 3"),
+        ("landmarks.csv", "{name},carina,x,3", r"x must be a number \(pixels\), got 'x'"),
+        ("landmarks.csv", "{name},nose,3,3", r"unknown landmark 'nose'"),
+        ("findings.csv", "{name},Nodule,1,2,3", r"expected 6 fields"),
+        ("findings.csv", "{name},Flu,1,2,3,4", r"unknown finding 'Flu'"),
+        ("findings.csv", "{name},Nodule,10,2,3,4", r"a box needs x0 <= x1 and y0 <= y1"),
+    ],
+)
 def test_synthetic_side_files_are_validated_with_file_and_line(side_files, file, row, message):
     from adam_ext.data.synthetic import SyntheticDataset
 
@@ -560,11 +652,15 @@ def test_synthetic_split_lists_are_validated(side_files):
 # (9) sizes have limits, refused before anything is allocated
 
 
-@pytest.mark.parametrize("override, field", [
-    ("data.view_size=20000", "data.view_size"), ("model.dim=100000000", "model.dim"),
-    ("data.synthetic_n=1000000000", "data.synthetic_n"),
-    ("data.synthetic_size=100000", "data.synthetic_size"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("data.view_size=20000", "data.view_size"),
+        ("model.dim=100000000", "model.dim"),
+        ("data.synthetic_n=1000000000", "data.synthetic_n"),
+        ("data.synthetic_size=100000", "data.synthetic_size"),
+    ],
+)
 def test_sizes_beyond_their_limits_are_usage_errors_naming_the_field(tmp_path, capsys, override, field):
     rc = main(["pretrain", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), override])
     err = capsys.readouterr().err.strip().splitlines()
@@ -578,23 +674,40 @@ def test_memory_limits_follow_the_machine(monkeypatch):
 
     monkeypatch.setattr(engine_config, "physical_memory", lambda: 8 * 2**30)
     load_config(None, ["data.view_size=224"])  # the paper's views fit 8 GiB
-    with pytest.raises(ValueError, match=r"data.view_size = 2048 needs at least .* GiB .* more than this "
-                                         r"machine's 8.0 GiB"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.view_size = 2048 needs at least .* GiB .* more than this "
+        r"machine's 8.0 GiB",
+    ):
         load_config(None, ["data.view_size=2048"])
     with pytest.raises(ValueError, match="model.dim = 65536 needs at least"):
         load_config(None, ["model.dim=65536"])
 
 
-def test_embed_size_beyond_its_limit_is_refused_before_anything_is_loaded(tmp_path, eve_data, monkeypatch,
-                                                                          capsys):
+def test_embed_size_beyond_its_limit_is_refused_before_anything_is_loaded(
+    tmp_path, eve_data, monkeypatch, capsys
+):
     from adam_ext.engine import config as engine_config
     from adam_ext.eve import embed
 
     monkeypatch.setattr(engine_config, "physical_memory", lambda: 64 * 2**30)
     monkeypatch.setattr(embed.Embedder, "__init__", lambda *a, **k: pytest.fail("the encoder was built"))
     for size in ("20000", "4000"):
-        rc = main(["embed", "random", str(eve_data[0] / "images"), str(tmp_path / "e"), "--arch", "resnet18",
-                   "--size", size, "--batch-size", "256", "--no-progress"])
+        rc = main(
+            [
+                "embed",
+                "random",
+                str(eve_data[0] / "images"),
+                str(tmp_path / "e"),
+                "--arch",
+                "resnet18",
+                "--size",
+                size,
+                "--batch-size",
+                "256",
+                "--no-progress",
+            ]
+        )
         assert rc == 2 and "--size" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 
@@ -608,16 +721,34 @@ def _err(capsys) -> list[str]:
 
 
 def test_an_unknown_reader_option_is_a_usage_error(tmp_path, data, capsys):
-    rc = main(["finetune", "cls", "--dataset", "synthetic", "--data", str(data), "--out", str(tmp_path / "f"),
-               "options.foo=1", "--no-progress"])
+    rc = main(
+        [
+            "finetune",
+            "cls",
+            "--dataset",
+            "synthetic",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "f"),
+            "options.foo=1",
+            "--no-progress",
+        ]
+    )
     err = _err(capsys)
     assert rc == 2 and len(err) == 1 and "options has unknown key 'foo'" in err[0]
     assert "TypeError" not in err[0]
     assert not (tmp_path / "f").exists()
 
 
-@pytest.mark.parametrize("args", [["pretrain", "--config", "{d}"], ["pretrain", "--resume", "{d}"],
-                                  ["finetune", "cls", "--config", "{d}"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pretrain", "--config", "{d}"],
+        ["pretrain", "--resume", "{d}"],
+        ["finetune", "cls", "--config", "{d}"],
+    ],
+)
 def test_a_folder_given_for_a_file_says_so(tmp_path, capsys, args):
     folder = tmp_path / "a folder"
     folder.mkdir()
@@ -627,10 +758,15 @@ def test_a_folder_given_for_a_file_says_so(tmp_path, capsys, args):
     assert "does not exist" not in err[0]
 
 
-@pytest.mark.parametrize("args", [["finetune", "cls", "--seed", "{big}"], ["finetune", "cls", "seed={big}"],
-                                  ["synth", "--out", "x", "--n", "1", "--seed", "{big}"],
-                                  ["eve", "locality", "--ckpt", "random", "--data", "x", "--out", "y",
-                                   "--seed", "{big}"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["finetune", "cls", "--seed", "{big}"],
+        ["finetune", "cls", "seed={big}"],
+        ["synth", "--out", "x", "--n", "1", "--seed", "{big}"],
+        ["eve", "locality", "--ckpt", "random", "--data", "x", "--out", "y", "--seed", "{big}"],
+    ],
+)
 def test_a_seed_beyond_64_bits_says_the_range(tmp_path, data, capsys, args):
     argv = [a.format(big=2**70) for a in args]
     if argv[0] == "finetune":

@@ -11,8 +11,16 @@ import torch
 
 from .runfolder import RunFolderError, WriteError, write_errors
 
-__all__ = ["WriteError", "atomic_save", "atomic_save_figure", "atomic_write_files", "atomic_write_json",
-           "atomic_write_text", "atomic_write_with", "json_safe"]
+__all__ = [
+    "WriteError",
+    "atomic_save",
+    "atomic_save_figure",
+    "atomic_write_files",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_write_with",
+    "json_safe",
+]
 
 
 def atomic_save(obj, out) -> None:

@@ -45,8 +45,11 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         new, warn = MOVED[spec.name]
         if warn:
-            warnings.warn(f"{spec.name} moved to {new} in adam_ext 0.2.0; the old path stops working in "
-                          f"{REMOVED_IN}", DeprecationWarning, stacklevel=3)
+            warnings.warn(
+                f"{spec.name} moved to {new} in adam_ext 0.2.0; the old path stops working in {REMOVED_IN}",
+                DeprecationWarning,
+                stacklevel=3,
+            )
         module = importlib.import_module(new)
         spec.loader_state = module.__spec__  # the import system sets __spec__ to the alias's: put it back
         return module

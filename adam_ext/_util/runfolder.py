@@ -35,10 +35,27 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["KINDS", "MARKER", "FolderKindError", "RunFolderError", "WriteError", "append_line",
-           "check_folder", "claim", "detect_kind", "lock", "lock_directory", "read_jsonl", "read_marker",
-           "refuse_inputs", "refuse_symlinks", "remove_stale_temps", "run_folder", "safe_name",
-           "write_errors"]
+__all__ = [
+    "KINDS",
+    "MARKER",
+    "FolderKindError",
+    "RunFolderError",
+    "WriteError",
+    "append_line",
+    "check_folder",
+    "claim",
+    "detect_kind",
+    "lock",
+    "lock_directory",
+    "read_jsonl",
+    "read_marker",
+    "refuse_inputs",
+    "refuse_symlinks",
+    "remove_stale_temps",
+    "run_folder",
+    "safe_name",
+    "write_errors",
+]
 
 LOCK_FILE = ".lock"
 MARKER = ".adam_run.json"
@@ -47,11 +64,29 @@ MARKER_VERSION = 1
 
 #: kind -> (what it is, the command that makes it, the names it writes at its top level; ``*`` globs).
 KINDS = {
-    "pretrain": ("a pretraining run folder", "adam pretrain",
-                 ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "report.md",
-                  "loss.png", "pruned.png", "monitors.png", "tensorboard", "snapshots", "stage*_n*")),
-    "finetune": ("a fine-tuning folder", "adam finetune",
-                 ("config.yaml", "metrics.jsonl", "results.json", "results.md", "curves.png", "seed*")),
+    "pretrain": (
+        "a pretraining run folder",
+        "adam pretrain",
+        (
+            "config.yaml",
+            "metrics.jsonl",
+            "last.pt",
+            "best.pt",
+            "summary.json",
+            "report.md",
+            "loss.png",
+            "pruned.png",
+            "monitors.png",
+            "tensorboard",
+            "snapshots",
+            "stage*_n*",
+        ),
+    ),
+    "finetune": (
+        "a fine-tuning folder",
+        "adam finetune",
+        ("config.yaml", "metrics.jsonl", "results.json", "results.md", "curves.png", "seed*"),
+    ),
     "compare": ("a comparison folder", "adam compare", ("compare.json", "compare.md", "curves.png")),
     "eve": ("an Eve analysis folder", "adam eve", ()),
     "embed": ("an embeddings folder", "adam embed", ("global.npy", "dense.npy", "paths.txt", "embed.json")),
@@ -96,16 +131,20 @@ def lock(folder):
         return
     path = folder / LOCK_FILE
     if path.is_symlink():
-        raise RunFolderError(f"run folder {str(folder)!r} holds a symbolic link {LOCK_FILE!r}; "
-                             f"adam_ext never writes through links, remove it")
+        raise RunFolderError(
+            f"run folder {str(folder)!r} holds a symbolic link {LOCK_FILE!r}; "
+            f"adam_ext never writes through links, remove it"
+        )
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            raise RunFolderError(f"run folder {str(folder)!r} is in use by {holder}; wait for it to finish "
-                                 f"or stop it, or choose another folder") from None
+            raise RunFolderError(
+                f"run folder {str(folder)!r} is in use by {holder}; wait for it to finish "
+                f"or stop it, or choose another folder"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({_command_line()})\n".encode(), 0)
         yield
@@ -134,8 +173,10 @@ def lock_directory(folder):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunFolderError(f"folder {str(folder)!r} is in use by another process; wait for it to "
-                                 f"finish or choose another folder") from None
+            raise RunFolderError(
+                f"folder {str(folder)!r} is in use by another process; wait for it to "
+                f"finish or choose another folder"
+            ) from None
         yield
     finally:
         os.close(fd)
@@ -154,9 +195,11 @@ def refuse_symlinks(folder) -> None:
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             if path.is_symlink():
-                raise RunFolderError(f"run folder {str(folder)!r} holds a symbolic link {str(path)!r} -> "
-                                     f"{os.readlink(path)!r}; adam_ext never writes through links: remove it "
-                                     f"or choose another folder")
+                raise RunFolderError(
+                    f"run folder {str(folder)!r} holds a symbolic link {str(path)!r} -> "
+                    f"{os.readlink(path)!r}; adam_ext never writes through links: remove it "
+                    f"or choose another folder"
+                )
 
 
 def remove_stale_temps(folder) -> list[Path]:
@@ -189,10 +232,13 @@ def write_errors(out):
             free = shutil.disk_usage(os.path.dirname(os.path.abspath(name))).free
         except OSError:
             free = None
-        reason = f"the disk may be full ({free / 2**20:.0f} MiB free)" if free is not None else "a failed write"
-        raise WriteError(errno.ENOSPC if free is not None and free < 2**26 else errno.EIO,
-                         f"cannot write {name}: {reason}; torch.save said: {str(exc).splitlines()[0][:200]}") \
-            from exc
+        reason = (
+            f"the disk may be full ({free / 2**20:.0f} MiB free)" if free is not None else "a failed write"
+        )
+        raise WriteError(
+            errno.ENOSPC if free is not None and free < 2**26 else errno.EIO,
+            f"cannot write {name}: {reason}; torch.save said: {str(exc).splitlines()[0][:200]}",
+        ) from exc
 
 
 def append_line(path, text: str) -> None:
@@ -207,14 +253,18 @@ def append_line(path, text: str) -> None:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as exc:
             if os.path.islink(path):
-                raise RunFolderError(f"{os.fspath(path)!r} is a symbolic link; adam_ext never writes through "
-                                     f"links") from exc
+                raise RunFolderError(
+                    f"{os.fspath(path)!r} is a symbolic link; adam_ext never writes through links"
+                ) from exc
             raise
         try:
             written = os.write(fd, data)
             if written != len(data):  # a full disk: the line is torn; readers drop a torn last line
-                raise WriteError(errno.ENOSPC, f"cannot write {os.fspath(path)}: wrote {written} of {len(data)} "
-                                               f"bytes of a line (disk full?)")
+                raise WriteError(
+                    errno.ENOSPC,
+                    f"cannot write {os.fspath(path)}: wrote {written} of {len(data)} "
+                    f"bytes of a line (disk full?)",
+                )
         finally:
             os.close(fd)
 
@@ -238,11 +288,15 @@ def read_jsonl(path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             if number == len(lines):  # the last line has no newline: torn by an interrupted write
-                warnings.warn(f"{path}:{number}: dropping a torn last line ({len(line)} characters: {line[:40]!r}); "
-                              f"the run was interrupted while writing it", stacklevel=2)
+                warnings.warn(
+                    f"{path}:{number}: dropping a torn last line ({len(line)} characters: {line[:40]!r}); "
+                    f"the run was interrupted while writing it",
+                    stacklevel=2,
+                )
                 break
-            raise ValueError(f"{path}:{number}: malformed line ({exc.msg} at column {exc.colno}): {line[:80]!r}") \
-                from None
+            raise ValueError(
+                f"{path}:{number}: malformed line ({exc.msg} at column {exc.colno}): {line[:80]!r}"
+            ) from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
         rows.append(row)
@@ -270,8 +324,10 @@ def read_marker(folder) -> dict | None:
     """
     path = Path(folder) / MARKER
     if path.is_symlink():
-        raise FolderKindError(f"{str(path)!r} is a symbolic link; adam_ext never reads or writes its markers "
-                              f"through links: remove it or choose another folder")
+        raise FolderKindError(
+            f"{str(path)!r} is a symbolic link; adam_ext never reads or writes its markers "
+            f"through links: remove it or choose another folder"
+        )
     if not path.exists():
         return None
     try:
@@ -284,8 +340,10 @@ def read_marker(folder) -> dict | None:
     if not ours:
         why = f": {value}" if isinstance(value, BaseException) else ""
         kinds = ", ".join(KINDS)
-        raise FolderKindError(f"{str(path)!r} is not a marker adam_ext wrote{why} (expected JSON with "
-                              f"format {MARKER_FORMAT!r} and a kind among {kinds}); choose another folder")
+        raise FolderKindError(
+            f"{str(path)!r} is not a marker adam_ext wrote{why} (expected JSON with "
+            f"format {MARKER_FORMAT!r} and a kind among {kinds}); choose another folder"
+        )
     return value
 
 
@@ -320,8 +378,10 @@ def _legacy_kind(folder: Path) -> str | None:
                     return "cache"
     except OSError:
         pass
-    for name, kind, mark in (("compare.json", "compare", "adam_ext.finetune.compare"),
-                             ("results.json", "finetune", "adam_ext.finetune.results")):
+    for name, kind, mark in (
+        ("compare.json", "compare", "adam_ext.finetune.compare"),
+        ("results.json", "finetune", "adam_ext.finetune.results"),
+    ):
         value = _json_file(folder / name)
         if isinstance(value, dict) and value.get("kind") == mark:
             return kind
@@ -378,9 +438,11 @@ def refuse_inputs(folder, inputs) -> None:
         path = Path(os.path.abspath(item)).resolve()
         if path == out or out in path.parents:
             relation = "is" if path == out else "contains"
-            raise FolderKindError(f"folder {str(folder)!r} {relation} the input {os.fspath(item)!r}; "
-                                  f"adam_ext never writes into, or deletes, a folder holding its own "
-                                  f"inputs: choose another folder")
+            raise FolderKindError(
+                f"folder {str(folder)!r} {relation} the input {os.fspath(item)!r}; "
+                f"adam_ext never writes into, or deletes, a folder holding its own "
+                f"inputs: choose another folder"
+            )
 
 
 def check_folder(folder, kind: str, *, writes=(), inputs=(), part_of: str | None = None) -> str:
@@ -412,22 +474,28 @@ def check_folder(folder, kind: str, *, writes=(), inputs=(), part_of: str | None
     found = marker["kind"] if marker else _legacy_kind(folder)
     what, command, names = KINDS[kind]
     if found is not None and found != kind:
-        raise FolderKindError(f"folder {str(folder)!r} is {_described(found)}, not {what}: `{command}` "
-                              f"writes only into a new or empty folder or one of its own kind; choose "
-                              f"another folder")
+        raise FolderKindError(
+            f"folder {str(folder)!r} is {_described(found)}, not {what}: `{command}` "
+            f"writes only into a new or empty folder or one of its own kind; choose "
+            f"another folder"
+        )
     if marker is not None:
         if part_of is not None and marker.get("part_of") != part_of:
-            raise FolderKindError(f"folder {str(folder)!r} is {_described(kind)} of its own, not part of "
-                                  f"this `{KINDS[part_of][1]}`; choose another folder")
+            raise FolderKindError(
+                f"folder {str(folder)!r} is {_described(kind)} of its own, not part of "
+                f"this `{KINDS[part_of][1]}`; choose another folder"
+            )
         return "own"
     if found == kind:
         return "adopt"
     patterns = (*names, *writes)
     clash = sorted(p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, g) for g in patterns))
     if clash:
-        raise FolderKindError(f"folder {str(folder)!r} holds {clash[0]!r}, which `{command}` would "
-                              f"overwrite, and no marker ({MARKER}) says adam_ext made it: choose a new or "
-                              f"empty folder")
+        raise FolderKindError(
+            f"folder {str(folder)!r} holds {clash[0]!r}, which `{command}` would "
+            f"overwrite, and no marker ({MARKER}) says adam_ext made it: choose a new or "
+            f"empty folder"
+        )
     return "new"
 
 
@@ -444,11 +512,18 @@ def claim(folder, kind: str, *, writes=(), inputs=(), part_of: str | None = None
     # The package root is loaded before any of its modules; importing it would make this bottom floor
     # import the top (its lazy names reach ops/).
     version = getattr(sys.modules.get(__name__.split(".")[0]), "__version__", "unknown")
-    marker = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "kind": kind,
-              "created_by": f"adam_ext {version}",
-              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": _command_line(), "host": socket.gethostname(), "adopted": state == "adopt",
-              "part_of": part_of, **fields}
+    marker = {
+        "format": MARKER_FORMAT,
+        "version": MARKER_VERSION,
+        "kind": kind,
+        "created_by": f"adam_ext {version}",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": _command_line(),
+        "host": socket.gethostname(),
+        "adopted": state == "adopt",
+        "part_of": part_of,
+        **fields,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / MARKER, marker)
     return marker

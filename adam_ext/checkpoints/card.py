@@ -51,8 +51,21 @@ import warnings
 
 from .._util.escape import terminal
 
-__all__ = ["CARD_KIND", "CARD_VERSION", "MAX_CARD_BYTES", "MAX_DEPTH", "UNKNOWN", "ModelCardWarning",
-           "card_line", "card_paths", "file_sha256", "is_safetensors", "layer_counts", "printable", "read_card"]
+__all__ = [
+    "CARD_KIND",
+    "CARD_VERSION",
+    "MAX_CARD_BYTES",
+    "MAX_DEPTH",
+    "UNKNOWN",
+    "ModelCardWarning",
+    "card_line",
+    "card_paths",
+    "file_sha256",
+    "is_safetensors",
+    "layer_counts",
+    "printable",
+    "read_card",
+]
 
 CARD_KIND = "adam_ext.model_card"
 CARD_VERSION = 1
@@ -117,9 +130,12 @@ def layer_counts(trunk: dict) -> dict:
         group["tensors"] += 1
         if not key.endswith(_BUFFERS):
             group["parameters"] += value.numel()
-    return {"tensors": len(trunk), "parameters": sum(g["parameters"] for g in groups.values()),
-            "layers": [{"name": name, **g} for name, g in groups.items()],
-            "keys": {key: list(value.shape) for key, value in trunk.items()}}
+    return {
+        "tensors": len(trunk),
+        "parameters": sum(g["parameters"] for g in groups.values()),
+        "layers": [{"name": name, **g} for name, g in groups.items()],
+        "keys": {key: list(value.shape) for key, value in trunk.items()},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,6 +183,7 @@ def _fields(spec: dict):
     other keys are allowed (a later card of the same version may add some). Called with ``where`` (the
     field's dotted name) it raises :class:`_Problem` naming the first bad field; without, it answers
     True or False like the other tests."""
+
     def test(value, where=None):
         if where is None:
             try:
@@ -188,6 +205,7 @@ def _fields(spec: dict):
             elif not check(value[name]):
                 raise _Problem(f"{field} has the wrong type or value: {_short(value[name])}")
         return True
+
     return test
 
 
@@ -205,9 +223,19 @@ def _short(value) -> str:
     return _REPR.repr(value)
 
 
-_STAGE = _fields({"index": _int, "n": _int, "gamma": _scalar, "epochs": _scalar,
-                  "steps": _scalar, "best_val_loss?": _scalar, "collapse_warning?": _scalar,
-                  "monitor_collapse_warning?": _scalar, "seconds?": _scalar})
+_STAGE = _fields(
+    {
+        "index": _int,
+        "n": _int,
+        "gamma": _scalar,
+        "epochs": _scalar,
+        "steps": _scalar,
+        "best_val_loss?": _scalar,
+        "collapse_warning?": _scalar,
+        "monitor_collapse_warning?": _scalar,
+        "seconds?": _scalar,
+    }
+)
 
 
 def _str(value) -> bool:
@@ -215,31 +243,72 @@ def _str(value) -> bool:
 
 
 _ORIGIN = {"checkpoint": _str, "layout": _str, "run_folder": _str}
-_SCHEMA = _fields({
-    "kind": lambda v: v == CARD_KIND,
-    "version": lambda v: _int(v) and 1 <= v <= CARD_VERSION,
-    "weights": {"file": _str, "sha256": _hex64, "bytes": _int, "format": _str,
-                "encoder": lambda v: v in ("query", "key"), "arch": _str, "tensors": _int, "parameters": _int,
-                "layers": _list_of(_fields({"name": _str, "tensors": _int, "parameters": _int})),
-                "keys": _map_of(_list_of(_int))},
-    "input": {"channels": _int, "size": _either(_int, _unknown), "mean": _either(_list_of(_number), _unknown),
-              "std": _either(_list_of(_number), _unknown)},
-    "load": _map_of(_str),
-    "source": {**_ORIGIN, "card?": _str, "card_encoder?": _str, "original?": _ORIGIN},
-    "training": {"method": _str, "stages": _either(_unknown, _list_of(_STAGE)),
-                 "run_stages?": _either(_unknown, _list_of(_int)), "gamma": _scalar,
-                 "data": {"dataset": _scalar, "root?": _scalar, "train_images": _scalar,
-                          "val_images": _scalar},
-                 "schedule": _either(_unknown, _fields({"epochs_per_stage": _scalar, "batch_size": _scalar,
-                                                        "steps_per_epoch": _scalar, "total_steps": _scalar})),
-                 "position": _map_of(_scalar), "seed?": _scalar,
-                 "config": _either(_unknown, lambda v: isinstance(v, dict)), "note?": _str},
-    "monitors": {"source": _scalar, "stage": _scalar, "epoch": _scalar, "step": _scalar,
-                 "of_these_weights": _scalar, "values": _either(_unknown, _map_of(_scalar)), "note?": _str},
-    "provenance": {"adam_ext": _scalar, "torch": _scalar, "python": _scalar, "git_commit": _scalar,
-                   "world_size": _scalar, "checkpoint_version": _scalar},
-    "created": {"by": _str, "adam_ext": _str, "torch": _str, "at": _str},
-})
+_SCHEMA = _fields(
+    {
+        "kind": lambda v: v == CARD_KIND,
+        "version": lambda v: _int(v) and 1 <= v <= CARD_VERSION,
+        "weights": {
+            "file": _str,
+            "sha256": _hex64,
+            "bytes": _int,
+            "format": _str,
+            "encoder": lambda v: v in ("query", "key"),
+            "arch": _str,
+            "tensors": _int,
+            "parameters": _int,
+            "layers": _list_of(_fields({"name": _str, "tensors": _int, "parameters": _int})),
+            "keys": _map_of(_list_of(_int)),
+        },
+        "input": {
+            "channels": _int,
+            "size": _either(_int, _unknown),
+            "mean": _either(_list_of(_number), _unknown),
+            "std": _either(_list_of(_number), _unknown),
+        },
+        "load": _map_of(_str),
+        "source": {**_ORIGIN, "card?": _str, "card_encoder?": _str, "original?": _ORIGIN},
+        "training": {
+            "method": _str,
+            "stages": _either(_unknown, _list_of(_STAGE)),
+            "run_stages?": _either(_unknown, _list_of(_int)),
+            "gamma": _scalar,
+            "data": {"dataset": _scalar, "root?": _scalar, "train_images": _scalar, "val_images": _scalar},
+            "schedule": _either(
+                _unknown,
+                _fields(
+                    {
+                        "epochs_per_stage": _scalar,
+                        "batch_size": _scalar,
+                        "steps_per_epoch": _scalar,
+                        "total_steps": _scalar,
+                    }
+                ),
+            ),
+            "position": _map_of(_scalar),
+            "seed?": _scalar,
+            "config": _either(_unknown, lambda v: isinstance(v, dict)),
+            "note?": _str,
+        },
+        "monitors": {
+            "source": _scalar,
+            "stage": _scalar,
+            "epoch": _scalar,
+            "step": _scalar,
+            "of_these_weights": _scalar,
+            "values": _either(_unknown, _map_of(_scalar)),
+            "note?": _str,
+        },
+        "provenance": {
+            "adam_ext": _scalar,
+            "torch": _scalar,
+            "python": _scalar,
+            "git_commit": _scalar,
+            "world_size": _scalar,
+            "checkpoint_version": _scalar,
+        },
+        "created": {"by": _str, "adam_ext": _str, "torch": _str, "at": _str},
+    }
+)
 
 
 def _parse_int(text: str) -> int:
@@ -286,8 +355,9 @@ def _parse(path: str) -> dict:
     if card.get("kind") != CARD_KIND:
         raise _Problem(f"expected kind {CARD_KIND!r}, got {_short(card.get('kind'))}")
     if not (_int(card.get("version")) and 1 <= card["version"] <= CARD_VERSION):
-        raise _Problem(f"expected version 1..{CARD_VERSION} (this adam_ext's), "
-                       f"got {_short(card.get('version'))}")
+        raise _Problem(
+            f"expected version 1..{CARD_VERSION} (this adam_ext's), got {_short(card.get('version'))}"
+        )
     _SCHEMA(card, "")
     return card
 
@@ -302,9 +372,11 @@ def _check_claims(card: dict, weights: str, trunk: dict, arch: str, sha256: str 
     w = card["weights"]
     actual = sha256 or file_sha256(weights)
     if w["sha256"] != actual:
-        raise _Problem(f"it is stale: it describes weights with SHA-256 {w['sha256'][:16]}..., but "
-                       f"{weights!r} has {actual[:16]}... (the file was replaced after the card was written); "
-                       f"export again to write a card for these weights")
+        raise _Problem(
+            f"it is stale: it describes weights with SHA-256 {w['sha256'][:16]}..., but "
+            f"{weights!r} has {actual[:16]}... (the file was replaced after the card was written); "
+            f"export again to write a card for these weights"
+        )
     size = os.path.getsize(weights)
     if w["bytes"] != size:
         raise _Problem(f"it says {w['bytes']} bytes, the file has {size}")
@@ -315,8 +387,9 @@ def _check_claims(card: dict, weights: str, trunk: dict, arch: str, sha256: str 
         raise _Problem(f"it says {_short(w['arch'])}, the weights are a {arch}")
     derived = layer_counts(trunk)
     if w["keys"] != derived["keys"]:
-        differ = sorted(set(w["keys"]) ^ set(derived["keys"])) or \
-            [k for k in derived["keys"] if w["keys"][k] != derived["keys"][k]]
+        differ = sorted(set(w["keys"]) ^ set(derived["keys"])) or [
+            k for k in derived["keys"] if w["keys"][k] != derived["keys"][k]
+        ]
         raise _Problem(f"its keys and shapes are not the weights' (e.g. {_short(differ[:3])})")
     # a safetensors file holds its keys sorted: the layers' order is not a claim
     by_name = {"layers": lambda layers: sorted(layers, key=lambda g: g["name"])}
@@ -335,9 +408,14 @@ def _same(trunk: dict, other: dict | None) -> bool:
     a memory-mapped source is read no further)."""
     import torch
 
-    return (other is not None and trunk.keys() == other.keys()
-            and all(v.dtype == other[k].dtype and torch.equal(v.detach().cpu(), other[k].detach().cpu())
-                    for k, v in trunk.items()))
+    return (
+        other is not None
+        and trunk.keys() == other.keys()
+        and all(
+            v.dtype == other[k].dtype and torch.equal(v.detach().cpu(), other[k].detach().cpu())
+            for k, v in trunk.items()
+        )
+    )
 
 
 def _encoder_verdict(card: dict, trunk: dict) -> str:
@@ -352,24 +430,28 @@ def _encoder_verdict(card: dict, trunk: dict) -> str:
     try:
         encoders = source_encoders(path)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, MemoryError) as err:
-        reason = ("it is not there" if not os.path.exists(path)
-                  else f"it cannot be read ({type(err).__name__})")
+        reason = (
+            "it is not there" if not os.path.exists(path) else f"it cannot be read ({type(err).__name__})"
+        )
         return f"not checked: the source checkpoint {path!r} is needed, {reason}"
     matches = [name for name, encoder in encoders.items() if _same(trunk, encoder)]
     if claimed in matches:
         return f"verified against {path!r}"
     if matches:
         raise _Problem(f"it says the {claimed} encoder, the weights are the {matches[0]} encoder of {path!r}")
-    return (f"not checked: the source checkpoint {path!r} has changed since the export (neither encoder is "
-            f"these weights)")
+    return (
+        f"not checked: the source checkpoint {path!r} has changed since the export (neither encoder is "
+        f"these weights)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # reading
 
 
-def read_card(weights, trunk: dict | None = None, arch: str | None = None,
-              sha256: str | None = None) -> dict | None:
+def read_card(
+    weights, trunk: dict | None = None, arch: str | None = None, sha256: str | None = None
+) -> dict | None:
     """The card of the weights file ``weights`` (``weights.card.json``), checked against the file.
 
     Args:
@@ -412,8 +494,10 @@ def read_card(weights, trunk: dict | None = None, arch: str | None = None,
     except OSError as err:
         _warn(f"model card {path!r} of {weights!r} cannot be checked ({err}); it is ignored")
         return None
-    card["checked"] = {"against": "sha256, bytes, container, arch, keys and shapes, counts, input channels",
-                       "encoder": encoder}
+    card["checked"] = {
+        "against": "sha256, bytes, container, arch, keys and shapes, counts, input channels",
+        "encoder": encoder,
+    }
     return card
 
 
@@ -429,8 +513,10 @@ def card_line(card: dict, weights) -> str:
     w, t = card["weights"], card["training"]
     stages = t.get("stages")
     if isinstance(stages, list) and stages:
-        made = (f"{t.get('method', UNKNOWN)}, stages n={','.join(str(s.get('n')) for s in stages)}, "
-                f"data {t.get('data', {}).get('dataset', UNKNOWN)}")
+        made = (
+            f"{t.get('method', UNKNOWN)}, stages n={','.join(str(s.get('n')) for s in stages)}, "
+            f"data {t.get('data', {}).get('dataset', UNKNOWN)}"
+        )
     else:
         made = f"training {UNKNOWN}"
     checked = card.get("checked")
@@ -438,7 +524,11 @@ def card_line(card: dict, weights) -> str:
         verdict = "not checked against the weights"
     else:
         encoder = checked.get("encoder", "")
-        verdict = (f"sha256 {w['sha256'][:12]}, arch, keys and shapes match the weights; encoder "
-                   f"{'verified' if encoder.startswith('verified') else encoder}")
-    return printable(f"model card {card_paths(weights)[0]} (+ .md): {w.get('arch')} {w.get('encoder')} "
-                     f"encoder ({verdict}); training, as the card says: {made}")
+        verdict = (
+            f"sha256 {w['sha256'][:12]}, arch, keys and shapes match the weights; encoder "
+            f"{'verified' if encoder.startswith('verified') else encoder}"
+        )
+    return printable(
+        f"model card {card_paths(weights)[0]} (+ .md): {w.get('arch')} {w.get('encoder')} "
+        f"encoder ({verdict}); training, as the card says: {made}"
+    )

@@ -62,24 +62,42 @@ def build_card(pre: Pretrained, trunk: dict, *, fmt: str, encoder: str, weights_
     run = _run_folder(pre)
     source_input = inherited["input"] if inherited is not None else _input(pre, trunk)
     card = {
-        "kind": CARD_KIND, "version": CARD_VERSION,
-        "weights": {"file": weights_file, "sha256": None, "bytes": None, "format": fmt, "encoder": which,
-                    "arch": pre.arch, **layer_counts(trunk)},
+        "kind": CARD_KIND,
+        "version": CARD_VERSION,
+        "weights": {
+            "file": weights_file,
+            "sha256": None,
+            "bytes": None,
+            "format": fmt,
+            "encoder": which,
+            "arch": pre.arch,
+            **layer_counts(trunk),
+        },
         "input": source_input,
         "load": dict(load(source_input)),
-        "source": {"checkpoint": os.path.abspath(pre.path), "layout": pre.source, "run_folder": run or UNKNOWN},
+        "source": {
+            "checkpoint": os.path.abspath(pre.path),
+            "layout": pre.source,
+            "run_folder": run or UNKNOWN,
+        },
         "training": _training(pre, run),
         "monitors": _monitors(pre, run),
         "provenance": _provenance(pre),
-        "created": {"by": "adam export", "adam_ext": __version__, "torch": str(torch.__version__),
-                    "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "created": {
+            "by": "adam export",
+            "adam_ext": __version__,
+            "torch": str(torch.__version__),
+            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
     }
     if inherited is not None:
         for section in ("training", "monitors", "provenance"):
             card[section] = inherited[section]
         card["source"]["card"] = os.path.abspath(card_paths(pre.path)[0])
         card["source"]["card_encoder"] = inherited.get("checked", {}).get("encoder", UNKNOWN)  # its verdict
-        card["source"]["original"] = inherited["source"].get("original", inherited["source"])  # the first export's
+        card["source"]["original"] = inherited["source"].get(
+            "original", inherited["source"]
+        )  # the first export's
     return card
 
 
@@ -93,11 +111,16 @@ def _input(pre: Pretrained, trunk: dict) -> dict:
 
     views = data.get("views") if isinstance(data.get("views"), dict) else {}
     try:
-        config = ViewConfig(size=data.get("view_size"), **{k: tuple(v) if isinstance(v, list) else v
-                                                            for k, v in views.items()})
+        config = ViewConfig(
+            size=data.get("view_size"),
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in views.items()},
+        )
     except (TypeError, ValueError):  # a config of another adam_ext version: keep what it states
-        return {**out, **{k: views[k] for k in ("mean", "std") if k in views},
-                "size": data.get("view_size", UNKNOWN)}
+        return {
+            **out,
+            **{k: views[k] for k in ("mean", "std") if k in views},
+            "size": data.get("view_size", UNKNOWN),
+        }
     return {**out, "size": config.size, "mean": list(config.mean), "std": list(config.std)}
 
 
@@ -142,8 +165,12 @@ def _stage_results(pre: Pretrained, run: str | None) -> dict[int, dict]:
             with open(os.path.join(run, "summary.json"), encoding="utf-8") as f:
                 entries = json.load(f).get("stages")
         except (OSError, ValueError, AttributeError) as err:
-            warnings.warn(f"{os.path.join(run, 'summary.json')} cannot be read ({err}); the model card leaves "
-                          f"the per-stage results out", ModelCardWarning, stacklevel=4)
+            warnings.warn(
+                f"{os.path.join(run, 'summary.json')} cannot be read ({err}); the model card leaves "
+                f"the per-stage results out",
+                ModelCardWarning,
+                stacklevel=4,
+            )
     entries = entries if isinstance(entries, list) else []
     return {e["stage"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("stage"), int)}
 
@@ -161,27 +188,50 @@ def _training(pre: Pretrained, run: str | None) -> dict:
     cfg = pre.config
     position = {k: pre.meta.get(k, UNKNOWN) for k in ("epoch", "step")}
     if pre.source != "adam_ext" or not isinstance(cfg, dict):
-        return {"method": UNKNOWN, "stages": UNKNOWN, "gamma": UNKNOWN,
-                "data": {"dataset": UNKNOWN, "train_images": UNKNOWN, "val_images": UNKNOWN},
-                "schedule": UNKNOWN, "position": position, "config": UNKNOWN,
-                "note": f"the {pre.source} checkpoint records no training configuration"}
+        return {
+            "method": UNKNOWN,
+            "stages": UNKNOWN,
+            "gamma": UNKNOWN,
+            "data": {"dataset": UNKNOWN, "train_images": UNKNOWN, "val_images": UNKNOWN},
+            "schedule": UNKNOWN,
+            "position": position,
+            "config": UNKNOWN,
+            "note": f"the {pre.source} checkpoint records no training configuration",
+        }
     data = pre.provenance.get("data") if isinstance(pre.provenance.get("data"), dict) else {}
     spe = data.get("steps_per_epoch", UNKNOWN)
     stages = _stages(pre, run, spe)
     steps = [s["steps"] for s in stages] if isinstance(stages, list) else [UNKNOWN]
     index, _ = _position(pre)
     stage = pre.meta.get("stage") if isinstance(pre.meta.get("stage"), dict) else {}
-    position.update({"stage": index if index is not None else UNKNOWN, "n": stage.get("n", UNKNOWN),
-                     "val_loss": pre.provenance.get("val_loss", UNKNOWN), "file": os.path.basename(pre.path)})
+    position.update(
+        {
+            "stage": index if index is not None else UNKNOWN,
+            "n": stage.get("n", UNKNOWN),
+            "val_loss": pre.provenance.get("val_loss", UNKNOWN),
+            "file": os.path.basename(pre.path),
+        }
+    )
     return {
         "method": _method(stages) if isinstance(stages, list) else UNKNOWN,
-        "stages": stages, "run_stages": _get(cfg, "stages"), "gamma": _get(cfg, "gamma"),
-        "data": {"dataset": _get(cfg, "data", "dataset"), "root": _get(cfg, "data", "root"),
-                 "train_images": data.get("train_images", UNKNOWN), "val_images": data.get("val_images", UNKNOWN)},
-        "schedule": {"epochs_per_stage": _get(cfg, "optim", "epochs"), "steps_per_epoch": spe,
-                     "batch_size": _get(cfg, "optim", "batch_size"),
-                     "total_steps": sum(steps) if all(isinstance(s, int) for s in steps) else UNKNOWN},
-        "position": position, "seed": _get(cfg, "seed"), "config": cfg,
+        "stages": stages,
+        "run_stages": _get(cfg, "stages"),
+        "gamma": _get(cfg, "gamma"),
+        "data": {
+            "dataset": _get(cfg, "data", "dataset"),
+            "root": _get(cfg, "data", "root"),
+            "train_images": data.get("train_images", UNKNOWN),
+            "val_images": data.get("val_images", UNKNOWN),
+        },
+        "schedule": {
+            "epochs_per_stage": _get(cfg, "optim", "epochs"),
+            "steps_per_epoch": spe,
+            "batch_size": _get(cfg, "optim", "batch_size"),
+            "total_steps": sum(steps) if all(isinstance(s, int) for s in steps) else UNKNOWN,
+        },
+        "position": position,
+        "seed": _get(cfg, "seed"),
+        "config": cfg,
     }
 
 
@@ -191,19 +241,34 @@ def _stages(pre: Pretrained, run: str | None, spe) -> list[dict] | str:
     cfg = pre.config
     index, step = _position(pre)
     epochs, planned = _get(cfg, "optim", "epochs"), _get(cfg, "stages")
-    if index is None or not isinstance(pre.meta.get("epoch"), int) or not isinstance(planned, list) \
-            or not isinstance(epochs, int) or index >= len(planned):
+    if (
+        index is None
+        or not isinstance(pre.meta.get("epoch"), int)
+        or not isinstance(planned, list)
+        or not isinstance(epochs, int)
+        or index >= len(planned)
+    ):
         return UNKNOWN
     results = _stage_results(pre, run)
     stages = []
     for j, n in enumerate(planned[: index + 1]):
         steps = (epochs * spe if isinstance(spe, int) else UNKNOWN) if j < index else step
         gamma = _get(cfg, "gamma" if n > 0 else "gamma_n0")
-        entry = {"index": j, "n": n, "gamma": gamma, "epochs": epochs if j < index else pre.meta["epoch"],
-                 "steps": UNKNOWN if steps is None else steps}
+        entry = {
+            "index": j,
+            "n": n,
+            "gamma": gamma,
+            "epochs": epochs if j < index else pre.meta["epoch"],
+            "steps": UNKNOWN if steps is None else steps,
+        }
         found = results.get(j, {})
-        entry.update({k: found[k] for k in ("best_val_loss", "collapse_warning", "monitor_collapse_warning",
-                                            "seconds") if k in found})
+        entry.update(
+            {
+                k: found[k]
+                for k in ("best_val_loss", "collapse_warning", "monitor_collapse_warning", "seconds")
+                if k in found
+            }
+        )
         stages.append(entry)
     return stages
 
@@ -221,30 +286,59 @@ def _method(stages: list[dict]) -> str:
 def _monitors(pre: Pretrained, run: str | None) -> dict:
     """The monitors of the checkpoint's stage measured last before (ideally at) its step."""
     index, step = _position(pre)
-    unknown = {"source": UNKNOWN, "stage": UNKNOWN, "epoch": UNKNOWN, "step": UNKNOWN,
-               "of_these_weights": UNKNOWN, "values": UNKNOWN}
+    unknown = {
+        "source": UNKNOWN,
+        "stage": UNKNOWN,
+        "epoch": UNKNOWN,
+        "step": UNKNOWN,
+        "of_these_weights": UNKNOWN,
+        "values": UNKNOWN,
+    }
     if pre.source != "adam_ext" or index is None or step is None:
         return {**unknown, "note": f"a {pre.source} checkpoint records no monitors"}
     if run is not None:
         metrics = os.path.join(run, "metrics.jsonl")
         try:
-            rows = [r for r in read_jsonl(metrics) if isinstance(r.get("monitor"), dict) and r.get("stage") == index
-                    and isinstance(r.get("step"), int) and r["step"] <= step]
+            rows = [
+                r
+                for r in read_jsonl(metrics)
+                if isinstance(r.get("monitor"), dict)
+                and r.get("stage") == index
+                and isinstance(r.get("step"), int)
+                and r["step"] <= step
+            ]
         except (OSError, ValueError) as err:
-            warnings.warn(f"{metrics} cannot be read ({err}); the model card's monitors are unknown",
-                          ModelCardWarning, stacklevel=4)
+            warnings.warn(
+                f"{metrics} cannot be read ({err}); the model card's monitors are unknown",
+                ModelCardWarning,
+                stacklevel=4,
+            )
             rows = []
         if rows:
             row = rows[-1]
-            return {"source": metrics, "stage": index, "epoch": row.get("epoch", UNKNOWN), "step": row["step"],
-                    "of_these_weights": row["step"] == step, "values": _values(row["monitor"])}
+            return {
+                "source": metrics,
+                "stage": index,
+                "epoch": row.get("epoch", UNKNOWN),
+                "step": row["step"],
+                "of_these_weights": row["step"] == step,
+                "values": _values(row["monitor"]),
+            }
     found = _stage_results(pre, None).get(index)  # a last.pt carries the summary of its finished stages
     if found is not None and isinstance(found.get("monitor"), dict):
-        return {"source": f"{os.path.abspath(pre.path)} (its summary)", "stage": index,
-                "epoch": found.get("epochs", UNKNOWN), "step": UNKNOWN,
-                "of_these_weights": pre.meta.get("epoch") == found.get("epochs"), "values": _values(found["monitor"])}
-    return {**unknown, "note": "no monitor measured at this stage (monitor.enabled off) or no run folder beside "
-                               "the checkpoint"}
+        return {
+            "source": f"{os.path.abspath(pre.path)} (its summary)",
+            "stage": index,
+            "epoch": found.get("epochs", UNKNOWN),
+            "step": UNKNOWN,
+            "of_these_weights": pre.meta.get("epoch") == found.get("epochs"),
+            "values": _values(found["monitor"]),
+        }
+    return {
+        **unknown,
+        "note": "no monitor measured at this stage (monitor.enabled off) or no run folder beside "
+        "the checkpoint",
+    }
 
 
 def _values(monitor: dict) -> dict:
@@ -253,6 +347,8 @@ def _values(monitor: dict) -> dict:
 
 def _provenance(pre: Pretrained) -> dict:
     versions = pre.provenance.get("versions") if isinstance(pre.provenance.get("versions"), dict) else {}
-    return {**{k: versions.get(k, UNKNOWN) for k in ("adam_ext", "torch", "python", "git_commit")},
-            "world_size": pre.provenance.get("world_size", UNKNOWN),
-            "checkpoint_version": pre.meta.get("version", UNKNOWN)}
+    return {
+        **{k: versions.get(k, UNKNOWN) for k in ("adam_ext", "torch", "python", "git_commit")},
+        "world_size": pre.provenance.get("world_size", UNKNOWN),
+        "checkpoint_version": pre.meta.get("version", UNKNOWN),
+    }

@@ -30,8 +30,13 @@ _MONITORS = {
     "knn_auc": "weighted k-NN mean ROC AUC on the labels",
     "knn_accuracy": "weighted k-NN accuracy on the labels",
 }
-_LIBRARIES = {"torchvision": "torchvision", "smp": "segmentation-models-pytorch", "timm": "timm",
-              "monai": "MONAI", "safetensors": "safetensors (torchvision key names: torchvision, smp, timm and MONAI)"}
+_LIBRARIES = {
+    "torchvision": "torchvision",
+    "smp": "segmentation-models-pytorch",
+    "timm": "timm",
+    "monai": "MONAI",
+    "safetensors": "safetensors (torchvision key names: torchvision, smp, timm and MONAI)",
+}
 
 
 def _json(value) -> str:
@@ -70,29 +75,56 @@ def _size(n) -> str:
 
 def _weights(card: dict) -> list[str]:
     w, i = card["weights"], card["input"]
-    encoder = {"query": "query encoder (`encoder_q`, the one the paper fine-tunes)",
-               "key": "momentum key encoder (`encoder_k`)"}.get(w["encoder"], _cell(w["encoder"]))
-    normalise = (f"(x - mean) / std on intensities in [0, 1]; mean {_cell(i['mean'])}, std {_cell(i['std'])}"
-                 if i["mean"] != UNKNOWN else UNKNOWN)
+    encoder = {
+        "query": "query encoder (`encoder_q`, the one the paper fine-tunes)",
+        "key": "momentum key encoder (`encoder_k`)",
+    }.get(w["encoder"], _cell(w["encoder"]))
+    normalise = (
+        f"(x - mean) / std on intensities in [0, 1]; mean {_cell(i['mean'])}, std {_cell(i['std'])}"
+        if i["mean"] != UNKNOWN
+        else UNKNOWN
+    )
     library = _LIBRARIES.get(w["format"], _cell(w["format"]))
-    lines = ["## The weights", ""] + _table([
-        ("file", f"{markdown_text(w['file'])} ({_size(w['bytes'])})"),
-        ("SHA-256", f"`{w['sha256']}`"),  # 64 hex digits: read_card checks
-        ("architecture", f"{_cell(w['arch'])}: the ResNet trunk, without `fc` (a new head is yours)"),
-        ("encoder", encoder),
-        ("export format", (f"{_cell(w['format'])} (verified to load in {library}; every format has the same "
-                          f"key names)")),
-        ("tensors", (f"{_int(w['tensors'])}, holding {_int(w['parameters'])} parameters and the BatchNorm "
-                    f"statistics")),
-        ("input channels", (f"{_cell(i['channels'])} (grey X-rays are repeated to 3 channels before "
-                            f"normalising)") if i["mean"] != UNKNOWN else _cell(i["channels"])),
-        ("pretraining view size", f"{_cell(i['size'])} px" if i["size"] != UNKNOWN else UNKNOWN),
-        ("normalisation", normalise),
-    ])
-    lines += ["Layers (state dict keys by their first name; the JSON card lists every key and shape):", "",
-              "| layer | tensors | parameters |", "|---|---|---|"]
-    lines += [f"| {markdown_text(g['name'])} | {_int(g['tensors'])} | {_int(g['parameters'])} |"
-              for g in w["layers"]]
+    lines = ["## The weights", ""] + _table(
+        [
+            ("file", f"{markdown_text(w['file'])} ({_size(w['bytes'])})"),
+            ("SHA-256", f"`{w['sha256']}`"),  # 64 hex digits: read_card checks
+            ("architecture", f"{_cell(w['arch'])}: the ResNet trunk, without `fc` (a new head is yours)"),
+            ("encoder", encoder),
+            (
+                "export format",
+                (
+                    f"{_cell(w['format'])} (verified to load in {library}; every format has the same "
+                    f"key names)"
+                ),
+            ),
+            (
+                "tensors",
+                (
+                    f"{_int(w['tensors'])}, holding {_int(w['parameters'])} parameters and the BatchNorm "
+                    f"statistics"
+                ),
+            ),
+            (
+                "input channels",
+                (f"{_cell(i['channels'])} (grey X-rays are repeated to 3 channels before normalising)")
+                if i["mean"] != UNKNOWN
+                else _cell(i["channels"]),
+            ),
+            ("pretraining view size", f"{_cell(i['size'])} px" if i["size"] != UNKNOWN else UNKNOWN),
+            ("normalisation", normalise),
+        ]
+    )
+    lines += [
+        "Layers (state dict keys by their first name; the JSON card lists every key and shape):",
+        "",
+        "| layer | tensors | parameters |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {markdown_text(g['name'])} | {_int(g['tensors'])} | {_int(g['parameters'])} |"
+        for g in w["layers"]
+    ]
     return lines + [""]
 
 
@@ -103,9 +135,13 @@ def _stages(stages) -> str:
     for s in stages:
         gamma = "pruner off" if s["gamma"] is None else f"γ = {_cell(s['gamma'])}"
         extra = f", best val loss {_cell(s['best_val_loss'])}" if "best_val_loss" in s else ""
-        warned = " (collapse warning)" if s.get("collapse_warning") or s.get("monitor_collapse_warning") else ""
-        parts.append(f"stage {_cell(s['index'])}: n = {_cell(s['n'])}, {gamma}, {_cell(s['epochs'])} epochs, "
-                     f"{_cell(s['steps'])} steps{extra}{warned}")
+        warned = (
+            " (collapse warning)" if s.get("collapse_warning") or s.get("monitor_collapse_warning") else ""
+        )
+        parts.append(
+            f"stage {_cell(s['index'])}: n = {_cell(s['n'])}, {gamma}, {_cell(s['epochs'])} epochs, "
+            f"{_cell(s['steps'])} steps{extra}{warned}"
+        )
     return "; ".join(parts)
 
 
@@ -114,9 +150,11 @@ def _training(card: dict) -> list[str]:
     origin = src.get("original", src)  # a re-export: the checkpoint the first export read
     data, sched, pos = t["data"], t["schedule"], t["position"]
     if isinstance(sched, dict):
-        schedule = (f"{_cell(sched['epochs_per_stage'])} epochs a stage × {_cell(sched['steps_per_epoch'])} "
-                    f"steps of {_cell(sched['batch_size'])} images; {_cell(sched['total_steps'])} steps in all "
-                    f"up to these weights")
+        schedule = (
+            f"{_cell(sched['epochs_per_stage'])} epochs a stage × {_cell(sched['steps_per_epoch'])} "
+            f"steps of {_cell(sched['batch_size'])} images; {_cell(sched['total_steps'])} steps in all "
+            f"up to these weights"
+        )
     else:
         schedule = UNKNOWN
     where = ", ".join(f"{k} {_cell(pos[k])}" for k in ("stage", "n", "epoch", "step", "val_loss") if k in pos)
@@ -124,20 +162,37 @@ def _training(card: dict) -> list[str]:
         ("method", _cell(t["method"])),
         ("stages trained", _stages(t["stages"])),
         ("stages of the run", _cell(t.get("run_stages", UNKNOWN))),
-        ("data", (f"{_cell(data['dataset'])} at {_cell(data.get('root', UNKNOWN))}: "
-                  f"{_cell(data['train_images'])} training, {_cell(data['val_images'])} validation images")),
+        (
+            "data",
+            (
+                f"{_cell(data['dataset'])} at {_cell(data.get('root', UNKNOWN))}: "
+                f"{_cell(data['train_images'])} training, {_cell(data['val_images'])} validation images"
+            ),
+        ),
         ("schedule", schedule),
         ("seed", _cell(t.get("seed", UNKNOWN))),
         ("checkpoint", f"{_cell(origin['checkpoint'])} ({_cell(origin['layout'])} layout): {where}"),
         ("run folder", _cell(origin["run_folder"])),
-        ("versions", (f"adam_ext {_cell(p['adam_ext'])}, torch {_cell(p['torch'])}, "
-                      f"Python {_cell(p['python'])}, {_cell(p['world_size'])} process(es)")),
+        (
+            "versions",
+            (
+                f"adam_ext {_cell(p['adam_ext'])}, torch {_cell(p['torch'])}, "
+                f"Python {_cell(p['python'])}, {_cell(p['world_size'])} process(es)"
+            ),
+        ),
         ("git commit", _cell(p["git_commit"])),
     ]
     if "original" in src:
         carried = f" (its encoder: {_cell(src['card_encoder'])})" if "card_encoder" in src else ""
-        rows.append(("exported from", (f"{_cell(src['checkpoint'])}, whose card "
-                                      f"{_cell(src.get('card', UNKNOWN))} this one carries on{carried}")))
+        rows.append(
+            (
+                "exported from",
+                (
+                    f"{_cell(src['checkpoint'])}, whose card "
+                    f"{_cell(src.get('card', UNKNOWN))} this one carries on{carried}"
+                ),
+            )
+        )
     note = [f"*{markdown_text(t['note'])}.*", ""] if "note" in t else []
     return ["## How they were made", ""] + note + _table(rows)
 
@@ -148,8 +203,10 @@ def _monitors(card: dict) -> list[str]:
     if not isinstance(m["values"], dict):
         return lines + [f"{UNKNOWN}: {markdown_text(m.get('note', 'not recorded'))}.", ""]
     when = "on these weights" if m["of_these_weights"] is True else "last before these weights"
-    measured = (f"Measured {when} (stage {_cell(m['stage'])}, epoch {_cell(m['epoch'])}, "
-                f"step {_cell(m['step'])}) on the run's validation images, from {_cell(m['source'])}:")
+    measured = (
+        f"Measured {when} (stage {_cell(m['stage'])}, epoch {_cell(m['epoch'])}, "
+        f"step {_cell(m['step'])}) on the run's validation images, from {_cell(m['source'])}:"
+    )
     lines += [measured, "", "| monitor | value | meaning |", "|---|---|---|"]
     lines += [f"| {markdown_text(k)} | {_cell(v)} | {_MONITORS.get(k, '')} |" for k, v in m["values"].items()]
     return lines + [""]
@@ -168,17 +225,30 @@ def render_card(card: dict) -> str:
     snippets and the resolved configuration (folded). Everything comes from ``card``, escaped."""
     w, t, c = card["weights"], card["training"], card["created"]
     library = _LIBRARIES.get(w["format"], _cell(w["format"]))
-    summary = (f"{_cell(w['arch'])} {_cell(w['encoder'])} encoder trunk, pretrained with "
-               f"{_cell(t['method'])}, exported for {library} by {_cell(c['by'])} "
-               f"(adam_ext {_cell(c['adam_ext'])}) at {_cell(c['at'])}.")
-    lines = [f"# Model card: {markdown_text(w['file'])}", "", summary, "",
-             f"This file is rendered from {markdown_text(str(w['file']) + '.card.json')}, the card's source.",
-             ""]
+    summary = (
+        f"{_cell(w['arch'])} {_cell(w['encoder'])} encoder trunk, pretrained with "
+        f"{_cell(t['method'])}, exported for {library} by {_cell(c['by'])} "
+        f"(adam_ext {_cell(c['adam_ext'])}) at {_cell(c['at'])}."
+    )
+    lines = [
+        f"# Model card: {markdown_text(w['file'])}",
+        "",
+        summary,
+        "",
+        f"This file is rendered from {markdown_text(str(w['file']) + '.card.json')}, the card's source.",
+        "",
+    ]
     lines += _weights(card) + _training(card) + _monitors(card) + _loading(card)
     lines += ["## Resolved configuration", ""]
     if isinstance(t["config"], dict):
-        lines += ["<details><summary>the pretraining configuration, as the checkpoint records it</summary>", "",
-                  markdown_fence(_json(t["config"]), "json"), "", "</details>", ""]
+        lines += [
+            "<details><summary>the pretraining configuration, as the checkpoint records it</summary>",
+            "",
+            markdown_fence(_json(t["config"]), "json"),
+            "",
+            "</details>",
+            "",
+        ]
     else:
         lines += [f"{UNKNOWN}.", ""]
     return "\n".join(lines)

@@ -42,7 +42,7 @@ def parse_init(spec: str) -> tuple[str, str | None]:
     if spec == "random":
         return "random", None
     if spec.startswith(_IMAGENET):
-        path = spec[len(_IMAGENET):]
+        path = spec[len(_IMAGENET) :]
         if not path:
             raise ValueError(f"init 'imagenet:PATH' needs a file path after 'imagenet:', got {spec!r}")
         return "imagenet", path
@@ -106,9 +106,15 @@ class InitReport:
 
     def to_dict(self) -> dict:
         return {
-            "spec": self.spec, "kind": self.kind, "source": self.source, "arch": self.arch,
-            "n_loaded": len(self.loaded), "missing": self.missing, "n_unused": len(self.unused),
-            "meta": {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str))}, "card": self.card,
+            "spec": self.spec,
+            "kind": self.kind,
+            "source": self.source,
+            "arch": self.arch,
+            "n_loaded": len(self.loaded),
+            "missing": self.missing,
+            "n_unused": len(self.unused),
+            "meta": {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str))},
+            "card": self.card,
         }
 
 
@@ -126,7 +132,9 @@ def _groups(keys) -> str:
     return ", ".join(f"{k}{'.*' if n > 1 or '.' in k else ''} ({n})" for k, n in counts.items()) or "none"
 
 
-def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = True, pretrained=None) -> InitReport:
+def load_encoder(
+    encoder: nn.Module, spec: str, arch: str, *, strict: bool = True, pretrained=None
+) -> InitReport:
     """Initialises ``encoder`` (torchvision ResNet key names, no ``fc``) from ``spec``.
 
     Args:
@@ -165,7 +173,9 @@ def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = Tru
     loadable = {k: v for k, v in pre.encoder_q.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     missing = sorted(set(own) - set(loadable))
     if not loadable:
-        raise ValueError(f"init {spec!r} loads nothing into the {arch} encoder (no key with a matching name and shape)")
+        raise ValueError(
+            f"init {spec!r} loads nothing into the {arch} encoder (no key with a matching name and shape)"
+        )
     if strict and missing:
         raise ValueError(
             f"init {spec!r} must provide every {arch} encoder tensor, got {len(missing)} missing "
@@ -173,11 +183,19 @@ def load_encoder(encoder: nn.Module, spec: str, arch: str, *, strict: bool = Tru
         )
     encoder.load_state_dict(loadable, strict=False)
     if pre.state is not None:
-        unused = [k for k in pre.state if not (k.startswith("encoder_q.") and k[len("encoder_q."):] in loadable)]
+        unused = [
+            k for k in pre.state if not (k.startswith("encoder_q.") and k[len("encoder_q.") :] in loadable)
+        ]
     else:  # a torchvision file: its fc.* (the ImageNet classifier) is dropped by load_pretrained
         unused = [k for k in pre.encoder_q if k not in loadable]
     return InitReport(
-        spec=spec, kind=kind, source=pre.source, arch=pre.arch, loaded=sorted(loadable), missing=missing,
-        unused=unused, meta=dict(pre.meta), card=card_line(pre.card, pre.path) if pre.card is not None else None,
+        spec=spec,
+        kind=kind,
+        source=pre.source,
+        arch=pre.arch,
+        loaded=sorted(loadable),
+        missing=missing,
+        unused=unused,
+        meta=dict(pre.meta),
+        card=card_line(pre.card, pre.path) if pre.card is not None else None,
     )
-

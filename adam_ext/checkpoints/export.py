@@ -162,8 +162,10 @@ def _verify_monai(trunk: dict, arch: str) -> None:
 
     channels = int(trunk["conv1.weight"].shape[1]) if "conv1.weight" in trunk else 3
     with torch.device("meta"):
-        nets = {"ResNet": resnet(arch, channels),
-                "FlexibleUNet encoder": flexible_unet(arch, 1, channels).encoder}
+        nets = {
+            "ResNet": resnet(arch, channels),
+            "FlexibleUNet encoder": flexible_unet(arch, 1, channels).encoder,
+        }
     for name, net in nets.items():
         try:
             net.load_state_dict(dict(trunk), strict=True, assign=True)
@@ -216,10 +218,14 @@ def export_encoder(src, fmt: str, out, *, encoder: str = "q", map_location="cpu"
     if not out or out.endswith(os.sep) or os.path.isdir(out):
         raise ValueError(f"out must be a file path, got {out!r} (a directory)")
     if out.endswith((".card.json", ".card.md")):
-        raise ValueError(f"out must not end in .card.json or .card.md (the names of model cards), got {out!r}")
+        raise ValueError(
+            f"out must not end in .card.json or .card.md (the names of model cards), got {out!r}"
+        )
     if out.endswith(".safetensors") and fmt != "safetensors":
-        raise ValueError(f"out ends in .safetensors but format is {fmt!r}: use format 'safetensors' (its keys "
-                         f"load in every library), or another name for a torch file, got {out!r}")
+        raise ValueError(
+            f"out ends in .safetensors but format is {fmt!r}: use format 'safetensors' (its keys "
+            f"load in every library), or another name for a torch file, got {out!r}"
+        )
     pre = src if isinstance(src, Pretrained) else load_pretrained(src, map_location=map_location)
     if os.path.exists(out) and os.path.exists(pre.path) and os.path.samefile(out, pre.path):
         raise ValueError(f"out must differ from the checkpoint, got {out!r} for both")
@@ -295,6 +301,7 @@ def _write_with_card(pre: Pretrained, trunk: dict, fmt: str, encoder: str, out: 
     """Writes ``trunk`` to ``out`` and its model card beside it, all or nothing."""
     folder, name = os.path.split(os.path.abspath(out))
     container = "safetensors" if fmt == "safetensors" else "torch"
+
     def load(source_input):
         return load_snippets(pre.arch, name, source_input, container=container)
 
@@ -314,8 +321,14 @@ def _write_with_card(pre: Pretrained, trunk: dict, fmt: str, encoder: str, out: 
     json_name, md_name = (os.path.basename(p) for p in card_paths(name))
     # In this order (the cards need the weights' hash), all or nothing; errors name the file and the
     # reason (full disk, read-only folder).
-    atomic_write_files(folder, {name: weights, json_name: text(lambda c: json.dumps(json_safe(c), indent=2) + "\n"),
-                                md_name: text(render_card)})
+    atomic_write_files(
+        folder,
+        {
+            name: weights,
+            json_name: text(lambda c: json.dumps(json_safe(c), indent=2) + "\n"),
+            md_name: text(render_card),
+        },
+    )
 
 
 class _HashingWriter:
@@ -333,8 +346,9 @@ class _HashingWriter:
         self.f.flush()
 
 
-def load_snippets(arch: str, filename: str, source_input: dict | None = None, *,
-                  container: str = "torch") -> dict:
+def load_snippets(
+    arch: str, filename: str, source_input: dict | None = None, *, container: str = "torch"
+) -> dict:
     """Python that loads an exported file in each library (what its model card shows).
 
     Each snippet runs as it is from the folder holding ``filename`` and leaves the loaded network in
@@ -357,22 +371,44 @@ def load_snippets(arch: str, filename: str, source_input: dict | None = None, *,
     else:
         load, imports = f"torch.load({name}, weights_only=True)", ["import torch"]
     check = 'assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected  # fc stays new: your head'
-    torchvision = [*imports, "import torchvision", "",
-                   f'model = torchvision.models.{arch}(weights=None)',
-                   f"missing, unexpected = model.load_state_dict({load}, strict=False)", check]
+    torchvision = [
+        *imports,
+        "import torchvision",
+        "",
+        f"model = torchvision.models.{arch}(weights=None)",
+        f"missing, unexpected = model.load_state_dict({load}, strict=False)",
+        check,
+    ]
     mean, std = (source_input or {}).get("mean"), (source_input or {}).get("std")
     if isinstance(mean, list) and isinstance(std, list):
-        torchvision += ["# inputs: 3-channel float images in [0, 1] (grey repeated), normalised as in pretraining",
-                        f"normalize = torchvision.transforms.Normalize(mean={mean}, std={std})"]
-    smp = ["import segmentation_models_pytorch as smp", *imports, "",
-           f'model = smp.Unet("{arch}", encoder_weights=None, classes=1)  # classes: your masks',
-           f"model.encoder.load_state_dict({load})"]
-    timm = ["import timm", *imports, "",
-            f'model = timm.create_model("{arch}", pretrained=False, num_classes=2)  # num_classes: yours',
-            f"missing, unexpected = model.load_state_dict({load}, strict=False)", check]
-    return {name: "\n".join(lines) + "\n" for name, lines in
-            (("torchvision", torchvision), ("smp", smp), ("timm", timm),
-             ("monai", _monai_snippet(arch, load, imports, source_input)))}
+        torchvision += [
+            "# inputs: 3-channel float images in [0, 1] (grey repeated), normalised as in pretraining",
+            f"normalize = torchvision.transforms.Normalize(mean={mean}, std={std})",
+        ]
+    smp = [
+        "import segmentation_models_pytorch as smp",
+        *imports,
+        "",
+        f'model = smp.Unet("{arch}", encoder_weights=None, classes=1)  # classes: your masks',
+        f"model.encoder.load_state_dict({load})",
+    ]
+    timm = [
+        "import timm",
+        *imports,
+        "",
+        f'model = timm.create_model("{arch}", pretrained=False, num_classes=2)  # num_classes: yours',
+        f"missing, unexpected = model.load_state_dict({load}, strict=False)",
+        check,
+    ]
+    return {
+        name: "\n".join(lines) + "\n"
+        for name, lines in (
+            ("torchvision", torchvision),
+            ("smp", smp),
+            ("timm", timm),
+            ("monai", _monai_snippet(arch, load, imports, source_input)),
+        )
+    }
 
 
 def _python_str(text: str) -> str:
@@ -389,19 +425,28 @@ def _monai_snippet(arch: str, load: str, imports: list[str], source_input: dict 
     block, layers = MONAI_BLOCKS[arch]
     channels = (source_input or {}).get("channels")
     channels = channels if isinstance(channels, int) and not isinstance(channels, bool) else 3
-    shape = (f"spatial_dims=2, n_input_channels={channels}, conv1_t_stride=2, shortcut_type=\"B\", "
-             f"bias_downsample=False, feed_forward=False")
-    lines = [*imports, "from monai.networks.nets import FlexibleUNet, ResNet",
-             "from monai.networks.nets.resnet import ResNetFeatures, get_inplanes", "",
-             "# torchvision's ResNet in MONAI: 2-D, a stride-2 stem, 1x1-conv shortcuts without bias, no fc",
-             f"model = ResNet({block!r}, {layers}, get_inplanes(), {shape})".replace("'", '"'),
-             f"model.load_state_dict({load}, strict=True)", "",
-             f"unet = FlexibleUNet(in_channels={channels}, out_channels=1, backbone={arch!r}, "
-             f"spatial_dims=2)  # out_channels: your masks".replace("'", '"')]
+    shape = (
+        f'spatial_dims=2, n_input_channels={channels}, conv1_t_stride=2, shortcut_type="B", '
+        f"bias_downsample=False, feed_forward=False"
+    )
+    lines = [
+        *imports,
+        "from monai.networks.nets import FlexibleUNet, ResNet",
+        "from monai.networks.nets.resnet import ResNetFeatures, get_inplanes",
+        "",
+        "# torchvision's ResNet in MONAI: 2-D, a stride-2 stem, 1x1-conv shortcuts without bias, no fc",
+        f"model = ResNet({block!r}, {layers}, get_inplanes(), {shape})".replace("'", '"'),
+        f"model.load_state_dict({load}, strict=True)",
+        "",
+        f"unet = FlexibleUNet(in_channels={channels}, out_channels=1, backbone={arch!r}, "
+        f"spatial_dims=2)  # out_channels: your masks".replace("'", '"'),
+    ]
     if arch in ("resnet18", "resnet34"):
-        lines += ["encoder = ResNetFeatures.__new__(ResNetFeatures)  # its forward gives the 5 feature maps",
-                  f"ResNet.__init__(encoder, {block!r}, {layers}, get_inplanes(), {shape})".replace("'", '"'),
-                  "unet.encoder = encoder"]
+        lines += [
+            "encoder = ResNetFeatures.__new__(ResNetFeatures)  # its forward gives the 5 feature maps",
+            f"ResNet.__init__(encoder, {block!r}, {layers}, get_inplanes(), {shape})".replace("'", '"'),
+            "unet.encoder = encoder",
+        ]
     return lines + [f"unet.encoder.load_state_dict({load}, strict=True)"]
 
 
@@ -409,11 +454,15 @@ def usage_hint(fmt: str, arch: str, out: str) -> str:
     """One line of Python that loads an exported file ``out`` in ``fmt``'s library."""
     load = f"torch.load({out!r}, weights_only=True)"
     if fmt == "safetensors":
-        return (f"torchvision.models.{arch}(weights=None).load_state_dict("
-                f"safetensors.torch.load_file({out!r}), strict=False)  # fc stays new; smp, timm, MONAI: same keys")
+        return (
+            f"torchvision.models.{arch}(weights=None).load_state_dict("
+            f"safetensors.torch.load_file({out!r}), strict=False)  # fc stays new; smp, timm, MONAI: same keys"
+        )
     if fmt == "monai":
-        return (f"monai.networks.nets.ResNet(..., spatial_dims=2, conv1_t_stride=2, shortcut_type='B', "
-                f"bias_downsample=False, feed_forward=False).load_state_dict({load})  # the card: all of it")
+        return (
+            f"monai.networks.nets.ResNet(..., spatial_dims=2, conv1_t_stride=2, shortcut_type='B', "
+            f"bias_downsample=False, feed_forward=False).load_state_dict({load})  # the card: all of it"
+        )
     if fmt == "smp":
         return f'smp.Unet("{arch}", encoder_weights=None).encoder.load_state_dict({load})'
     if fmt == "timm":

@@ -155,22 +155,27 @@ def _read_safetensors(path: str, map_location) -> dict:
     try:
         from safetensors.torch import load_file
     except ImportError as err:  # a declared dependency; said plainly if it is missing
-        raise ValueError(f"checkpoint {path!r} is a safetensors file: pip install safetensors ({err})") \
-            from err
+        raise ValueError(
+            f"checkpoint {path!r} is a safetensors file: pip install safetensors ({err})"
+        ) from err
     try:
         tensors = load_file(path, device="cpu")
     except Exception as err:  # SafetensorError (a malformed header or truncated data), OSError
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(f"checkpoint {path!r} could not be read as a safetensors file: "
-                         f"{type(err).__name__}: {first}") from err
+        raise ValueError(
+            f"checkpoint {path!r} could not be read as a safetensors file: {type(err).__name__}: {first}"
+        ) from err
     if map_location not in (None, "cpu") and not (callable(map_location) or isinstance(map_location, dict)):
         tensors = {k: v.to(map_location) for k, v in tensors.items()}
     return tensors
 
 
 def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) for k in obj) and any(
-        isinstance(v, torch.Tensor) for v in obj.values()
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and any(isinstance(v, torch.Tensor) for v in obj.values())
     )
 
 
@@ -242,8 +247,9 @@ def infer_arch(trunk: dict, *, what: str = "checkpoint") -> str:
     return arch
 
 
-def _check_trunk(trunk: dict, arch: str, *, what: str, declared_from: str | None, path: str | None = None,
-                 key_in_file=None) -> None:
+def _check_trunk(
+    trunk: dict, arch: str, *, what: str, declared_from: str | None, path: str | None = None, key_in_file=None
+) -> None:
     """Checks ``trunk``'s keys and shapes against torchvision's ``arch`` (fc excepted), built on meta,
     then its values (see :func:`_check_values`) when ``path`` is given."""
     import torchvision
@@ -354,7 +360,7 @@ def source_encoders(path) -> dict:
     obj = _read(path, "cpu", mmap=True)
     if not isinstance(obj, dict):
         message = f"checkpoint {path!r} must hold a dict, got {type(obj).__name__}"
-        raise ValueError(message)  # noqa: TRY004 - a bad file, a usage error
+        raise ValueError(message)
     model, wrapper, config, _, _ = _unwrap(obj, path)
     _, _, encoder_q, encoder_k, _ = _encoders(model, wrapper, config, path)
     return {"query": encoder_q, "key": encoder_k}
@@ -401,8 +407,7 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
     path = os.fspath(path)
     obj = _read(path, map_location)
     if not isinstance(obj, dict):
-        raise ValueError(  # noqa: TRY004 - a bad file, a usage error: `adam` exits 2 on ValueError
-            f"checkpoint {path!r} must hold a dict, got {type(obj).__name__}; {_LAYOUTS_HELP}")
+        raise ValueError(f"checkpoint {path!r} must hold a dict, got {type(obj).__name__}; {_LAYOUTS_HELP}")
 
     meta = {
         k: obj[k]
@@ -414,14 +419,34 @@ def load_pretrained(path, map_location="cpu") -> Pretrained:
     source, state, encoder_q, encoder_k, in_file = _encoders(model, wrapper, config, path)
     arch = declared if declared is not None else infer_arch(encoder_q, what=f"checkpoint {path!r}")
     prefix = "" if source == "torchvision" else "encoder_q."
-    _check_trunk(encoder_q, arch, what=f"query encoder of {path!r}", declared_from=declared_from, path=path,
-                 key_in_file=lambda key: in_file.get(prefix + key, prefix + key))
+    _check_trunk(
+        encoder_q,
+        arch,
+        what=f"query encoder of {path!r}",
+        declared_from=declared_from,
+        path=path,
+        key_in_file=lambda key: in_file.get(prefix + key, prefix + key),
+    )
     if encoder_k is not None:
-        _check_trunk(encoder_k, arch, what=f"key encoder of {path!r}", declared_from=declared_from, path=path,
-                     key_in_file=lambda key: in_file.get("encoder_k." + key, "encoder_k." + key))
+        _check_trunk(
+            encoder_k,
+            arch,
+            what=f"key encoder of {path!r}",
+            declared_from=declared_from,
+            path=path,
+            key_in_file=lambda key: in_file.get("encoder_k." + key, "encoder_k." + key),
+        )
     return Pretrained(
-        path=path, source=source, arch=arch, state=state, encoder_q=encoder_q, encoder_k=encoder_k,
-        config=config, meta=meta, provenance=provenance, card=read_card(path, trunk=encoder_q, arch=arch),
+        path=path,
+        source=source,
+        arch=arch,
+        state=state,
+        encoder_q=encoder_q,
+        encoder_k=encoder_k,
+        config=config,
+        meta=meta,
+        provenance=provenance,
+        card=read_card(path, trunk=encoder_q, arch=arch),
     )
 
 
@@ -430,7 +455,9 @@ def _unwrap(obj: dict, path: str):
     config, declared, declared_from = None, None, None
     if "kind" in obj:
         if obj["kind"] != PRETRAIN_KIND:
-            raise ValueError(f"checkpoint {path!r} must be of kind {PRETRAIN_KIND!r}, got kind {obj['kind']!r}")
+            raise ValueError(
+                f"checkpoint {path!r} must be of kind {PRETRAIN_KIND!r}, got kind {obj['kind']!r}"
+            )
         version = obj.get("version")
         if not readable_version(version, PRETRAIN_VERSION):
             raise ValueError(

@@ -3,7 +3,7 @@
 torchvision's ResNet is MONAI's ``ResNet`` with ``spatial_dims=2``, a stride-2 stem
 (``conv1_t_stride=2``), 1×1-convolution shortcuts without bias (``shortcut_type="B"``,
 ``bias_downsample=False``) and no ``fc`` (``feed_forward=False``): the same key names and shapes, the
-same outputs bit for bit (tests/test_export.py). MONAI's ``FlexibleUNet`` builds its resnet50/101/152
+same outputs bit for bit (tests/checkpoints/test_export.py). MONAI's ``FlexibleUNet`` builds its resnet50/101/152
 encoders so; its resnet18/34 encoders follow MedicalNet instead (parameter-free zero-padding
 shortcuts, ``shortcut_type="A"``), which have no place for torchvision's shortcut convolutions, so
 :func:`flexible_unet` gives those depths the torchvision-shaped encoder (the same feature maps and
@@ -18,16 +18,26 @@ from __future__ import annotations
 __all__ = ["MONAI_BLOCKS", "flexible_unet", "resnet", "resnet_features"]
 
 #: torchvision ResNet name -> (MONAI block, blocks per stage).
-MONAI_BLOCKS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
-                "resnet50": ("bottleneck", [3, 4, 6, 3]), "resnet101": ("bottleneck", [3, 4, 23, 3]),
-                "resnet152": ("bottleneck", [3, 8, 36, 3])}
+MONAI_BLOCKS = {
+    "resnet18": ("basic", [2, 2, 2, 2]),
+    "resnet34": ("basic", [3, 4, 6, 3]),
+    "resnet50": ("bottleneck", [3, 4, 6, 3]),
+    "resnet101": ("bottleneck", [3, 4, 23, 3]),
+    "resnet152": ("bottleneck", [3, 8, 36, 3]),
+}
 #: FlexibleUNet backbones whose own encoder is torchvision-shaped.
 _FLEXIBLE_OWN = ("resnet50", "resnet101", "resnet152")
 
 
 def _torchvision_shape(in_channels: int) -> dict:
-    return {"spatial_dims": 2, "n_input_channels": in_channels, "conv1_t_stride": 2, "shortcut_type": "B",
-            "bias_downsample": False, "feed_forward": False}
+    return {
+        "spatial_dims": 2,
+        "n_input_channels": in_channels,
+        "conv1_t_stride": 2,
+        "shortcut_type": "B",
+        "bias_downsample": False,
+        "feed_forward": False,
+    }
 
 
 def _blocks(arch: str):

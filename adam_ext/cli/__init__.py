@@ -21,29 +21,45 @@ from .. import __version__  # a string of adam_ext/__init__.py, which imports no
 COMMANDS = {
     "synth": ("adam_ext.cli.data", "write synthetic chest radiographs in the ChestX-ray14 and SCR layouts"),
     "cache": ("adam_ext.cli.data", "decode and resize a data set's images once into a memory-mapped cache"),
-    "pretrain": ("adam_ext.cli.pretrain", ("Adam pretraining (stages n = 0, 2, 4) on a folder of images or a known "
-                                          "data set")),
+    "pretrain": (
+        "adam_ext.cli.pretrain",
+        ("Adam pretraining (stages n = 0, 2, 4) on a folder of images or a known data set"),
+    ),
     "report": ("adam_ext.cli.pretrain", "write report.md with loss and pruned-fraction curves for a run"),
-    "export": ("adam_ext.cli.export", ("export the pretrained encoder for torchvision, smp, timm or MONAI, or as "
-                                      "safetensors")),
-    "finetune": ("adam_ext.cli.finetune", "fine-tune and evaluate an encoder on classification or segmentation"),
+    "export": (
+        "adam_ext.cli.export",
+        ("export the pretrained encoder for torchvision, smp, timm or MONAI, or as safetensors"),
+    ),
+    "finetune": (
+        "adam_ext.cli.finetune",
+        "fine-tune and evaluate an encoder on classification or segmentation",
+    ),
     "compare": ("adam_ext.cli.finetune", "compare initialisations under the same seeds, with t-tests"),
     "embed": ("adam_ext.cli.eve", "global (and dense) embeddings of images from a pretrained encoder"),
-    "eve": ("adam_ext.cli.eve", ("analyses of the learned embeddings (locality, compositionality, correspondence, "
-                                "Grad-CAM)")),
+    "eve": (
+        "adam_ext.cli.eve",
+        ("analyses of the learned embeddings (locality, compositionality, correspondence, Grad-CAM)"),
+    ),
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``adam`` parser; with ``command``, only that command's arguments are added (the others
     keep their one-line help), without it every command's (which imports what they need)."""
-    parser = argparse.ArgumentParser(prog="adam", description="Adam: anatomy-aware self-supervised pretraining.",
-                                     epilog="Errors print one line; --debug (anywhere) shows the traceback. Exit "
-                                            "status: 0 success, 1 failure, 2 usage error, 130/143 stopped by "
-                                            "SIGINT/SIGTERM (adam pretrain: resume with --resume).")
+    parser = argparse.ArgumentParser(
+        prog="adam",
+        description="Adam: anatomy-aware self-supervised pretraining.",
+        epilog="Errors print one line; --debug (anywhere) shows the traceback. Exit "
+        "status: 0 success, 1 failure, 2 usage error, 130/143 stopped by "
+        "SIGINT/SIGTERM (adam pretrain: resume with --resume).",
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    parser.add_argument("--version", action="version", version=f"adam (adam_ext) {__version__}",
-                        help="print the version of adam_ext and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"adam (adam_ext) {__version__}",
+        help="print the version of adam_ext and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, text) in COMMANDS.items():
@@ -109,4 +125,3 @@ def main(argv=None) -> int:
             raise
         print(f"adam {args.command}: interrupted", file=sys.stderr)
         return 130
-

@@ -10,29 +10,49 @@ from .._util.escape import terminal
 from .pretrain import seed_arg
 
 # The defaults of adam_ext.data.synthetic.SynthConfig, written out so that `adam synth --help`
-# imports nothing heavy (tests/test_cli.py checks that they agree).
+# imports nothing heavy (tests/cli/test_cli.py checks that they agree).
 SYNTH_DEFAULTS = {"size": 512, "seed": 0, "finding_rate": 0.5}
 
 
 def synth_parser(parser: argparse.ArgumentParser) -> None:
     """``adam synth --out DIR --n N [--size 512] [--seed 0] ...``."""
-    parser.description = ("Write procedural PA chest radiographs with masks, landmarks and findings in the "
-                          "ChestX-ray14 and SCR/JSRT layouts (deterministic for a seed).")
+    parser.description = (
+        "Write procedural PA chest radiographs with masks, landmarks and findings in the "
+        "ChestX-ray14 and SCR/JSRT layouts (deterministic for a seed)."
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--n", required=True, type=int, help="number of images")
-    parser.add_argument("--size", type=int, default=SYNTH_DEFAULTS["size"],
-                        help="image side in pixels (default %(default)s)")
-    parser.add_argument("--seed", type=seed_arg, default=SYNTH_DEFAULTS["seed"],
-                        help="seed (default %(default)s; at most 2**63 - 1)")
+    parser.add_argument(
+        "--size", type=int, default=SYNTH_DEFAULTS["size"], help="image side in pixels (default %(default)s)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=seed_arg,
+        default=SYNTH_DEFAULTS["seed"],
+        help="seed (default %(default)s; at most 2**63 - 1)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
-    parser.add_argument("--finding-rate", type=float, default=SYNTH_DEFAULTS["finding_rate"],
-                        help="probability that an image has findings (default %(default)s)")
-    parser.add_argument("--scr-count", type=int, default=None,
-                        help="images also written in the SCR layout (default: min(n, 247))")
-    parser.add_argument("--without", action="append", default=[], metavar="FEATURE",
-                        choices=["markers", "electrodes", "collimation", "exposure_variation"],
-                        help="leave a film feature out (markers, electrodes, collimation, exposure_variation); "
-                             "repeat for several. Everything else stays as with the same seed")
+    parser.add_argument(
+        "--finding-rate",
+        type=float,
+        default=SYNTH_DEFAULTS["finding_rate"],
+        help="probability that an image has findings (default %(default)s)",
+    )
+    parser.add_argument(
+        "--scr-count",
+        type=int,
+        default=None,
+        help="images also written in the SCR layout (default: min(n, 247))",
+    )
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="FEATURE",
+        choices=["markers", "electrodes", "collimation", "exposure_variation"],
+        help="leave a film feature out (markers, electrodes, collimation, exposure_variation); "
+        "repeat for several. Everything else stays as with the same seed",
+    )
     parser.set_defaults(func=run_synth)
 
 
@@ -40,12 +60,23 @@ def run_synth(args) -> int:
     from ..data.synthetic import generate
 
     start = time.perf_counter()
-    out = generate(args.out, args.n, size=args.size, seed=args.seed, workers=args.workers,
-                   finding_rate=args.finding_rate, scr_count=args.scr_count,
-                   **{feature: False for feature in args.without})
+    out = generate(
+        args.out,
+        args.n,
+        size=args.size,
+        seed=args.seed,
+        workers=args.workers,
+        finding_rate=args.finding_rate,
+        scr_count=args.scr_count,
+        **{feature: False for feature in args.without},
+    )
     seconds = time.perf_counter() - start
-    print(terminal(f"adam synth: {args.n} images of {args.size} px in {seconds:.1f} s "
-                   f"({args.n / seconds:.1f} images/s) -> {out}"))
+    print(
+        terminal(
+            f"adam synth: {args.n} images of {args.size} px in {seconds:.1f} s "
+            f"({args.n / seconds:.1f} images/s) -> {out}"
+        )
+    )
     return 0
 
 
@@ -87,8 +118,11 @@ def run_cache(args) -> int:
         dataset, args.out, size=args.size, workers=args.workers, overwrite=args.overwrite, meta=meta
     )
     mib = cache.nbytes / 2**20
-    print(terminal(f"cached {len(cache)} images of {args.dataset} ({args.split}) in {cache.path}: "
-                   f"{mib:.1f} MiB"))
+    print(
+        terminal(
+            f"cached {len(cache)} images of {args.dataset} ({args.split}) in {cache.path}: {mib:.1f} MiB"
+        )
+    )
     return 0
 
 

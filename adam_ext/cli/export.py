@@ -9,7 +9,7 @@ import signal
 import sys
 
 # adam_ext.checkpoints.export.FORMATS, written out so that `adam export --help` imports nothing heavy
-# (tests/test_cli.py checks that they agree)
+# (tests/cli/test_cli.py checks that they agree)
 FORMATS = ("torchvision", "smp", "timm", "monai", "safetensors")
 
 
@@ -25,14 +25,17 @@ def export_parser(parser: argparse.ArgumentParser) -> None:
         "--format safetensors: a safetensors file with the same keys (loads in every library). The output "
         "directory is created if missing."
     )
-    parser.add_argument("checkpoint", metavar="CKPT",
-                        help="pretraining checkpoint (.pt / .pth.tar / .safetensors)")
+    parser.add_argument(
+        "checkpoint", metavar="CKPT", help="pretraining checkpoint (.pt / .pth.tar / .safetensors)"
+    )
     parser.add_argument("out", metavar="OUT", help="output state dict file")
     parser.add_argument("--format", required=True, choices=FORMATS, help="library the file is for")
     parser.add_argument(
         "--encoder", choices=("q", "k"), default="q", help="query encoder (default) or momentum key encoder"
     )
-    parser.add_argument("--no-card", action="store_true", help="write the weights alone, without a model card")
+    parser.add_argument(
+        "--no-card", action="store_true", help="write the weights alone, without a model card"
+    )
     parser.set_defaults(func=run_export)
 
 
@@ -48,6 +51,7 @@ class _Stopped(BaseException):
 @contextlib.contextmanager
 def _stop_cleanly():
     """SIGTERM and SIGHUP raise :class:`_Stopped` for the duration (in the main thread only)."""
+
     def stop(signum, frame):
         raise _Stopped(signum)
 
@@ -93,10 +97,12 @@ def run_export(args) -> int:
     n_params = sum(v.numel() for k, v in trunk.items() if not k.endswith(buffers))
     which = "query" if args.encoder == "q" else "key"
     epoch = f", epoch {pre.meta['epoch']}" if "epoch" in pre.meta else ""
-    print(printable(
-        f"wrote {out}: {pre.arch} {which} encoder trunk for {args.format} ({len(trunk)} tensors, "
-        f"{n_params / 1e6:.1f}M parameters) from {pre.path} ({pre.source} layout{epoch})"
-    ))
+    print(
+        printable(
+            f"wrote {out}: {pre.arch} {which} encoder trunk for {args.format} ({len(trunk)} tensors, "
+            f"{n_params / 1e6:.1f}M parameters) from {pre.path} ({pre.source} layout{epoch})"
+        )
+    )
     if card is not None:
         print(card_line(card, out))
     print(printable(f"load it with: {usage_hint(args.format, pre.arch, out)}"))

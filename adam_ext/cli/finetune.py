@@ -26,11 +26,27 @@ __all__ = ["PARSERS", "add_recipe_arguments", "recipe_values"]
 
 # flag dest -> config field (None values are not passed)
 _FLAGS = {
-    "dataset": "dataset", "root": "root", "arch": "arch", "size": "size", "epochs": "epochs",
-    "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "patience": "patience",
-    "shots": "shots", "runs": "runs", "seed": "seed", "out": "out", "workers": "workers", "device": "device",
-    "seg_mode": "seg_mode", "train_split": "train_split", "test_split": "test_split",
-    "freeze_encoder": "freeze_encoder", "frozen_epochs": "frozen_epochs", "encoder_lr_scale": "encoder_lr_scale",
+    "dataset": "dataset",
+    "root": "root",
+    "arch": "arch",
+    "size": "size",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "optimizer": "optimizer",
+    "patience": "patience",
+    "shots": "shots",
+    "runs": "runs",
+    "seed": "seed",
+    "out": "out",
+    "workers": "workers",
+    "device": "device",
+    "seg_mode": "seg_mode",
+    "train_split": "train_split",
+    "test_split": "test_split",
+    "freeze_encoder": "freeze_encoder",
+    "frozen_epochs": "frozen_epochs",
+    "encoder_lr_scale": "encoder_lr_scale",
 }
 
 
@@ -38,7 +54,7 @@ def add_recipe_arguments(parser, task: str | None) -> None:
     """The flags of the fine-tuning recipe: data set, encoder, schedule, few-shot and runs.
 
     Shared by ``adam finetune`` / ``adam compare`` and programs built on them
-    (``python/gamma_ablation.py``); :func:`recipe_values` reads them back.
+    (``python/experiments/gamma_ablation.py``); :func:`recipe_values` reads them back.
 
     Args:
         parser: an ``argparse`` parser or argument group.
@@ -53,7 +69,9 @@ def add_recipe_arguments(parser, task: str | None) -> None:
     parser.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
     parser.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10; 0: off)")
     parser.add_argument("--batch-size", type=int, help="global batch (default 32)")
-    parser.add_argument("--lr", type=float, help="learning rate (default 2.5e-4 cls, 2e-4 seg, 1e-3 with adam)")
+    parser.add_argument(
+        "--lr", type=float, help="learning rate (default 2.5e-4 cls, 2e-4 seg, 1e-3 with adam)"
+    )
     parser.add_argument("--optimizer", choices=("adamw", "adam"), help="default adamw")
     parser.add_argument("--shots", type=int, help="few-shot: number of training images, drawn per seed")
     parser.add_argument("--runs", type=int, help="runs with seeds seed .. seed+runs-1 (default 1)")
@@ -61,23 +79,41 @@ def add_recipe_arguments(parser, task: str | None) -> None:
     parser.add_argument("--train-split", help="override the data set's training split")
     parser.add_argument("--test-split", help="override the data set's test split")
     parser.add_argument("--workers", type=int, help="DataLoader workers per process (default 4)")
-    parser.add_argument("--freeze-encoder", action="store_true", default=None,
-                        help="frozen-encoder evaluation: the encoder stays as loaded (eval-mode BN, no gradient), "
-                             "only the head trains (cls: linear probe; seg: U-Net decoder)")
-    parser.add_argument("--frozen-epochs", type=int, metavar="N",
-                        help="LP-FT: the encoder frozen as with --freeze-encoder for the first N epochs, "
-                             "then fine-tuned (default 0)")
-    parser.add_argument("--encoder-lr-scale", type=float, metavar="S",
-                        help="the encoder's learning rate as a fraction of --lr (default 1)")
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        default=None,
+        help="frozen-encoder evaluation: the encoder stays as loaded (eval-mode BN, no gradient), "
+        "only the head trains (cls: linear probe; seg: U-Net decoder)",
+    )
+    parser.add_argument(
+        "--frozen-epochs",
+        type=int,
+        metavar="N",
+        help="LP-FT: the encoder frozen as with --freeze-encoder for the first N epochs, "
+        "then fine-tuned (default 0)",
+    )
+    parser.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        metavar="S",
+        help="the encoder's learning rate as a fraction of --lr (default 1)",
+    )
     if task != "cls":
-        parser.add_argument("--masks", help="seg: comma-separated mask names (default: all of the data set's)")
-        parser.add_argument("--seg-mode", choices=("multilabel", "multiclass"), help="seg: default multilabel")
+        parser.add_argument(
+            "--masks", help="seg: comma-separated mask names (default: all of the data set's)"
+        )
+        parser.add_argument(
+            "--seg-mode", choices=("multilabel", "multiclass"), help="seg: default multilabel"
+        )
 
 
 def recipe_values(args) -> dict:
     """The :class:`~.protocol.FinetuneConfig` fields given on the command line (flags left out are
     not included): those of :func:`add_recipe_arguments` and ``--out`` / ``--device`` where present."""
-    values = {key: getattr(args, dest) for dest, key in _FLAGS.items() if getattr(args, dest, None) is not None}
+    values = {
+        key: getattr(args, dest) for dest, key in _FLAGS.items() if getattr(args, dest, None) is not None
+    }
     if getattr(args, "masks", None):
         values["masks"] = [m.strip() for m in args.masks.split(",") if m.strip()]
     return values
@@ -87,8 +123,13 @@ def _common(parser: argparse.ArgumentParser, task: str, multi_init: bool) -> Non
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, values in YAML")
     parser.add_argument("--config", help="YAML file of FinetuneConfig fields")
     if multi_init:
-        parser.add_argument("--init", action="append", required=True, metavar="INIT",
-                            help="an initialisation, given twice or more; the first is the baseline of the t-tests")
+        parser.add_argument(
+            "--init",
+            action="append",
+            required=True,
+            metavar="INIT",
+            help="an initialisation, given twice or more; the first is the baseline of the t-tests",
+        )
     else:
         parser.add_argument("--init", help="random (default), imagenet:PATH or a pretraining checkpoint PATH")
     add_recipe_arguments(parser, task)
@@ -131,8 +172,10 @@ def _check_options(cfg) -> None:
     taken -= {"self", "root", "split", "transform"}
     unknown = [key for key in cfg.options if key not in taken]
     if unknown and not open_ended:
-        raise ValueError(f"options has unknown key {unknown[0]!r} for data set {dataset!r}; expected some of "
-                         f"{sorted(taken)}")
+        raise ValueError(
+            f"options has unknown key {unknown[0]!r} for data set {dataset!r}; expected some of "
+            f"{sorted(taken)}"
+        )
 
 
 def _main() -> bool:
@@ -147,9 +190,14 @@ def _run_finetune(args) -> int:
     if _main():
         primary = result["primary"]
         s = result["summary"][primary]
-        print(f"adam finetune {args.task}: test {primary} {s['mean']:.4f} ± {s['std']:.4f} over {s['n']} run(s)")
-        print(terminal(f"  results: {result['results_md']}  {result['results_json']}  "
-                       f"curves: {result['curves']}"))
+        print(
+            f"adam finetune {args.task}: test {primary} {s['mean']:.4f} ± {s['std']:.4f} over {s['n']} run(s)"
+        )
+        print(
+            terminal(
+                f"  results: {result['results_md']}  {result['results_json']}  curves: {result['curves']}"
+            )
+        )
     return 0
 
 
@@ -167,13 +215,17 @@ def _run_compare(args) -> int:
 
 def finetune_parser(parser: argparse.ArgumentParser) -> None:
     """``adam finetune {cls,seg} ...``."""
-    parser.description = ("Fine-tune an encoder (random, ImageNet file or pretraining checkpoint) on a downstream "
-                          "task with the paper's protocol: early stopping on 10%% of the training set, test metrics "
-                          "of the best epoch, --runs seeds with mean ± std, --shots few-shot subsets.")
+    parser.description = (
+        "Fine-tune an encoder (random, ImageNet file or pretraining checkpoint) on a downstream "
+        "task with the paper's protocol: early stopping on 10%% of the training set, test metrics "
+        "of the best epoch, --runs seeds with mean ± std, --shots few-shot subsets."
+    )
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
-    for task, text in (("cls", "classification: encoder + linear head, AUC"),
-                       ("seg", "segmentation: U-Net, Dice and IoU")):
+    for task, text in (
+        ("cls", "classification: encoder + linear head, AUC"),
+        ("seg", "segmentation: U-Net, Dice and IoU"),
+    ):
         sub = tasks.add_parser(task, help=text, description=f"adam finetune {task}: {text}")
         _common(sub, task, multi_init=False)
         sub.set_defaults(func=_run_finetune)
@@ -181,12 +233,16 @@ def finetune_parser(parser: argparse.ArgumentParser) -> None:
 
 def compare_parser(parser: argparse.ArgumentParser) -> None:
     """``adam compare {cls,seg} --init A --init B ...``."""
-    parser.description = ("Fine-tune each --init under the same seeds and report mean ± std per test metric and an "
-                          "independent two-sample t-test (scipy) of each against the first.")
+    parser.description = (
+        "Fine-tune each --init under the same seeds and report mean ± std per test metric and an "
+        "independent two-sample t-test (scipy) of each against the first."
+    )
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
     for task in ("cls", "seg"):
-        sub = tasks.add_parser(task, help=f"compare on a {'classification' if task == 'cls' else 'segmentation'} task")
+        sub = tasks.add_parser(
+            task, help=f"compare on a {'classification' if task == 'cls' else 'segmentation'} task"
+        )
         _common(sub, task, multi_init=True)
         sub.set_defaults(func=_run_compare)
 

@@ -291,7 +291,9 @@ def read_mask(path: Path) -> np.ndarray:
         with _open_pil(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 size = f"{image.width}x{image.height}"
-                raise DecodeError(f"mask {path} is {size}, above MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels")
+                raise DecodeError(
+                    f"mask {path} is {size}, above MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels"
+                )
             image.load()
             grey = np.asarray(image.convert("L"))
     except DecodeError:

@@ -27,44 +27,119 @@ import cv2
 import numpy as np
 
 CLASSES = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
 )
 # Findings the phantom can draw (a subset of CLASSES).
 FINDINGS = ("Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation")
 MASKS = (
-    "right_lung", "left_lung",
-    "right_upper_lobe", "right_middle_lobe", "right_lower_lobe", "left_upper_lobe", "left_lower_lobe",
-    "heart", "right_clavicle", "left_clavicle", "ribs", "mediastinum", "trachea",
+    "right_lung",
+    "left_lung",
+    "right_upper_lobe",
+    "right_middle_lobe",
+    "right_lower_lobe",
+    "left_upper_lobe",
+    "left_lower_lobe",
+    "heart",
+    "right_clavicle",
+    "left_clavicle",
+    "ribs",
+    "mediastinum",
+    "trachea",
 )
 LANDMARKS = (
-    "carina", "heart_apex", "right_costophrenic_angle", "left_costophrenic_angle",
-    "right_clavicle_head", "left_clavicle_head", "right_lung_apex", "left_lung_apex",
-    "right_hemidiaphragm_dome", "left_hemidiaphragm_dome", "right_hilum", "left_hilum", "aortic_knob",
+    "carina",
+    "heart_apex",
+    "right_costophrenic_angle",
+    "left_costophrenic_angle",
+    "right_clavicle_head",
+    "left_clavicle_head",
+    "right_lung_apex",
+    "left_lung_apex",
+    "right_hemidiaphragm_dome",
+    "left_hemidiaphragm_dome",
+    "right_hilum",
+    "left_hilum",
+    "aortic_knob",
 )
 SIDES = (("right", -1.0), ("left", 1.0))
 
 # Full lung outlines (including the parts behind heart and mediastinum) as (d, y) control
 # points of a closed Catmull-Rom curve, clockwise on screen for the right lung.
-_LUNG = np.array([
-    (0.165, 0.125), (0.245, 0.150), (0.305, 0.215), (0.340, 0.310), (0.357, 0.430), (0.362, 0.550),
-    (0.358, 0.650), (0.352, 0.718), (0.352, 0.718), (0.300, 0.680), (0.200, 0.640), (0.110, 0.655),
-    (0.050, 0.680), (0.046, 0.560), (0.052, 0.430), (0.060, 0.300), (0.072, 0.200), (0.110, 0.145),
-])
+_LUNG = np.array(
+    [
+        (0.165, 0.125),
+        (0.245, 0.150),
+        (0.305, 0.215),
+        (0.340, 0.310),
+        (0.357, 0.430),
+        (0.362, 0.550),
+        (0.358, 0.650),
+        (0.352, 0.718),
+        (0.352, 0.718),
+        (0.300, 0.680),
+        (0.200, 0.640),
+        (0.110, 0.655),
+        (0.050, 0.680),
+        (0.046, 0.560),
+        (0.052, 0.430),
+        (0.060, 0.300),
+        (0.072, 0.200),
+        (0.110, 0.145),
+    ]
+)
 _APEX, _CP, _DOME = 0, 7, 10
 _DIAPHRAGM = slice(6, 13)  # the points that move with the diaphragm
 # Heart outline (X, Y): right border, inferior border, apex, left border, base.
-_HEART = np.array([
-    (0.490, 0.405), (0.445, 0.440), (0.415, 0.500), (0.405, 0.565), (0.415, 0.625), (0.445, 0.668),
-    (0.540, 0.690), (0.625, 0.692), (0.672, 0.676), (0.682, 0.625), (0.665, 0.560), (0.630, 0.505),
-    (0.590, 0.470), (0.570, 0.430), (0.545, 0.405),
-])
+_HEART = np.array(
+    [
+        (0.490, 0.405),
+        (0.445, 0.440),
+        (0.415, 0.500),
+        (0.405, 0.565),
+        (0.415, 0.625),
+        (0.445, 0.668),
+        (0.540, 0.690),
+        (0.625, 0.692),
+        (0.672, 0.676),
+        (0.682, 0.625),
+        (0.665, 0.560),
+        (0.630, 0.505),
+        (0.590, 0.470),
+        (0.570, 0.430),
+        (0.545, 0.405),
+    ]
+)
 _HEART_APEX = 8
 # Mediastinum (X, Y): left side down (aortic knob, pulmonary trunk), then right side up.
-_MEDIASTINUM = np.array([
-    (0.555, 0.060), (0.560, 0.190), (0.588, 0.262), (0.572, 0.315), (0.566, 0.370), (0.560, 0.450),
-    (0.500, 0.470), (0.440, 0.450), (0.432, 0.370), (0.437, 0.260), (0.445, 0.120), (0.445, 0.060),
-])
+_MEDIASTINUM = np.array(
+    [
+        (0.555, 0.060),
+        (0.560, 0.190),
+        (0.588, 0.262),
+        (0.572, 0.315),
+        (0.566, 0.370),
+        (0.560, 0.450),
+        (0.500, 0.470),
+        (0.440, 0.450),
+        (0.432, 0.370),
+        (0.437, 0.260),
+        (0.445, 0.120),
+        (0.445, 0.060),
+    ]
+)
 _KNOB = 2
 
 
@@ -136,8 +211,9 @@ def catmull_rom(points: np.ndarray, samples: int = 10) -> np.ndarray:
     p1 = np.asarray(points, dtype=np.float64)
     p0, p2, p3 = np.roll(p1, 1, 0), np.roll(p1, -1, 0), np.roll(p1, -2, 0)
     t = np.linspace(0.0, 1.0, samples, endpoint=False)[:, None, None]
-    curve = 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
-                   + (3 * p1 - p0 - 3 * p2 + p3) * t**3)
+    curve = 0.5 * (
+        2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (3 * p1 - p0 - 3 * p2 + p3) * t**3
+    )
     return curve.transpose(1, 0, 2).reshape(-1, 2)
 
 
@@ -192,8 +268,13 @@ class Frame:
         if canvas is None:
             canvas = np.zeros((self.size, self.size), dtype=np.uint8)
         pts = polygon if pixels else self.to_pix(polygon)
-        cv2.fillPoly(canvas, [np.rint(pts * 16).astype(np.int32)], int(value),
-                     lineType=cv2.LINE_AA if antialias else cv2.LINE_8, shift=4)
+        cv2.fillPoly(
+            canvas,
+            [np.rint(pts * 16).astype(np.int32)],
+            int(value),
+            lineType=cv2.LINE_AA if antialias else cv2.LINE_8,
+            shift=4,
+        )
         return canvas
 
 
@@ -212,8 +293,9 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
         return cv2.GaussianBlur(img, (0, 0), sigma)
     factor = sigma / 3  # same result to the eye, ~factor^2 cheaper
     h, w = img.shape
-    small = cv2.resize(img, (max(1, round(w / factor)), max(1, round(h / factor))),
-                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        img, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA
+    )
     small = cv2.GaussianBlur(small, (0, 0), 3 * small.shape[1] / w * factor)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
@@ -223,7 +305,7 @@ def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     step = -(-size // cells)
     coarse = rng.standard_normal((cells + 3, cells + 3), dtype=np.float32)
     big = cv2.resize(coarse, ((cells + 3) * step,) * 2, interpolation=cv2.INTER_CUBIC)
-    return np.ascontiguousarray(big[step:step + size, step:step + size])
+    return np.ascontiguousarray(big[step : step + size, step : step + size])
 
 
 # --------------------------------------------------------------------------- sampling
@@ -253,11 +335,17 @@ def sample_subject(rng: np.random.Generator) -> Subject:
         if sign > 0:  # the left dome peaks lateral to the heart
             pts[_DOME, 0] += 0.035
         lungs[name] = side_points(pts, sign, thorax)
-    hila = {"right": np.array([0.5 - 0.07 * thorax, vertical(0.41)]) + rng.normal(0, 0.006, 2),
-            "left": np.array([0.5 + 0.075 * thorax, vertical(0.39)]) + rng.normal(0, 0.006, 2)}
+    hila = {
+        "right": np.array([0.5 - 0.07 * thorax, vertical(0.41)]) + rng.normal(0, 0.006, 2),
+        "left": np.array([0.5 + 0.075 * thorax, vertical(0.39)]) + rng.normal(0, 0.006, 2),
+    }
     heart_scale = rng.normal(1.0, 0.1)
-    heart = _scale_about(_HEART + rng.normal(0.0, 0.004, _HEART.shape), (0.53, 0.41),
-                         heart_scale * thorax, heart_scale * lung_h)
+    heart = _scale_about(
+        _HEART + rng.normal(0.0, 0.004, _HEART.shape),
+        (0.53, 0.41),
+        heart_scale * thorax,
+        heart_scale * lung_h,
+    )
     heart += (rng.normal(0.0, 0.015), apex_y - 0.125 + 0.5 * dome_l)
     med = _MEDIASTINUM + rng.normal(0.0, 0.003, _MEDIASTINUM.shape)
     med[:, 0] = 0.5 + (med[:, 0] - 0.5) * rng.normal(1.0, 0.1)
@@ -266,12 +354,23 @@ def sample_subject(rng: np.random.Generator) -> Subject:
     carina = np.array([0.5 + rng.normal(0.004, 0.004), apex_y + rng.normal(0.185, 0.012) * lung_h])
     rib_top = apex_y - 0.04 + rng.normal(0.0, 0.005)
     return Subject(
-        sex=sex, age=age, lungs=lungs, heart=heart, mediastinum=med, carina=carina, hila=hila,
-        clavicles=_sample_clavicles(rng, apex_y, thorax), rib_top=rib_top,
+        sex=sex,
+        age=age,
+        lungs=lungs,
+        heart=heart,
+        mediastinum=med,
+        carina=carina,
+        hila=hila,
+        clavicles=_sample_clavicles(rng, apex_y, thorax),
+        rib_top=rib_top,
         rib_step=(0.64 + dome_r - rib_top) / 11.0 * lung_h * rng.normal(1.0, 0.02),
-        rib_width=rng.normal(1.0, 0.07), rib_jitter=rng.normal(0.0, 1.0, (2, 12, 3)), thorax=thorax,
-        soft=rng.normal(1.0, 0.1), breast=rng.uniform(0.5, 1.0) if sex == "F" else 0.0,
-        vessel_seed=int(rng.integers(2**31)), fissure=bool(rng.random() < 0.4),
+        rib_width=rng.normal(1.0, 0.07),
+        rib_jitter=rng.normal(0.0, 1.0, (2, 12, 3)),
+        thorax=thorax,
+        soft=rng.normal(1.0, 0.1),
+        breast=rng.uniform(0.5, 1.0) if sex == "F" else 0.0,
+        vessel_seed=int(rng.integers(2**31)),
+        fissure=bool(rng.random() < 0.4),
     )
 
 
@@ -281,8 +380,14 @@ def _sample_clavicles(rng: np.random.Generator, apex_y: float, thorax: float) ->
     lateral_y = rng.normal(0.0, 0.008)
     clavicles = {}
     for name, sign in SIDES:
-        ctrl = np.array([(0.045, head_y), (0.17, head_y + 0.025), (0.24, head_y - 0.055 + lateral_y),
-                         (0.37, head_y - 0.04 + lateral_y)]) + rng.normal(0.0, 0.003, (4, 2))
+        ctrl = np.array(
+            [
+                (0.045, head_y),
+                (0.17, head_y + 0.025),
+                (0.24, head_y - 0.055 + lateral_y),
+                (0.37, head_y - 0.04 + lateral_y),
+            ]
+        ) + rng.normal(0.0, 0.003, (4, 2))
         clavicles[name] = side_points(ctrl, sign, thorax * rng.normal(1.0, 0.02))
     return clavicles
 
@@ -312,7 +417,9 @@ class FilmFeatures:
 _MID_EXPOSURE = {"gain": 1.025, "gamma": 0.9, "sharpen": 0.55, "equalize": 0.35, "grain": 0.0275}
 
 
-def sample_view(rng: np.random.Generator, finding_rate: float, features: FilmFeatures = FilmFeatures()) -> View:
+def sample_view(
+    rng: np.random.Generator, finding_rate: float, features: FilmFeatures = FilmFeatures()
+) -> View:
     """Draws one exposure: pose (rotation up to ±7°), exposure, the findings to draw, a side marker
     (80% of films), ECG electrodes (35%) and collimation borders (50%); ``features`` switches the
     last four off (the draws are made all the same, so nothing else changes)."""
@@ -323,16 +430,34 @@ def sample_view(rng: np.random.Generator, finding_rate: float, features: FilmFea
     marker = ()
     if rng.random() < 0.8:  # a lead side marker near an upper corner
         left = rng.random() < 0.5
-        marker = ("R" if rng.random() < 0.7 else "L", rng.uniform(0.03, 0.12) if left else rng.uniform(0.82, 0.9),
-                  rng.uniform(0.03, 0.14), rng.uniform(0.04, 0.07))
-    electrodes = rng.uniform((0.15, 0.12), (0.85, 0.55), (int(rng.integers(2, 6)), 2)) if rng.random() < 0.35 \
+        marker = (
+            "R" if rng.random() < 0.7 else "L",
+            rng.uniform(0.03, 0.12) if left else rng.uniform(0.82, 0.9),
+            rng.uniform(0.03, 0.14),
+            rng.uniform(0.04, 0.07),
+        )
+    electrodes = (
+        rng.uniform((0.15, 0.12), (0.85, 0.55), (int(rng.integers(2, 6)), 2))
+        if rng.random() < 0.35
         else np.zeros((0, 2))
+    )
     collimation = rng.uniform(0.0, 0.06, 4) * (rng.random(4) < 0.5) if rng.random() < 0.5 else np.zeros(4)
-    view = View(zoom=rng.uniform(0.8, 1.08), aspect=rng.normal(1.0, 0.03), angle=rng.uniform(-7.0, 7.0),
-                shift=rng.normal(0.0, 0.025, 2), gain=rng.uniform(0.75, 1.3), gamma=rng.uniform(0.6, 1.2),
-                sharpen=rng.uniform(0.2, 0.9), equalize=rng.uniform(0.2, 0.5), grain=rng.uniform(0.01, 0.045),
-                bubble=rng.uniform(0.6, 1.3) if rng.random() < 0.7 else 0.0, findings=findings, marker=marker,
-                electrodes=electrodes, collimation=collimation)
+    view = View(
+        zoom=rng.uniform(0.8, 1.08),
+        aspect=rng.normal(1.0, 0.03),
+        angle=rng.uniform(-7.0, 7.0),
+        shift=rng.normal(0.0, 0.025, 2),
+        gain=rng.uniform(0.75, 1.3),
+        gamma=rng.uniform(0.6, 1.2),
+        sharpen=rng.uniform(0.2, 0.9),
+        equalize=rng.uniform(0.2, 0.5),
+        grain=rng.uniform(0.01, 0.045),
+        bubble=rng.uniform(0.6, 1.3) if rng.random() < 0.7 else 0.0,
+        findings=findings,
+        marker=marker,
+        electrodes=electrodes,
+        collimation=collimation,
+    )
     if not features.markers:
         view.marker = ()
     if not features.electrodes:

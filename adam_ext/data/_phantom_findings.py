@@ -92,8 +92,15 @@ def _pneumothorax(scene: _Scene) -> None:
     scene.density["vessels"] *= 1.0 - soft
     scene.density["air"] = scene.density["air"] * (1.0 - 0.4 * soft) + 0.5 * soft
     line = np.zeros((scene.size, scene.size), np.uint8)
-    cv2.polylines(line, [np.rint(f.to_pix(collapsed) * 16).astype(np.int32)], True, 255,
-                  max(1, int(2 * scene.px)), cv2.LINE_AA, 4)
+    cv2.polylines(
+        line,
+        [np.rint(f.to_pix(collapsed) * 16).astype(np.int32)],
+        True,
+        255,
+        max(1, int(2 * scene.px)),
+        cv2.LINE_AA,
+        4,
+    )
     scene.density.setdefault("lesions", np.zeros_like(scene.X))
     scene.density["lesions"] += line.astype(np.float32) * (0.25 / 255) * scene.full[name]
     _record(scene, "Pneumothorax", region)
@@ -117,6 +124,10 @@ def _consolidation(scene: _Scene) -> None:
 
 
 _FINDING_PAINTERS = {
-    "Nodule": _nodule, "Mass": _mass, "Effusion": _effusion, "Cardiomegaly": _cardiomegaly,
-    "Pneumothorax": _pneumothorax, "Consolidation": _consolidation,
+    "Nodule": _nodule,
+    "Mass": _mass,
+    "Effusion": _effusion,
+    "Cardiomegaly": _cardiomegaly,
+    "Pneumothorax": _pneumothorax,
+    "Consolidation": _consolidation,
 }

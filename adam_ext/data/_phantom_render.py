@@ -90,8 +90,13 @@ def render(subject: Subject, view: View, size: int, rng: np.random.Generator) ->
         _FINDING_PAINTERS[name](scene)
     brightness = _film_extras(scene, _expose(scene))
     rib_index = scene.masks.pop("rib_index")
-    return Phantom(brightness=brightness, masks={k: scene.masks[k] for k in MASKS}, rib_index=rib_index,
-                   landmarks=scene.landmarks, findings=scene.findings)
+    return Phantom(
+        brightness=brightness,
+        masks={k: scene.masks[k] for k in MASKS},
+        rib_index=rib_index,
+        landmarks=scene.landmarks,
+        findings=scene.findings,
+    )
 
 
 def _organs(scene: _Scene, heart: np.ndarray) -> None:
@@ -105,8 +110,10 @@ def _organs(scene: _Scene, heart: np.ndarray) -> None:
     top = np.array([0.5 + (s.carina[0] - 0.5) * 0.3, -0.05])
     trachea = bezier([top, top + (0.0, 0.1), s.carina - (0.006, 0.08), s.carina])
     right, left = s.hila["right"], s.hila["left"]
-    bronchi = [bezier([s.carina, s.carina + (-0.012, 0.02), right + (0.02, -0.03), right], 12),
-               bezier([s.carina, s.carina + (0.02, 0.018), left + (-0.03, -0.02), left], 12)]
+    bronchi = [
+        bezier([s.carina, s.carina + (-0.012, 0.02), right + (0.02, -0.03), right], 12),
+        bezier([s.carina, s.carina + (0.02, 0.018), left + (-0.03, -0.02), left], 12),
+    ]
     scene.masks["trachea"] = f.fill(ribbon(trachea, 0.034))  # with the main bronchi
     for bronchus in bronchi:
         f.fill(ribbon(bronchus, np.linspace(0.024, 0.014, len(bronchus))), canvas=scene.masks["trachea"])
@@ -188,8 +195,15 @@ def _rib(s: Subject, k: int, sign: float, wall_d: np.ndarray, wall_y: np.ndarray
     if k <= 9:  # anterior arc: turns at the wall, runs down and medially to the costal cartilage
         end_d = 0.075 if k == 1 else 0.1 + 0.012 * k
         end_y = y0 + drop + (0.07 if k == 1 else 0.13 + 0.006 * k)
-        front = bezier([(reach, y0 + drop), (reach, y0 + drop + 0.045),
-                        (end_d + 0.4 * (reach - end_d), end_y - 0.04), (end_d, end_y)], 28)
+        front = bezier(
+            [
+                (reach, y0 + drop),
+                (reach, y0 + drop + 0.045),
+                (end_d + 0.4 * (reach - end_d), end_y - 0.04),
+                (end_d, end_y),
+            ],
+            28,
+        )
         parts.append((front, width * np.linspace(1.0, 1.25, len(front))))
     return [(side_points(c, sign, s.thorax), w) for c, w in parts]
 
@@ -213,8 +227,11 @@ def _spine(scene: _Scene) -> np.ndarray:
 def _soft_tissue(scene: _Scene) -> None:
     s, v, X, Y, px = scene.subject, scene.view, scene.Xc, scene.Yc, scene.px
     # torso half-width (neck, shoulders, chest, waist) and front-to-back depth against height
-    half_width = s.thorax * np.interp(Y, [-0.1, 0.05, 0.09, 0.12, 0.15, 0.2, 0.3, 0.6, 1.1],
-                                      [0.11, 0.12, 0.2, 0.36, 0.46, 0.53, 0.5, 0.445, 0.425])
+    half_width = s.thorax * np.interp(
+        Y,
+        [-0.1, 0.05, 0.09, 0.12, 0.15, 0.2, 0.3, 0.6, 1.1],
+        [0.11, 0.12, 0.2, 0.36, 0.46, 0.53, 0.5, 0.445, 0.425],
+    )
     depth = np.interp(Y, [-0.1, 0.08, 0.17, 0.5, 0.8, 1.1], [0.5, 0.55, 0.85, 1.0, 1.1, 1.12])
     u = scene.up((X - 0.5) / half_width)  # smooth, so interpolating it keeps the skin line sharp
     body = np.sqrt(np.clip(1.0 - u * u, 0.0, 1.0)) * scene.up(depth)
@@ -273,8 +290,9 @@ def _vessels(scene: _Scene) -> None:
             end = mid + 0.5 * length[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
             paths = np.rint(f.to_pix(np.stack([start, mid, end], 1).reshape(-1, 2)) * 16).astype(np.int32)
             thick = max(1, int(round((5.0 - 0.75 * gen) * scene.px)))
-            cv2.polylines(canvas, list(paths.reshape(-1, 3, 2)), False, int(240 - 28 * gen), thick,
-                          cv2.LINE_AA, 4)
+            cv2.polylines(
+                canvas, list(paths.reshape(-1, 3, 2)), False, int(240 - 28 * gen), thick, cv2.LINE_AA, 4
+            )
             spread = np.deg2rad(rng.uniform(12, 35, (len(end), 2)) * np.array([-1, 1]))
             angle = (angle[:, None] + spread).ravel()
             start = np.repeat(end, 2, 0)
@@ -319,16 +337,24 @@ def _film_extras(scene: _Scene, b: np.ndarray) -> np.ndarray:
         letter, x, y, height = v.marker
         scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, max(4, round(height * size)))
         glyph = np.zeros((size, size), np.uint8)  # putText draws on 8-bit images only
-        cv2.putText(glyph, letter, (round(x * size), round((y + height) * size)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    255, max(1, round(height * size / 6)), cv2.LINE_AA)
+        cv2.putText(
+            glyph,
+            letter,
+            (round(x * size), round((y + height) * size)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            255,
+            max(1, round(height * size / 6)),
+            cv2.LINE_AA,
+        )
         alpha = glyph.astype(np.float32) / 255.0
         b = b * (1.0 - alpha) + 250.0 * alpha
     left, top, right, bottom = np.rint(v.collimation * size).astype(int)
     b[:, :left] = b[:top, :] = 225.0
     if right:
-        b[:, size - right:] = 225.0
+        b[:, size - right :] = 225.0
     if bottom:
-        b[size - bottom:, :] = 225.0
+        b[size - bottom :, :] = 225.0
     return b
 
 
@@ -336,9 +362,23 @@ def _film_extras(scene: _Scene, b: np.ndarray) -> np.ndarray:
 
 # Weights of the density components (units of D; tuned by eye on contact sheets).
 _WEIGHTS = {
-    "body": 1.7, "humeri": 0.4, "air": -1.15, "heart": 0.45, "mediastinum": 0.45, "trachea": -0.45,
-    "spine": 0.3, "ribs": 0.14, "anterior_ribs": 0.05, "clavicles": 0.35, "vessels": 0.2, "hila": 0.2,
-    "breast": 0.3, "bubble": -0.6, "fissure": 0.12, "lesions": 0.6, "fluid": 1.0,
+    "body": 1.7,
+    "humeri": 0.4,
+    "air": -1.15,
+    "heart": 0.45,
+    "mediastinum": 0.45,
+    "trachea": -0.45,
+    "spine": 0.3,
+    "ribs": 0.14,
+    "anterior_ribs": 0.05,
+    "clavicles": 0.35,
+    "vessels": 0.2,
+    "hila": 0.2,
+    "breast": 0.3,
+    "bubble": -0.6,
+    "fissure": 0.12,
+    "lesions": 0.6,
+    "fluid": 1.0,
 }
 
 

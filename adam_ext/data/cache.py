@@ -184,9 +184,11 @@ class ImageCache:
         except OSError:
             now = None
         builds = f"build {self.build or 'unknown'} when opened, {now or 'another'} now"
-        return CacheChangedError(f"cache {self.path} was rebuilt while this reader used it ({builds}; its "
-                                 f"{DATA_FILE} {what}): its images no longer match the index read then; "
-                                 f"start the command again to read the new cache")
+        return CacheChangedError(
+            f"cache {self.path} was rebuilt while this reader used it ({builds}; its "
+            f"{DATA_FILE} {what}): its images no longer match the index read then; "
+            f"start the command again to read the new cache"
+        )
 
     def get(self, key: str, copy: bool = False):
         """The cached image of ``key`` and the size of the original.
@@ -289,8 +291,17 @@ class ImageCache:
         return f"ImageCache({str(self.path)!r}, {len(self)} images, size={self.size})"
 
     @classmethod
-    def build(cls, dataset, out_dir, size: int = 512, workers: int | None = None, *, overwrite: bool = False,
-              meta: dict | None = None, progress: bool = True) -> "ImageCache":
+    def build(
+        cls,
+        dataset,
+        out_dir,
+        size: int = 512,
+        workers: int | None = None,
+        *,
+        overwrite: bool = False,
+        meta: dict | None = None,
+        progress: bool = True,
+    ) -> ImageCache:
         """Decodes every image of ``dataset`` once, resizes it and stores it in a new cache folder.
 
         The folder is written under a temporary name next to ``out_dir`` and renamed into place
@@ -344,10 +355,15 @@ class ImageCache:
             try:
                 out_dir.mkdir()
             except FileExistsError:
-                raise ValueError(f"out_dir must not exist (or pass overwrite=True), got existing "
-                                 f"{out_dir}") from None
-        source = {"dataset": type(dataset).__name__, "root": root, "split": getattr(dataset, "split", None),
-                  "n_images": len(keys)}
+                raise ValueError(
+                    f"out_dir must not exist (or pass overwrite=True), got existing {out_dir}"
+                ) from None
+        source = {
+            "dataset": type(dataset).__name__,
+            "root": root,
+            "split": getattr(dataset, "split", None),
+            "n_images": len(keys),
+        }
         try:
             with runfolder.lock(out_dir):
                 if existed:
@@ -370,8 +386,16 @@ def _build_into(dataset, keys, out_dir: Path, size: int, workers: int, progress:
     try:
         runfolder.claim(tmp, "cache", build=build)
         entries, nbytes = _write_images(dataset, keys, tmp / DATA_FILE, size, workers, progress)
-        index = {"format": FORMAT, "version": VERSION, "size": size, "nbytes": nbytes, "build": build,
-                 "meta": meta or {}, "source": source, "entries": entries}
+        index = {
+            "format": FORMAT,
+            "version": VERSION,
+            "size": size,
+            "nbytes": nbytes,
+            "build": build,
+            "meta": meta or {},
+            "source": source,
+            "entries": entries,
+        }
         with open(tmp / INDEX_FILE, "w") as f:
             json.dump(index, f, separators=(",", ":"))
             f.flush()
@@ -388,8 +412,10 @@ def _check_replaceable(folder: Path) -> None:
     format), and holding nothing but a cache's own files (:data:`OWN_FILES`)."""
     if folder.is_symlink() or not folder.is_dir():
         what = "symbolic link" if folder.is_symlink() else "file"
-        raise runfolder.FolderKindError(f"out_dir {str(folder)!r} is a {what}, not a cache folder; adam "
-                                        f"cache --overwrite replaces only a cache it made")
+        raise runfolder.FolderKindError(
+            f"out_dir {str(folder)!r} is a {what}, not a cache folder; adam "
+            f"cache --overwrite replaces only a cache it made"
+        )
     marker = runfolder.read_marker(folder)
     if marker is None:  # made before markers: its index must say it is a cache
         try:
@@ -401,16 +427,25 @@ def _check_replaceable(folder: Path) -> None:
     else:
         kind = marker["kind"]
     if kind != "cache":
-        what = f"is {runfolder.KINDS[kind][0]} (made by `{runfolder.KINDS[kind][1]}`)" if kind else (
-            f"is not a cache (no {runfolder.MARKER} marker of one, no {INDEX_FILE} of format {FORMAT!r})")
-        raise runfolder.FolderKindError(f"out_dir {str(folder)!r} {what}; adam cache --overwrite deletes "
-                                        f"only a cache it made: choose another OUT")
+        what = (
+            f"is {runfolder.KINDS[kind][0]} (made by `{runfolder.KINDS[kind][1]}`)"
+            if kind
+            else (
+                f"is not a cache (no {runfolder.MARKER} marker of one, no {INDEX_FILE} of format {FORMAT!r})"
+            )
+        )
+        raise runfolder.FolderKindError(
+            f"out_dir {str(folder)!r} {what}; adam cache --overwrite deletes "
+            f"only a cache it made: choose another OUT"
+        )
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN_FILES)
     if foreign:
         named = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise runfolder.FolderKindError(f"cache {str(folder)!r} also holds {named}, which adam cache did not "
-                                        f"write; --overwrite would delete them: move them away or choose "
-                                        f"another OUT")
+        raise runfolder.FolderKindError(
+            f"cache {str(folder)!r} also holds {named}, which adam cache did not "
+            f"write; --overwrite would delete them: move them away or choose "
+            f"another OUT"
+        )
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -19,7 +19,6 @@ import torch
 
 from .randomness import ProcessRandomness, SeedLike
 
-
 REMAINDERS = ("spread", "drop")
 
 

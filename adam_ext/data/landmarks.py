@@ -41,8 +41,10 @@ def extract_patch(image: torch.Tensor, center, side: int) -> torch.Tensor:
         Tensor[C, side, side], ``image``'s dtype and device.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
-        raise ValueError(f"image must be a Tensor[C, H, W], got "
-                         f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+        raise ValueError(
+            f"image must be a Tensor[C, H, W], got "
+            f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}"
+        )
     if not _is_int(side) or side < 1:
         raise ValueError(f"side must be a positive integer (pixels), got {side!r}")
     x, y = (float(v) for v in center)
@@ -53,7 +55,7 @@ def extract_patch(image: torch.Tensor, center, side: int) -> torch.Tensor:
     out = image.new_zeros((image.shape[0], side, side))
     xa, xb, ya, yb = max(x0, 0), min(x0 + side, w), max(y0, 0), min(y0 + side, h)
     if xa < xb and ya < yb:
-        out[:, ya - y0:yb - y0, xa - x0:xb - x0] = image[:, ya:yb, xa:xb]
+        out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = image[:, ya:yb, xa:xb]
     return out
 
 
@@ -91,13 +93,21 @@ def landmark_names_of(dataset) -> tuple[str, ...]:
     if names is None and hasattr(dataset, "dataset"):  # torch.utils.data.Subset
         names = getattr(dataset.dataset, "landmark_names", None)
     if not names:
-        raise ValueError(f"dataset: {type(dataset).__name__} has no landmark_names; the locality analysis "
-                         "needs a reader whose items carry 'landmarks' (e.g. 'synthetic')")
+        raise ValueError(
+            f"dataset: {type(dataset).__name__} has no landmark_names; the locality analysis "
+            "needs a reader whose items carry 'landmarks' (e.g. 'synthetic')"
+        )
     return tuple(names)
 
 
-def landmark_patches(dataset, *, levels: Sequence[float] = (0.125, 0.25, 0.5), images: int | None = None,
-                     landmarks: Sequence[str] | None = None, seed: int = 0) -> LandmarkPatches:
+def landmark_patches(
+    dataset,
+    *,
+    levels: Sequence[float] = (0.125, 0.25, 0.5),
+    images: int | None = None,
+    landmarks: Sequence[str] | None = None,
+    seed: int = 0,
+) -> LandmarkPatches:
     """Cuts a patch around every landmark of ``images`` sampled images at each of ``levels``.
 
     Args:
@@ -124,19 +134,26 @@ def landmark_patches(dataset, *, levels: Sequence[float] = (0.125, 0.25, 0.5), i
     n = len(dataset)
     if n == 0:
         raise ValueError("dataset holds no images")
-    chosen = np.arange(n) if images is None or images >= n else np.sort(
-        numpy_rng(seed, "landmark_images").choice(n, size=images, replace=False))
+    chosen = (
+        np.arange(n)
+        if images is None or images >= n
+        else np.sort(numpy_rng(seed, "landmark_images").choice(n, size=images, replace=False))
+    )
     patches, lab, lev, img = [], [], [], []
     for index in chosen.tolist():
         item = dataset[index]
         points = item.get("landmarks") if isinstance(item, dict) else None
         if points is None:
-            raise ValueError(f"dataset item {index} has no 'landmarks'; landmark patches need a reader "
-                             "whose items carry them (e.g. 'synthetic')")
+            raise ValueError(
+                f"dataset item {index} has no 'landmarks'; landmark patches need a reader "
+                "whose items carry them (e.g. 'synthetic')"
+            )
         points = torch.as_tensor(points, dtype=torch.float64)
         if points.shape != (len(names), 2):
-            raise ValueError(f"dataset item {index}: landmarks must be [{len(names)}, 2] like "
-                             f"landmark_names, got {tuple(points.shape)}")
+            raise ValueError(
+                f"dataset item {index}: landmarks must be [{len(names)}, 2] like "
+                f"landmark_names, got {tuple(points.shape)}"
+            )
         image = item["image"]
         sides = level_sides(levels, image.shape[1], image.shape[2])
         for new_label, j in enumerate(wanted):
@@ -149,5 +166,12 @@ def landmark_patches(dataset, *, levels: Sequence[float] = (0.125, 0.25, 0.5), i
                 img.append(index)
     if not patches:
         raise ValueError("dataset: no annotated landmark in the images sampled")
-    return LandmarkPatches(patches, np.array(lab, np.int64), np.array(lev, np.int64), np.array(img, np.int64),
-                           tuple(names[j] for j in wanted), tuple(levels), chosen.tolist())
+    return LandmarkPatches(
+        patches,
+        np.array(lab, np.int64),
+        np.array(lev, np.int64),
+        np.array(img, np.int64),
+        tuple(names[j] for j in wanted),
+        tuple(levels),
+        chosen.tolist(),
+    )

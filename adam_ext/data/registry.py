@@ -69,20 +69,30 @@ class Dataset:
         if self.modality not in ("xray", "fundus"):
             raise ValueError(f"modality must be xray or fundus, got {self.modality!r}")
         if (self.train_split is None) != (self.test_split is None):
-            raise ValueError("train_split and test_split must both be given (a fine-tuning data set) or neither")
+            raise ValueError(
+                "train_split and test_split must both be given (a fine-tuning data set) or neither"
+            )
 
 
 #: name -> :class:`Dataset`.
 DATASETS: dict[str, Dataset] = {
-    "chestxray14": Dataset("adam_ext.data.readers.chestxray:ChestXray14", train_split="train", test_split="test",
-                           val_split="val", val_fraction_option=True),
-    "synthetic": Dataset("adam_ext.data.synthetic:SyntheticDataset", train_split="train", test_split="test",
-                         val_split="val"),
+    "chestxray14": Dataset(
+        "adam_ext.data.readers.chestxray:ChestXray14",
+        train_split="train",
+        test_split="test",
+        val_split="val",
+        val_fraction_option=True,
+    ),
+    "synthetic": Dataset(
+        "adam_ext.data.synthetic:SyntheticDataset", train_split="train", test_split="test", val_split="val"
+    ),
     "scr": Dataset("adam_ext.data.readers.segmentation:SCR", train_split="fold1", test_split="fold2"),
     "shenzhen": Dataset("adam_ext.data.readers.chestxray:Shenzhen", train_split="train", test_split="test"),
     "vindr_cxr": Dataset("adam_ext.data.readers.vindr:VinDrCXR", train_split="train", test_split="test"),
     "siim_acr": Dataset("adam_ext.data.readers.segmentation:SIIMACR", train_split="train", test_split="test"),
-    "chestx_det": Dataset("adam_ext.data.readers.segmentation:ChestXDet", train_split="train", test_split="test"),
+    "chestx_det": Dataset(
+        "adam_ext.data.readers.segmentation:ChestXDet", train_split="train", test_split="test"
+    ),
     "vindr_rib": Dataset("adam_ext.data.readers.vindr:VinDrRib", train_split="train", test_split="val"),
     "eyepacs": Dataset("adam_ext.data.readers.fundus:EyePACS", "fundus", "train", "test", finetune_size=512),
     "drive": Dataset("adam_ext.data.readers.fundus:DRIVE", "fundus", "training", "test", finetune_size=512),

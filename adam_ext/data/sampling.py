@@ -83,4 +83,7 @@ class EpochBatches(Sampler):
         order = torch.randperm(self.n, generator=generator).tolist()
         for step in range(self.start, self.n // self.global_batch):
             at = step * self.global_batch + self.rank * self.local
-            yield [(i, stream_seed(self.seed, "views", self.stage, self.epoch, i)) for i in order[at : at + self.local]]
+            yield [
+                (i, stream_seed(self.seed, "views", self.stage, self.epoch, i))
+                for i in order[at : at + self.local]
+            ]

@@ -88,17 +88,19 @@ class SegmentationAugment:
         owner = None if info is None else info.seed
         if self._compose is None:
             cfg = self.config
-            self._compose = A.Compose([
-                A.RandomGamma(gamma_limit=cfg.gamma_limit, p=cfg.gamma_p),
-                A.ElasticTransform(alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma, p=cfg.elastic_p),
-                A.RandomBrightnessContrast(
-                    brightness_limit=cfg.brightness_limit,
-                    contrast_limit=cfg.contrast_limit,
-                    p=cfg.brightness_contrast_p,
-                ),
-                A.OpticalDistortion(distort_limit=cfg.optical_limit, p=cfg.optical_p),
-                A.GridDistortion(num_steps=cfg.grid_steps, distort_limit=cfg.grid_limit, p=cfg.grid_p),
-            ])
+            self._compose = A.Compose(
+                [
+                    A.RandomGamma(gamma_limit=cfg.gamma_limit, p=cfg.gamma_p),
+                    A.ElasticTransform(alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma, p=cfg.elastic_p),
+                    A.RandomBrightnessContrast(
+                        brightness_limit=cfg.brightness_limit,
+                        contrast_limit=cfg.contrast_limit,
+                        p=cfg.brightness_contrast_p,
+                    ),
+                    A.OpticalDistortion(distort_limit=cfg.optical_limit, p=cfg.optical_p),
+                    A.GridDistortion(num_steps=cfg.grid_steps, distort_limit=cfg.grid_limit, p=cfg.grid_p),
+                ]
+            )
         if owner != self._owner:
             seed = self.randomness.seed
             if seed is not None and owner is not None:
@@ -119,7 +121,7 @@ class SegmentationAugment:
             shape = image.shape[:2]
             raise ValueError(f"mask must be an array (H, W) or (H, W, K) with (H, W) = {shape}, got {got}")
         dtype = mask.dtype
-        work = mask.astype(np.uint8) if dtype == bool else mask
+        work = mask.astype(np.uint8) if dtype == np.bool_ else mask
         out = self._pipeline()(image=image, mask=work)
         return out["image"], out["mask"].astype(dtype, copy=False)
 

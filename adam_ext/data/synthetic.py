@@ -47,17 +47,42 @@ from . import _phantom, _phantom_render
 from ._phantom import CLASSES, FINDINGS, LANDMARKS, MASKS, FilmFeatures
 from .readers import Reader, require_files
 
-__all__ = ["CLASSES", "FINDINGS", "LANDMARKS", "MASKS", "FilmFeatures", "SynthConfig", "SyntheticDataset", "ensure_synthetic",
-           "contact_sheet", "generate"]
+__all__ = [
+    "CLASSES",
+    "FINDINGS",
+    "LANDMARKS",
+    "MASKS",
+    "FilmFeatures",
+    "SynthConfig",
+    "SyntheticDataset",
+    "ensure_synthetic",
+    "contact_sheet",
+    "generate",
+]
 
-DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-                     "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 # The eight classes NIH drew boxes for ("Infiltrate" there); the others stay in findings.csv only.
-BBOX_CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltrate", "Mass", "Nodule", "Pneumonia",
-                "Pneumothorax")
-SCR_ORGANS = {"heart": "heart", "left clavicle": "left_clavicle", "left lung": "left_lung",
-              "right clavicle": "right_clavicle", "right lung": "right_lung"}
+BBOX_CLASSES = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltrate",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+)
+SCR_ORGANS = {
+    "heart": "heart",
+    "left clavicle": "left_clavicle",
+    "left lung": "left_lung",
+    "right clavicle": "right_clavicle",
+    "right lung": "right_lung",
+}
 JSRT_NODULE_CASES = 154  # JPCLN001-154 in the real set, then JPCNN001-093
 SCR_MAX = 247
 FIELD_OF_VIEW_MM = 358.0  # ChestX-ray14: 0.143 mm pixels on ~2500 px films
@@ -68,8 +93,20 @@ VAL_FRACTION = 0.1
 #: list from its one hold-out: the films and lists of a seed differ from version 2's.
 GENERATOR_VERSION = 3
 TEST_FRACTION = 0.2
-_OWNED = ("images", "masks", "rib_index", "finding_masks", "scr", "Data_Entry_2017.csv", "BBox_List_2017.csv",
-          "train_val_list.txt", "test_list.txt", "landmarks.csv", "findings.csv", "synthetic.json")
+_OWNED = (
+    "images",
+    "masks",
+    "rib_index",
+    "finding_masks",
+    "scr",
+    "Data_Entry_2017.csv",
+    "BBox_List_2017.csv",
+    "train_val_list.txt",
+    "test_list.txt",
+    "landmarks.csv",
+    "findings.csv",
+    "synthetic.json",
+)
 
 
 @dataclass
@@ -153,8 +190,13 @@ def _schedule(seed: int, n: int) -> list[tuple[int, int]]:
     return visits[:n]
 
 
-def render_image(seed: int, index: int, patient: int, size: int, finding_rate: float,
-                 features: FilmFeatures = FilmFeatures()):
+#: Every film feature on (the default of the phantoms, as on real radiographs).
+ALL_FEATURES = FilmFeatures()
+
+
+def render_image(
+    seed: int, index: int, patient: int, size: int, finding_rate: float, features: FilmFeatures = ALL_FEATURES
+):
     """Renders image ``index`` (of patient ``patient``) of a run with ``seed``, in memory, with the
     film ``features`` given (all by default).
 
@@ -207,9 +249,14 @@ def _make_image(task: tuple) -> dict:
     if index < scr_count:
         _write_scr(out, index, ph)
     return {
-        "name": name, "patient": patient, "follow_up": follow_up, "age": subject.age + follow_up // 3,
-        "sex": subject.sex, "labels": sorted({f for f, _, _ in ph.findings}),
-        "boxes": [(f, *box) for f, _, box in ph.findings], "landmarks": ph.landmarks,
+        "name": name,
+        "patient": patient,
+        "follow_up": follow_up,
+        "age": subject.age + follow_up // 3,
+        "sex": subject.sex,
+        "labels": sorted({f for f, _, _ in ph.findings}),
+        "boxes": [(f, *box) for f, _, box in ph.findings],
+        "landmarks": ph.landmarks,
     }
 
 
@@ -222,8 +269,10 @@ def _prepare(out: Path, cfg: SynthConfig) -> None:
         raise ValueError(f"out must be a folder, got the file {out}")
     if out.exists() and any(out.iterdir()):
         if not (out / "synthetic.json").exists():
-            raise ValueError(f"out must be an empty folder or an earlier `adam synth` output, got {out} "
-                             "(not empty, no synthetic.json)")
+            raise ValueError(
+                f"out must be an empty folder or an earlier `adam synth` output, got {out} "
+                "(not empty, no synthetic.json)"
+            )
         for entry in _OWNED:
             path = out / entry
             if path.is_dir():
@@ -239,9 +288,17 @@ def _prepare(out: Path, cfg: SynthConfig) -> None:
         (out / folder).mkdir(parents=True, exist_ok=True)
 
 
-def generate(out_dir, n: int, size: int = 512, seed: int = 0, workers: int | None = None,
-             finding_rate: float = 0.5, scr_count: int | None = None, progress: bool | None = None,
-             **features: bool) -> Path:
+def generate(
+    out_dir,
+    n: int,
+    size: int = 512,
+    seed: int = 0,
+    workers: int | None = None,
+    finding_rate: float = 0.5,
+    scr_count: int | None = None,
+    progress: bool | None = None,
+    **features: bool,
+) -> Path:
     """Writes ``n`` synthetic PA chest radiographs with ground truth under ``out_dir``.
 
     The layout is described in the module docstring. Deterministic: the same arguments give
@@ -267,14 +324,19 @@ def generate(out_dir, n: int, size: int = 512, seed: int = 0, workers: int | Non
     """
     unknown = set(features) - {"markers", "electrodes", "collimation", "exposure_variation"}
     if unknown:
-        raise ValueError(f"generate() takes the film features markers, electrodes, collimation and "
-                         f"exposure_variation, got {sorted(unknown)}")
-    cfg = SynthConfig(n=n, size=size, seed=seed, workers=workers, finding_rate=finding_rate,
-                      scr_count=scr_count, **features)
+        raise ValueError(
+            f"generate() takes the film features markers, electrodes, collimation and "
+            f"exposure_variation, got {sorted(unknown)}"
+        )
+    cfg = SynthConfig(
+        n=n, size=size, seed=seed, workers=workers, finding_rate=finding_rate, scr_count=scr_count, **features
+    )
     out = Path(out_dir)
     _prepare(out, cfg)
-    tasks = [(str(out), cfg.seed, cfg.size, cfg.finding_rate, cfg.scr_count, cfg.features, i, p, v)
-             for i, (p, v) in enumerate(_schedule(cfg.seed, cfg.n))]
+    tasks = [
+        (str(out), cfg.seed, cfg.size, cfg.finding_rate, cfg.scr_count, cfg.features, i, p, v)
+        for i, (p, v) in enumerate(_schedule(cfg.seed, cfg.n))
+    ]
     rows = []
     disable = None if progress is None else not progress  # None: tqdm shows it on terminals only
     with tqdm(total=cfg.n, unit="img", desc="adam synth", disable=disable) as bar:
@@ -300,25 +362,38 @@ def _write_tables(out: Path, cfg: SynthConfig, rows: list[dict]) -> None:
     landmarks = ["image,landmark,x,y"]
     for r in rows:
         labels = "|".join(r["labels"]) or "No Finding"
-        entry.append(f"{r['name']},{labels},{r['follow_up']},{r['patient']},{r['age']},{r['sex']},PA,"
-                     f"{cfg.size},{cfg.size},{spacing:.3f},{spacing:.3f},")
+        entry.append(
+            f"{r['name']},{labels},{r['follow_up']},{r['patient']},{r['age']},{r['sex']},PA,"
+            f"{cfg.size},{cfg.size},{spacing:.3f},{spacing:.3f},"
+        )
         for finding, x0, y0, x1, y1 in r["boxes"]:
             findings.append(f"{r['name']},{finding},{x0},{y0},{x1},{y1}")
             if finding in BBOX_CLASSES:
                 xywh = ",".join(str(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))
                 boxes.append(f"{r['name']},{finding},{xywh}")
         landmarks += [f"{r['name']},{k},{x:.2f},{y:.2f}" for k, (x, y) in r["landmarks"].items()]
-    for name, lines in (("Data_Entry_2017.csv", entry), ("BBox_List_2017.csv", boxes),
-                        ("findings.csv", findings), ("landmarks.csv", landmarks)):
+    for name, lines in (
+        ("Data_Entry_2017.csv", entry),
+        ("BBox_List_2017.csv", boxes),
+        ("findings.csv", findings),
+        ("landmarks.csv", landmarks),
+    ):
         (out / name).write_text("\n".join(lines) + "\n")
     held = holdout([r["patient"] for r in rows], TEST_FRACTION, cfg.seed, stream="synthetic_test")
     for name, keep in (("train_val_list.txt", False), ("test_list.txt", True)):
         names = [r["name"] for r, test in zip(rows, held) if test == keep]
         (out / name).write_text("".join(f"{x}\n" for x in names))
-    meta = {"generator": "adam_ext.data.synthetic", "version": GENERATOR_VERSION, **asdict(cfg), "classes": CLASSES,
-            "findings": FINDINGS, "masks": MASKS, "landmarks": LANDMARKS,
-            "rib_index": "0 background, 1-12 right ribs 1-12, 13-24 left ribs 1-12",
-            "scr_organs": SCR_ORGANS}
+    meta = {
+        "generator": "adam_ext.data.synthetic",
+        "version": GENERATOR_VERSION,
+        **asdict(cfg),
+        "classes": CLASSES,
+        "findings": FINDINGS,
+        "masks": MASKS,
+        "landmarks": LANDMARKS,
+        "rib_index": "0 background, 1-12 right ribs 1-12, 13-24 left ribs 1-12",
+        "scr_organs": SCR_ORGANS,
+    }
     meta.pop("workers")
     (out / "synthetic.json").write_text(json.dumps(meta, indent=1) + "\n")
 
@@ -362,8 +437,10 @@ class SyntheticDataset(Reader):
             raise ValueError(f"size must be a positive integer or None, got {size!r}")
         entry = root / "Data_Entry_2017.csv"
         if not entry.is_file() or not (root / "images").is_dir():
-            raise FileNotFoundError(f"no synthetic data under {root} (no Data_Entry_2017.csv and "
-                                    f"images/); make some with `adam synth --out {root} --n N`")
+            raise FileNotFoundError(
+                f"no synthetic data under {root} (no Data_Entry_2017.csv and "
+                f"images/); make some with `adam synth --out {root} --n N`"
+            )
         super().__init__(root, split, **options)
         self.size = size
         labels = self._read_labels(entry)
@@ -406,9 +483,11 @@ class SyntheticDataset(Reader):
         for key, file in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
             path = self.root / file
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing; the {split!r} split of a synthetic data set is "
-                                        f"read from train_val_list.txt and test_list.txt (split 'all' needs "
-                                        f"neither)")
+                raise FileNotFoundError(
+                    f"{path}: missing; the {split!r} split of a synthetic data set is "
+                    f"read from train_val_list.txt and test_list.txt (split 'all' needs "
+                    f"neither)"
+                )
             lists[key] = []
             for line_no, line in enumerate(path.read_text().splitlines(), start=1):
                 name = line.strip()
@@ -422,8 +501,9 @@ class SyntheticDataset(Reader):
         held = holdout([n.split("_")[0] for n in lists["train_val"]], VAL_FRACTION, seed, stream="reader_val")
         return [n for n, val in zip(lists["train_val"], held) if val == (split == "val")]
 
-    def _coordinates(self, path: Path, line_no: int, name: str, fields: list[str],
-                     labels: tuple) -> list[float]:
+    def _coordinates(
+        self, path: Path, line_no: int, name: str, fields: list[str], labels: tuple
+    ) -> list[float]:
         """``fields`` as finite pixel coordinates (x, y alternating) within one image side of the
         image ``name`` (its recorded width and height; the largest image side where not recorded):
         phantom landmarks lie up to a pixel outside the film, never -5e6 px away."""
@@ -435,12 +515,15 @@ class SyntheticDataset(Reader):
             try:
                 value = float(text)
             except ValueError:
-                raise ValueError(f"{path}:{line_no}: {label} must be a number (pixels), "
-                                 f"got {text!r}") from None
+                raise ValueError(
+                    f"{path}:{line_no}: {label} must be a number (pixels), got {text!r}"
+                ) from None
             side = width if label.startswith("x") else height
             if not -side <= value <= 2 * side:  # also refuses NaN and inf
-                raise ValueError(f"{path}:{line_no}: {label} = {text} px lies far outside the {width:g} x "
-                                 f"{height:g} image {name} (allowed: within one image side of it)")
+                raise ValueError(
+                    f"{path}:{line_no}: {label} = {text} px lies far outside the {width:g} x "
+                    f"{height:g} image {name} (allowed: within one image side of it)"
+                )
             values.append(value)
         return values
 
@@ -457,8 +540,10 @@ class SyntheticDataset(Reader):
                 continue
             fields = line.split(",")
             if len(fields) != len(expected):
-                raise ValueError(f"{path}:{line_no}: expected {len(expected)} fields ({header}), got "
-                                 f"{len(fields)}: {line[:80]!r}")
+                raise ValueError(
+                    f"{path}:{line_no}: expected {len(expected)} fields ({header}), got "
+                    f"{len(fields)}: {line[:80]!r}"
+                )
             if fields[0] in wanted:
                 yield path, line_no, fields
 
@@ -473,8 +558,10 @@ class SyntheticDataset(Reader):
             if not (x0 <= x1 and y0 <= y1):
                 raise ValueError(f"{path}:{line_no}: a box needs x0 <= x1 and y0 <= y1, got {coords}")
             boxes[name].append((index[finding], x0, y0, x1, y1))
-        return ([np.array([b[1:] for b in boxes[n]], np.float32).reshape(-1, 4) for n in self.names],
-                [np.array([b[0] for b in boxes[n]], np.int64) for n in self.names])
+        return (
+            [np.array([b[1:] for b in boxes[n]], np.float32).reshape(-1, 4) for n in self.names],
+            [np.array([b[0] for b in boxes[n]], np.int64) for n in self.names],
+        )
 
     def _read_landmarks(self):
         points = {n: np.full((len(LANDMARKS), 2), np.nan, np.float32) for n in self.names}
@@ -538,9 +625,15 @@ def contact_sheet(root, out_png, n: int = 16, overlays: int | None = None, cols:
     overlays = n // 4 if overlays is None else overlays
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.75 * rows), squeeze=False)
-    colours = {"right_lung": "#39a0ff", "left_lung": "#39a0ff", "heart": "#ff5a5a",
-               "right_clavicle": "#ffd23f", "left_clavicle": "#ffd23f", "landmark": "#00ff88",
-               "box": "#ff9f1c"}
+    colours = {
+        "right_lung": "#39a0ff",
+        "left_lung": "#39a0ff",
+        "heart": "#ff5a5a",
+        "right_clavicle": "#ffd23f",
+        "left_clavicle": "#ffd23f",
+        "landmark": "#00ff88",
+        "box": "#ff9f1c",
+    }
     for i, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if i >= n:
@@ -552,11 +645,12 @@ def contact_sheet(root, out_png, n: int = 16, overlays: int | None = None, cols:
         if i >= n - overlays:
             for key in MASKS[:2] + ("heart", "right_clavicle", "left_clavicle"):
                 colour = colours[key]
-                ax.contour(item["mask"][MASKS.index(key)].numpy(), levels=[0.5], colors=colour,
-                           linewidths=0.6)
+                ax.contour(
+                    item["mask"][MASKS.index(key)].numpy(), levels=[0.5], colors=colour, linewidths=0.6
+                )
             xy = item["landmarks"].numpy()
             ax.scatter(xy[:, 0], xy[:, 1], s=5, c=colours["landmark"], linewidths=0)
-            for (x0, y0, x1, y1) in item["boxes"].numpy():
+            for x0, y0, x1, y1 in item["boxes"].numpy():
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colours["box"], lw=0.7))
     fig.tight_layout(pad=0.3)
     fig.set_dpi(110)
@@ -574,7 +668,7 @@ def contact_sheet(root, out_png, n: int = 16, overlays: int | None = None, cols:
 def _sheet_palette(colours) -> Image.Image:
     """A palette image of 224 greys and the given '#rrggbb' colours."""
     greys = np.repeat(np.linspace(0, 255, 224).round().astype(np.uint8)[:, None], 3, 1)
-    extra = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in sorted(set(colours))], np.uint8)
+    extra = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in sorted(set(colours))], np.uint8)
     table = np.concatenate([greys, extra, np.zeros((256 - len(greys) - len(extra), 3), np.uint8)])
     palette = Image.new("P", (1, 1))
     palette.putpalette(table.ravel().tolist())
@@ -605,8 +699,10 @@ def ensure_synthetic(root, n: int, size: int, seed: int = 0, log=print, features
         differ = {k: (meta.get(k, True), v) for k, v in features.items() if meta and meta.get(k, True) != v}
         if differ:
             details = ", ".join(f"{k}: made {a}, asked {b}" for k, (a, b) in differ.items())
-            raise ValueError(f"data.root {str(root)!r} holds synthetic films made with other film features "
-                             f"({details}); point data.root at another folder for these features")
+            raise ValueError(
+                f"data.root {str(root)!r} holds synthetic films made with other film features "
+                f"({details}); point data.root at another folder for these features"
+            )
         return False
     why = f" (it held version {made} of the phantoms, now {GENERATOR_VERSION})" if made else " (once)"
     log(f"generating {n} synthetic radiographs of {size} px in {root}{why}")

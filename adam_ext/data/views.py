@@ -52,6 +52,7 @@ def worker_init(_worker_id: int = 0) -> None:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
 def _check_image(image, name: str = "image") -> None:
     expected = f"{name} must be a uint8 tensor of shape (1, H, W) or (3, H, W)"
     if not isinstance(image, torch.Tensor):
@@ -66,6 +67,7 @@ def _check_size_and_scale(size: int, scale: tuple[float, float]) -> None:
         raise ValueError(f"size must be >= 1, got {size}")
     if not 0 < scale[0] <= scale[1] <= 1:
         raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ViewConfig:
@@ -119,8 +121,10 @@ class ViewConfig:
         object.__setattr__(self, "augmentations", tuple(self.augmentations))
         unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
         if not self.augmentations or unknown:
-            raise ValueError(f"augmentations must name steps among {sorted(AUGMENTATIONS)} (register more with "
-                             f"adam_ext.data.views.register_augmentation), got {list(self.augmentations)}")
+            raise ValueError(
+                f"augmentations must name steps among {sorted(AUGMENTATIONS)} (register more with "
+                f"adam_ext.data.views.register_augmentation), got {list(self.augmentations)}"
+            )
         relative = self.size / 224  # the paper's sizes are for 224-px views
         if self.blur_sigma is None:
             object.__setattr__(self, "blur_sigma", (0.1 * relative, 2.0 * relative))
@@ -239,8 +243,9 @@ def rotate(image: torch.Tensor, angle: float) -> torch.Tensor:
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, 1.0)
     return _on_planes(
         image,
-        lambda a: cv2.warpAffine(a, matrix, (width, height), flags=cv2.INTER_NEAREST,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0),
+        lambda a: cv2.warpAffine(
+            a, matrix, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        ),
     )
 
 
@@ -309,7 +314,13 @@ class ColorJitter(Augmentation):
     draws = 9
 
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float):
-        self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
+        self.brightness, self.contrast, self.saturation, self.hue, self.p = (
+            brightness,
+            contrast,
+            saturation,
+            hue,
+            p,
+        )
 
     def __call__(self, x, u):
         if not u[0] < self.p:
@@ -357,7 +368,9 @@ class Rotation(Augmentation):
 #: The view steps a configuration can name: name -> factory of the step from a :class:`ViewConfig`.
 AUGMENTATIONS: dict[str, Callable[[ViewConfig], Augmentation]] = {
     "resized_crop": lambda cfg: ResizedCrop(cfg.size, cfg.scale, cfg.ratio),
-    "color_jitter": lambda cfg: ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p),
+    "color_jitter": lambda cfg: ColorJitter(
+        cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p
+    ),
     "gaussian_blur": lambda cfg: GaussianBlur(cfg.blur_kernel, cfg.blur_sigma, cfg.blur_p),
     "rotation": lambda cfg: Rotation(cfg.degrees),
 }
@@ -374,9 +387,13 @@ def register_augmentation(name: str, factory: Callable[[ViewConfig], Augmentatio
     workers started by fork inherit it; with spawn, register at the import of your own module).
     """
     if not isinstance(name, str) or not name or name in AUGMENTATIONS:
-        raise ValueError(f"name must be a new augmentation name (taken: {sorted(AUGMENTATIONS)}), got {name!r}")
+        raise ValueError(
+            f"name must be a new augmentation name (taken: {sorted(AUGMENTATIONS)}), got {name!r}"
+        )
     if not callable(factory):
-        raise ValueError(f"factory must be callable (ViewConfig -> Augmentation), got {type(factory).__name__}")
+        raise ValueError(
+            f"factory must be callable (ViewConfig -> Augmentation), got {type(factory).__name__}"
+        )
     AUGMENTATIONS[name] = factory
 
 
@@ -395,8 +412,15 @@ class TwoViews:
     Tensor[3, size, size], normalised.
     """
 
-    def __init__(self, size: int = ViewConfig.size, n: int = 0, *, seed: SeedLike = None,
-                 augmentations: Sequence[str | Augmentation] | None = None, **options):
+    def __init__(
+        self,
+        size: int = ViewConfig.size,
+        n: int = 0,
+        *,
+        seed: SeedLike = None,
+        augmentations: Sequence[str | Augmentation] | None = None,
+        **options,
+    ):
         names = augmentations is None or all(isinstance(a, str) for a in augmentations)
         if augmentations is not None and names:
             options["augmentations"] = tuple(augmentations)
@@ -407,8 +431,10 @@ class TwoViews:
         if names:
             augmentations = self.config.augmentations
         if not augmentations or not all(isinstance(a, (str, Augmentation)) for a in augmentations):
-            raise ValueError(f"augmentations must be a non-empty list of step names or Augmentation objects, "
-                             f"got {augmentations!r}")
+            raise ValueError(
+                f"augmentations must be a non-empty list of step names or Augmentation objects, "
+                f"got {augmentations!r}"
+            )
         unknown = [a for a in augmentations if isinstance(a, str) and a not in AUGMENTATIONS]
         if unknown:
             raise ValueError(f"augmentations must name steps among {sorted(AUGMENTATIONS)}, got {unknown}")
@@ -419,7 +445,9 @@ class TwoViews:
     def n(self) -> int:
         return self.decomposer.n
 
-    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Two views of ``image``; draws from ``generator`` when given (e.g. one seeded per sample
         and epoch, which makes a resumed run draw exactly what an uninterrupted one would)."""
         _check_image(image)
@@ -502,16 +530,20 @@ class ClassificationTransform:
         self.config = cfg = ClassificationConfig(size=size, **options)
         self.train = train
         if train:
-            self.geometry = v2.Compose([
-                v2.RandomResizedCrop(cfg.size, scale=cfg.scale, antialias=True),
-                v2.RandomHorizontalFlip(cfg.flip_p),
-                v2.RandomRotation(cfg.degrees),
-            ])
+            self.geometry = v2.Compose(
+                [
+                    v2.RandomResizedCrop(cfg.size, scale=cfg.scale, antialias=True),
+                    v2.RandomHorizontalFlip(cfg.flip_p),
+                    v2.RandomRotation(cfg.degrees),
+                ]
+            )
         else:
-            self.geometry = v2.Compose([
-                v2.Resize(round(cfg.size * cfg.eval_resize_ratio), antialias=True),
-                v2.CenterCrop(cfg.size),
-            ])
+            self.geometry = v2.Compose(
+                [
+                    v2.Resize(round(cfg.size * cfg.eval_resize_ratio), antialias=True),
+                    v2.CenterCrop(cfg.size),
+                ]
+            )
         self.normalize = ToNormalizedRGB(cfg.mean, cfg.std)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -536,16 +568,18 @@ class OfficialTwoViews:
         from torchvision import transforms as v1
 
         cfg = ViewConfig(size=size)
-        self.transform = v1.Compose([
-            v1.RandomResizedCrop(cfg.size, scale=cfg.scale),
-            v1.RandomApply(
-                [v1.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p
-            ),
-            v1.RandomApply([v1.GaussianBlur(cfg.blur_kernel, sigma=cfg.blur_sigma)], p=cfg.blur_p),
-            v1.RandomRotation(cfg.degrees),
-            v1.ToTensor(),
-            v1.Normalize(cfg.mean, cfg.std),
-        ])
+        self.transform = v1.Compose(
+            [
+                v1.RandomResizedCrop(cfg.size, scale=cfg.scale),
+                v1.RandomApply(
+                    [v1.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p
+                ),
+                v1.RandomApply([v1.GaussianBlur(cfg.blur_kernel, sigma=cfg.blur_sigma)], p=cfg.blur_p),
+                v1.RandomRotation(cfg.degrees),
+                v1.ToTensor(),
+                v1.Normalize(cfg.mean, cfg.std),
+            ]
+        )
 
     def __call__(self, path) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image

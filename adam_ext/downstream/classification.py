@@ -66,7 +66,9 @@ class ClassificationTask:
             raise ValueError(f"the training split must hold images, got an empty {reader!r}")
         labels = reader[0].get("labels")
         if labels is None:
-            raise ValueError(f"dataset must have image labels for classification, got items without 'labels' ({reader!r})")
+            raise ValueError(
+                f"dataset must have image labels for classification, got items without 'labels' ({reader!r})"
+            )
         self.classes = tuple(getattr(reader, "classes", ()) or ())
         self.multilabel = labels.is_floating_point() and labels.ndim == 1
         if self.multilabel and len(self.classes) != labels.numel():
@@ -104,4 +106,6 @@ class ClassificationTask:
 
     def metrics(self, collected: dict[str, np.ndarray]) -> dict[str, float]:
         """Metrics of a whole evaluated set (see :func:`~.metrics.classification_metrics`)."""
-        return classification_metrics(collected["scores"], collected["targets"], self.classes, self.multilabel)
+        return classification_metrics(
+            collected["scores"], collected["targets"], self.classes, self.multilabel
+        )

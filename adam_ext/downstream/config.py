@@ -8,8 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..checkpoints import parse_init
-from ..engine.config import check_field, is_int, is_num, layered_values
 from ..data.registry import DATASETS, FUNDUS, SPLITS
+from ..engine.config import check_field, is_int, is_num, layered_values
 
 __all__ = ["FUNDUS", "TASKS", "FinetuneConfig", "load_finetune_config", "validate"]
 
@@ -117,32 +117,70 @@ def validate(cfg: FinetuneConfig) -> None:
     from adam_ext.models import BACKBONES
 
     check_field(cfg.task in TASKS, "task", f"one of {TASKS}", cfg.task)
-    check_field(cfg.dataset is None or cfg.dataset in SPLITS, "dataset", f"one of {sorted(SPLITS)} or null",
-           cfg.dataset)
+    check_field(
+        cfg.dataset is None or cfg.dataset in SPLITS,
+        "dataset",
+        f"one of {sorted(SPLITS)} or null",
+        cfg.dataset,
+    )
     check_field(isinstance(cfg.root, str) and cfg.root != "", "root", "the data set's folder", cfg.root)
     check_field(isinstance(cfg.options, dict), "options", "a mapping of reader options", cfg.options)
     check_field(cfg.arch in BACKBONES, "arch", f"one of {list(BACKBONES)}", cfg.arch)
     parse_init(cfg.init)
-    check_field(cfg.size is None or (is_int(cfg.size) and cfg.size >= 32), "size", "an int >= 32 or null", cfg.size)
-    check_field(cfg.masks is None or (isinstance(cfg.masks, (list, tuple)) and len(cfg.masks) > 0
-                                 and all(isinstance(m, str) for m in cfg.masks)),
-           "masks", "null or a non-empty list of mask names", cfg.masks)
-    check_field(cfg.seg_mode in ("multilabel", "multiclass"), "seg_mode", "multilabel or multiclass", cfg.seg_mode)
-    check_field(cfg.dice_backend in ("adam_ext", "monai"), "dice_backend", "adam_ext or monai",
-                cfg.dice_backend)
+    check_field(
+        cfg.size is None or (is_int(cfg.size) and cfg.size >= 32), "size", "an int >= 32 or null", cfg.size
+    )
+    check_field(
+        cfg.masks is None
+        or (
+            isinstance(cfg.masks, (list, tuple))
+            and len(cfg.masks) > 0
+            and all(isinstance(m, str) for m in cfg.masks)
+        ),
+        "masks",
+        "null or a non-empty list of mask names",
+        cfg.masks,
+    )
+    check_field(
+        cfg.seg_mode in ("multilabel", "multiclass"), "seg_mode", "multilabel or multiclass", cfg.seg_mode
+    )
+    check_field(
+        cfg.dice_backend in ("adam_ext", "monai"), "dice_backend", "adam_ext or monai", cfg.dice_backend
+    )
     check_field(cfg.optimizer in ("adamw", "adam"), "optimizer", "adamw or adam", cfg.optimizer)
     check_field(cfg.lr is None or (is_num(cfg.lr) and cfg.lr > 0), "lr", "> 0 or null", cfg.lr)
-    check_field(cfg.weight_decay is None or (is_num(cfg.weight_decay) and cfg.weight_decay >= 0), "weight_decay",
-           ">= 0 or null", cfg.weight_decay)
-    check_field(cfg.betas is None or (isinstance(cfg.betas, (list, tuple)) and len(cfg.betas) == 2
-                                 and all(is_num(b) and 0 <= b < 1 for b in cfg.betas)),
-           "betas", "null or two numbers in [0, 1)", cfg.betas)
+    check_field(
+        cfg.weight_decay is None or (is_num(cfg.weight_decay) and cfg.weight_decay >= 0),
+        "weight_decay",
+        ">= 0 or null",
+        cfg.weight_decay,
+    )
+    check_field(
+        cfg.betas is None
+        or (
+            isinstance(cfg.betas, (list, tuple))
+            and len(cfg.betas) == 2
+            and all(is_num(b) and 0 <= b < 1 for b in cfg.betas)
+        ),
+        "betas",
+        "null or two numbers in [0, 1)",
+        cfg.betas,
+    )
     check_field(is_int(cfg.epochs) and cfg.epochs > 0, "epochs", "a positive int", cfg.epochs)
-    check_field(is_int(cfg.patience) and cfg.patience >= 0, "patience", "an int >= 0 (0: no early stopping)", cfg.patience)
+    check_field(
+        is_int(cfg.patience) and cfg.patience >= 0,
+        "patience",
+        "an int >= 0 (0: no early stopping)",
+        cfg.patience,
+    )
     check_field(is_int(cfg.batch_size) and cfg.batch_size >= 2, "batch_size", "an int >= 2", cfg.batch_size)
     check_field(is_int(cfg.workers) and cfg.workers >= 0, "workers", "an int >= 0", cfg.workers)
-    check_field(is_num(cfg.val_fraction) and 0 < cfg.val_fraction < 1, "val_fraction", "in (0, 1)", cfg.val_fraction)
-    check_field(cfg.shots is None or (is_int(cfg.shots) and cfg.shots >= 2), "shots", "null or an int >= 2", cfg.shots)
+    check_field(
+        is_num(cfg.val_fraction) and 0 < cfg.val_fraction < 1, "val_fraction", "in (0, 1)", cfg.val_fraction
+    )
+    check_field(
+        cfg.shots is None or (is_int(cfg.shots) and cfg.shots >= 2), "shots", "null or an int >= 2", cfg.shots
+    )
     check_field(is_int(cfg.runs) and cfg.runs >= 1, "runs", "an int >= 1", cfg.runs)
     check_field(is_int(cfg.seed) and cfg.seed >= 0, "seed", "an int >= 0", cfg.seed)
     check_field(cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", cfg.device)
@@ -150,15 +188,33 @@ def validate(cfg: FinetuneConfig) -> None:
     check_field(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
     check_field(isinstance(cfg.save_weights, bool), "save_weights", "true or false", cfg.save_weights)
     check_field(isinstance(cfg.freeze_encoder, bool), "freeze_encoder", "true or false", cfg.freeze_encoder)
-    check_field(is_int(cfg.frozen_epochs) and 0 <= cfg.frozen_epochs < cfg.epochs, "frozen_epochs",
-                f"an int in [0, epochs = {cfg.epochs})", cfg.frozen_epochs)
-    check_field(not (cfg.freeze_encoder and cfg.frozen_epochs), "frozen_epochs",
-                "0 with freeze_encoder (the encoder is then frozen throughout)", cfg.frozen_epochs)
-    check_field(is_num(cfg.encoder_lr_scale) and 0 < cfg.encoder_lr_scale <= 10, "encoder_lr_scale",
-                "a number in (0, 10]", cfg.encoder_lr_scale)
-    check_field(not (cfg.freeze_encoder and cfg.encoder_lr_scale != 1), "encoder_lr_scale",
-                "1 with freeze_encoder (a frozen encoder has no learning rate)", cfg.encoder_lr_scale)
-    check_field(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
+    check_field(
+        is_int(cfg.frozen_epochs) and 0 <= cfg.frozen_epochs < cfg.epochs,
+        "frozen_epochs",
+        f"an int in [0, epochs = {cfg.epochs})",
+        cfg.frozen_epochs,
+    )
+    check_field(
+        not (cfg.freeze_encoder and cfg.frozen_epochs),
+        "frozen_epochs",
+        "0 with freeze_encoder (the encoder is then frozen throughout)",
+        cfg.frozen_epochs,
+    )
+    check_field(
+        is_num(cfg.encoder_lr_scale) and 0 < cfg.encoder_lr_scale <= 10,
+        "encoder_lr_scale",
+        "a number in (0, 10]",
+        cfg.encoder_lr_scale,
+    )
+    check_field(
+        not (cfg.freeze_encoder and cfg.encoder_lr_scale != 1),
+        "encoder_lr_scale",
+        "1 with freeze_encoder (a frozen encoder has no learning rate)",
+        cfg.encoder_lr_scale,
+    )
+    check_field(
+        is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout
+    )
 
 
 def load_finetune_config(path=None, overrides=(), base: dict | None = None) -> FinetuneConfig:

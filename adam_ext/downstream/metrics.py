@@ -103,9 +103,13 @@ def classification_metrics(scores, targets, classes, multilabel: bool) -> dict[s
         onehot = targets
     else:
         if targets.shape != (scores.shape[0],):
-            raise ValueError(f"targets must be (N,) class indices with N={scores.shape[0]}, got {targets.shape}")
+            raise ValueError(
+                f"targets must be (N,) class indices with N={scores.shape[0]}, got {targets.shape}"
+            )
         if targets.size and (targets.min() < 0 or targets.max() >= len(classes)):
-            raise ValueError(f"targets must be class indices in [0, {len(classes)}), got {np.unique(targets).tolist()}")
+            raise ValueError(
+                f"targets must be class indices in [0, {len(classes)}), got {np.unique(targets).tolist()}"
+            )
         onehot = np.eye(len(classes), dtype=np.int64)[targets.astype(np.int64)]
         out["accuracy"] = float((scores.argmax(1) == targets).mean()) if targets.size else math.nan
     aucs = auc_per_class(scores, onehot)
@@ -114,8 +118,9 @@ def classification_metrics(scores, targets, classes, multilabel: bool) -> dict[s
     return out
 
 
-def dice_iou(pred: torch.Tensor, target: torch.Tensor, *, backend: str = "adam_ext") -> tuple[torch.Tensor,
-                                                                                              torch.Tensor]:
+def dice_iou(
+    pred: torch.Tensor, target: torch.Tensor, *, backend: str = "adam_ext"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-class Dice and IoU of hard masks.
 
     Args:

@@ -53,21 +53,21 @@ import yaml
 from torch.utils.data import DataLoader
 
 from .._util import runfolder
+from .._util.seeds import SPLIT_VERSION
 from ..checkpoints import (
     FINETUNE_KIND,
     FINETUNE_VERSION,
-    atomic_save,
     atomic_write_text,
     init_label,
     json_safe,
     load_encoder,
     parse_init,
 )
-from .._util.seeds import SPLIT_VERSION
 from ..data.registry import SPLITS
 from ..data.views import worker_init
-from ..engine.distributed import ProcessContext
 from ..engine import MetricsLog, cosine_schedule
+from ..engine.checkpointer import Checkpointer
+from ..engine.distributed import ProcessContext
 from .config import FUNDUS, TASKS, FinetuneConfig, load_finetune_config, validate  # noqa: F401 (TASKS)
 from .report import (
     compare_markdown,  # noqa: F401 (re-exported, as before the split)
@@ -96,7 +96,6 @@ __all__ = [
 ]
 
 
-
 def _make_task(cfg: FinetuneConfig, reader):
     if cfg.task == "cls":
         from .classification import ClassificationTask
@@ -111,8 +110,15 @@ def _make_task(cfg: FinetuneConfig, reader):
 # One run
 
 
-def finetune_run(cfg: FinetuneConfig, seed: int, *, label: str | None = None, progress: bool = False,
-                 log=None, ctx: ProcessContext | None = None) -> dict:
+def finetune_run(
+    cfg: FinetuneConfig,
+    seed: int,
+    *,
+    label: str | None = None,
+    progress: bool = False,
+    log=None,
+    ctx: ProcessContext | None = None,
+) -> dict:
     """One fine-tuning run (see the module docstring), evaluated on the test set.
 
     Args:
@@ -152,32 +158,69 @@ def _run(cfg, seed, label, progress, log, ctx) -> dict:
     val_set = task.dataset(splits.val, splits.val_idx, train=False, seed=seed)
     test_set = task.dataset(splits.test, splits.test_idx, train=False, seed=seed)
     loader, sampler = _train_loader(cfg, train_set, seed, ctx)
-    fit = _fit(cfg, task, model, net, encoder, loader, sampler, val_set, ctx,
-               run=f"{label} seed {seed}" if progress and ctx.main else None, log=log,
-               row_head={"init": label, "seed": seed})
+    fit = _fit(
+        cfg,
+        task,
+        model,
+        net,
+        encoder,
+        loader,
+        sampler,
+        val_set,
+        ctx,
+        run=f"{label} seed {seed}" if progress and ctx.main else None,
+        log=log,
+        row_head={"init": label, "seed": seed},
+    )
     test_metrics, test_loss = evaluate(model, task, test_set, cfg, ctx)
     checkpoint = None
     if cfg.save_weights and ctx.main:
         checkpoint = str(Path(cfg.out) / f"seed{seed}" / "best.pt")
-        atomic_save({"kind": FINETUNE_KIND, "version": FINETUNE_VERSION, "task": task.name, "arch": cfg.arch,
-                     "classes": list(task.classes), "model": fit["best_state"], "config": cfg.to_dict(),
-                     "seed": seed, "init": report.to_dict(), "epoch": fit["best_epoch"], "val": fit["val"],
-                     "test": test_metrics, "versions": {"torch": str(torch.__version__)},
-                     "split_version": SPLIT_VERSION}, checkpoint)
+        fit["checkpoints"].save(
+            checkpoint,
+            {
+                "kind": FINETUNE_KIND,
+                "version": FINETUNE_VERSION,
+                "task": task.name,
+                "arch": cfg.arch,
+                "classes": list(task.classes),
+                "model": fit["best_state"],
+                "config": cfg.to_dict(),
+                "seed": seed,
+                "init": report.to_dict(),
+                "epoch": fit["best_epoch"],
+                "val": fit["val"],
+                "test": test_metrics,
+                "versions": {"torch": str(torch.__version__)},
+                "split_version": SPLIT_VERSION,
+            },
+        )
     history = fit["history"]
-    return {"seed": seed, "init": report.to_dict(), "init_summary": report.summary(),
-            "best_epoch": fit["best_epoch"], "epochs_run": len(history), "monitor": fit["monitor"],
-            "val": fit["val"], "test": test_metrics, "test_loss": test_loss, "history": history,
-            "n_train": len(splits.train_idx), "n_val": len(splits.val_idx), "n_test": len(splits.test_idx),
-            "checkpoint": checkpoint}
+    return {
+        "seed": seed,
+        "init": report.to_dict(),
+        "init_summary": report.summary(),
+        "best_epoch": fit["best_epoch"],
+        "epochs_run": len(history),
+        "monitor": fit["monitor"],
+        "val": fit["val"],
+        "test": test_metrics,
+        "test_loss": test_loss,
+        "history": history,
+        "n_train": len(splits.train_idx),
+        "n_val": len(splits.val_idx),
+        "n_test": len(splits.test_idx),
+        "checkpoint": checkpoint,
+    }
 
 
 def _wrap(model, ctx):
     """``model`` under DDP when distributed (its parameters that need a gradient), else itself."""
     if not ctx.distributed:
         return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index]
-                                                     if ctx.device.type == "cuda" else None)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+    )
 
 
 def _param_groups(cfg, model, encoder) -> list[dict]:
@@ -188,8 +231,10 @@ def _param_groups(cfg, model, encoder) -> list[dict]:
     trained = [p for p in model.parameters() if (id(p) in own and not cfg.freeze_encoder) or p.requires_grad]
     if cfg.encoder_lr_scale == 1:
         return [{"params": trained, "lr": cfg.lr}]
-    return [{"params": [p for p in trained if id(p) not in own], "lr": cfg.lr},
-            {"params": [p for p in trained if id(p) in own], "lr": cfg.lr * cfg.encoder_lr_scale}]
+    return [
+        {"params": [p for p in trained if id(p) not in own], "lr": cfg.lr},
+        {"params": [p for p in trained if id(p) in own], "lr": cfg.lr * cfg.encoder_lr_scale},
+    ]
 
 
 def _train_loader(cfg, train_set, seed, ctx):
@@ -198,9 +243,16 @@ def _train_loader(cfg, train_set, seed, ctx):
     sampler = None
     if ctx.distributed:
         sampler = torch.utils.data.DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=seed)
-    loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None, sampler=sampler,
-                        generator=torch.Generator().manual_seed(seed), num_workers=cfg.workers,
-                        worker_init_fn=worker_init, pin_memory=ctx.device.type == "cuda")
+    loader = DataLoader(
+        train_set,
+        batch_size=local_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=cfg.workers,
+        worker_init_fn=worker_init,
+        pin_memory=ctx.device.type == "cuda",
+    )
     return loader, sampler
 
 
@@ -215,7 +267,10 @@ def _fit(cfg, task, model, net, encoder, loader, sampler, val_set, ctx, *, run, 
     total = cfg.epochs * len(loader)
     schedule = cosine_schedule(optimizer, total)
 
-    best, best_state, best_epoch, stale, monitor = -math.inf, None, 0, 0, None
+    checkpoints = Checkpointer(
+        main=ctx.main, mode="max"
+    )  # pretraining's policy: a non-finite score never wins
+    best_state, best_epoch, stale, monitor = None, 0, 0, None
     history, val_metrics = [], {}
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
@@ -225,20 +280,35 @@ def _fit(cfg, task, model, net, encoder, loader, sampler, val_set, ctx, *, run, 
             encoder.requires_grad_(True)
             net = _wrap(model, ctx)
         frozen = encoder if cfg.freeze_encoder or epoch <= cfg.frozen_epochs else None
-        train_loss = train_epoch(net, task, loader, optimizer, schedule, cfg, ctx,
-                                 f"{run} epoch {epoch}/{cfg.epochs}" if run is not None else None, frozen)
+        train_loss = train_epoch(
+            net,
+            task,
+            loader,
+            optimizer,
+            schedule,
+            cfg,
+            ctx,
+            f"{run} epoch {epoch}/{cfg.epochs}" if run is not None else None,
+            frozen,
+        )
         metrics, val_loss = evaluate(model, task, val_set, cfg, ctx)
         if monitor is None:  # whether the metric is defined depends on the set's labels only
             monitor = f"val_{task.primary}" if not math.isnan(metrics[task.primary]) else "val_loss"
         score = metrics[task.primary] if monitor != "val_loss" else -val_loss
-        row = {**row_head, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               f"val_{task.primary}": metrics[task.primary], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": round(time.time() - t0, 3)}
+        row = {
+            **row_head,
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            f"val_{task.primary}": metrics[task.primary],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.time() - t0, 3),
+        }
         history.append(row)
         if log is not None and ctx.main:
             log(row)
-        if score > best:
-            best, best_epoch, stale, val_metrics = score, epoch, 0, metrics
+        if checkpoints.improves(score):
+            best_epoch, stale, val_metrics = epoch, 0, metrics
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             stale += 1
@@ -248,12 +318,19 @@ def _fit(cfg, task, model, net, encoder, loader, sampler, val_set, ctx, *, run, 
         model.load_state_dict(best_state)
     else:
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    return {"history": history, "best_state": best_state, "best_epoch": best_epoch, "monitor": monitor,
-            "val": val_metrics}
+    return {
+        "history": history,
+        "best_state": best_state,
+        "best_epoch": best_epoch,
+        "monitor": monitor,
+        "val": val_metrics,
+        "checkpoints": checkpoints,
+    }
 
 
-def evaluate_checkpoint(path, *, split: str | None = None, device: str = "auto", batch_size: int | None = None,
-                        workers: int = 0) -> dict:
+def evaluate_checkpoint(
+    path, *, split: str | None = None, device: str = "auto", batch_size: int | None = None, workers: int = 0
+) -> dict:
     """Re-evaluates a fine-tuned checkpoint (``seed<S>/best.pt``) on a split of its data set.
 
     Args:
@@ -266,7 +343,9 @@ def evaluate_checkpoint(path, *, split: str | None = None, device: str = "auto",
     """
     ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != FINETUNE_KIND:
-        raise ValueError(f"checkpoint {os.fspath(path)!r} must be an adam_ext.finetune file, got another kind")
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} must be an adam_ext.finetune file, got another kind"
+        )
     cfg = FinetuneConfig(**ckpt["config"])
     cfg = dataclasses.replace(cfg, device=device, workers=workers, batch_size=batch_size or cfg.batch_size)
     cfg = cfg.resolved()
@@ -339,13 +418,25 @@ def _finetune(cfg, progress, label, ctx) -> dict:
             print(run["init_summary"], flush=True)
         if ctx.main:
             primary = "mean_auc" if cfg.task == "cls" else "mean_dice"
-            print(f"{label} seed {run['seed']}: best epoch {run['best_epoch']}/{run['epochs_run']}, "
-                  f"test {primary} {run['test'][primary]:.4f}", flush=True)
+            print(
+                f"{label} seed {run['seed']}: best epoch {run['best_epoch']}/{run['epochs_run']}, "
+                f"test {primary} {run['test'][primary]:.4f}",
+                flush=True,
+            )
         runs.append(run)
     primary = "mean_auc" if cfg.task == "cls" else "mean_dice"
-    result = {"kind": "adam_ext.finetune.results", "task": cfg.task, "dataset": cfg.dataset, "init": cfg.init,
-              "label": label, "primary": primary, "config": cfg.to_dict(), "split_version": SPLIT_VERSION,
-              "runs": runs, "summary": summaries(runs)}
+    result = {
+        "kind": "adam_ext.finetune.results",
+        "task": cfg.task,
+        "dataset": cfg.dataset,
+        "init": cfg.init,
+        "label": label,
+        "primary": primary,
+        "config": cfg.to_dict(),
+        "split_version": SPLIT_VERSION,
+        "runs": runs,
+        "summary": summaries(runs),
+    }
     if ctx.main:
         result.update(write_results(out, result))
     return result
@@ -372,14 +463,18 @@ def compare(cfg: FinetuneConfig, inits, progress: bool = True) -> dict:
         raise ValueError(f"init must be given at least twice to compare, got {inits}")
     cfg = cfg.resolved()
     labels = _unique_labels(inits)
-    subs = [dataclasses.replace(cfg, init=spec, out=str(Path(cfg.out) / label))
-            for label, spec in zip(labels, inits)]
+    subs = [
+        dataclasses.replace(cfg, init=spec, out=str(Path(cfg.out) / label))
+        for label, spec in zip(labels, inits)
+    ]
     for sub in subs:  # every initialisation is checked before the first one trains
         validate(sub)
         path = parse_init(sub.init)[1]
         if path is not None and not os.path.isfile(path):
-            raise FileNotFoundError(f"init {sub.init!r}: checkpoint {path!r} does not exist"
-                                    + (" (it is a folder)" if os.path.isdir(path) else ""))
+            raise FileNotFoundError(
+                f"init {sub.init!r}: checkpoint {path!r} does not exist"
+                + (" (it is a folder)" if os.path.isdir(path) else "")
+            )
     inputs = _inputs(cfg, inits)
     ctx = ProcessContext(cfg.device, cfg.dist_timeout)
     try:
@@ -399,11 +494,19 @@ def compare(cfg: FinetuneConfig, inits, progress: bool = True) -> dict:
 
 def _compare_result(cfg, labels, inits, results) -> dict:
     base = labels[0]
-    return {"kind": "adam_ext.finetune.compare", "task": cfg.task, "dataset": cfg.dataset, "baseline": base,
-            "labels": labels, "inits": dict(zip(labels, inits)),
-            "seeds": [cfg.seed + i for i in range(cfg.runs)], "split_version": SPLIT_VERSION,
-            "primary": results[base]["primary"],
-            "metrics": compare_table(results, labels), "results": results}
+    return {
+        "kind": "adam_ext.finetune.compare",
+        "task": cfg.task,
+        "dataset": cfg.dataset,
+        "baseline": base,
+        "labels": labels,
+        "inits": dict(zip(labels, inits)),
+        "seeds": [cfg.seed + i for i in range(cfg.runs)],
+        "split_version": SPLIT_VERSION,
+        "primary": results[base]["primary"],
+        "metrics": compare_table(results, labels),
+        "results": results,
+    }
 
 
 #: Names of a comparison's own files: no initialisation's folder may take one.

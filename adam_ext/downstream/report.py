@@ -12,8 +12,17 @@ from ..checkpoints import atomic_write_json, atomic_write_text
 from .config import FinetuneConfig
 from .metrics import format_summary, summarize, ttest
 
-__all__ = ["compare_markdown", "compare_table", "metric_order", "plot_curves", "plot_label",
-           "results_markdown", "summaries", "write_compare", "write_results"]
+__all__ = [
+    "compare_markdown",
+    "compare_table",
+    "metric_order",
+    "plot_curves",
+    "plot_label",
+    "results_markdown",
+    "summaries",
+    "write_compare",
+    "write_results",
+]
 
 
 def plot_label(name) -> str:
@@ -34,8 +43,11 @@ def summaries(runs: list[dict]) -> dict:
 
 
 def write_results(out: Path, result: dict) -> dict:
-    paths = {"results_json": str(out / "results.json"), "results_md": str(out / "results.md"),
-             "curves": str(out / "curves.png")}
+    paths = {
+        "results_json": str(out / "results.json"),
+        "results_md": str(out / "results.md"),
+        "curves": str(out / "curves.png"),
+    }
     body = {k: v for k, v in result.items()}
     body["runs"] = [{k: v for k, v in r.items() if k != "init_summary"} for r in result["runs"]]
     atomic_write_json(out / "results.json", body)
@@ -68,10 +80,12 @@ def results_markdown(result: dict) -> str:
     lines = [
         f"# Fine-tuning: {title}",
         "",
-        (f"{cfg['arch']}, init {markdown_code(result['init'])}, {len(runs)} run(s) (seeds {seeds}){shots}, "
-         f"size {cfg['size']}, {cfg['optimizer']} lr {cfg['lr']}, up to {cfg['epochs']} epochs "
-         f"(patience {cfg['patience']}). Test metrics of the best validation epoch, mean ± sample std over "
-         "runs; n/a: undefined (e.g. a class with one label value in the test set)."),
+        (
+            f"{cfg['arch']}, init {markdown_code(result['init'])}, {len(runs)} run(s) (seeds {seeds}){shots}, "
+            f"size {cfg['size']}, {cfg['optimizer']} lr {cfg['lr']}, up to {cfg['epochs']} epochs "
+            f"(patience {cfg['patience']}). Test metrics of the best validation epoch, mean ± sample std over "
+            "runs; n/a: undefined (e.g. a class with one label value in the test set)."
+        ),
         "",
         "| metric | mean ± std | runs |",
         "|---|---|---|",
@@ -102,7 +116,9 @@ def plot_curves(groups: dict, out, primary: str) -> Path:
         for i, run in enumerate(runs):
             epochs = [r["epoch"] for r in run["history"]]
             name = plot_label(label) if i == 0 else None
-            ax_loss.plot(epochs, [r["train_loss"] for r in run["history"]], color=colour, alpha=0.7, label=name)
+            ax_loss.plot(
+                epochs, [r["train_loss"] for r in run["history"]], color=colour, alpha=0.7, label=name
+            )
             values = [r.get(f"val_{primary}") for r in run["history"]]
             values = [math.nan if v is None else v for v in values]
             ax_val.plot(epochs, values, color=colour, alpha=0.7, marker="o", ms=3, label=name)
@@ -129,8 +145,10 @@ def compare_table(results: dict, labels: list[str]) -> dict:
     for m in names:
         entry = {lab: results[lab]["summary"].get(m, summarize([])) for lab in labels}
         base_values = [r["test"].get(m, math.nan) for r in results[base]["runs"]]
-        entry["tests"] = {lab: ttest(base_values, [r["test"].get(m, math.nan) for r in results[lab]["runs"]])
-                          for lab in labels[1:]}
+        entry["tests"] = {
+            lab: ttest(base_values, [r["test"].get(m, math.nan) for r in results[lab]["runs"]])
+            for lab in labels[1:]
+        }
         table[m] = entry
     return table
 
@@ -144,8 +162,11 @@ def write_compare(folder: Path, out: dict, cfg: FinetuneConfig) -> dict:
     atomic_write_json(folder / "compare.json", body)
     atomic_write_text(folder / "compare.md", compare_markdown(out, cfg))
     plot_curves({lab: results[lab]["runs"] for lab in labels}, folder / "curves.png", out["primary"])
-    return {"compare_json": str(folder / "compare.json"), "compare_md": str(folder / "compare.md"),
-            "curves": str(folder / "curves.png")}
+    return {
+        "compare_json": str(folder / "compare.json"),
+        "compare_md": str(folder / "compare.md"),
+        "curves": str(folder / "curves.png"),
+    }
 
 
 def compare_markdown(result: dict, cfg: FinetuneConfig) -> str:
@@ -157,19 +178,29 @@ def compare_markdown(result: dict, cfg: FinetuneConfig) -> str:
     lines = [
         f"# Comparison: {result['task']} on {markdown_text(result['dataset'])}",
         "",
-        (f"{cfg.arch}, {len(result['seeds'])} run(s) per initialisation under the same seeds "
-         f"({', '.join(map(str, result['seeds']))}){f', {cfg.shots}-shot' if cfg.shots else ''}{_encoder_note(cfg.to_dict())}. "
-         "Test metrics, mean ± sample std; p: independent two-sample t-test (scipy.stats.ttest_ind) "
-         f"against {markdown_code(base)}; n/a: undefined."),
+        (
+            f"{cfg.arch}, {len(result['seeds'])} run(s) per initialisation under the same seeds "
+            f"({', '.join(map(str, result['seeds']))}){f', {cfg.shots}-shot' if cfg.shots else ''}{_encoder_note(cfg.to_dict())}. "
+            "Test metrics, mean ± sample std; p: independent two-sample t-test (scipy.stats.ttest_ind) "
+            f"against {markdown_code(base)}; n/a: undefined."
+        ),
         "",
-        "| metric | " + " | ".join(cell[lab] for lab in labels) + " | "
-        + " | ".join(f"p ({cell[o]} vs {cell[base]})" for o in others) + " |",
+        "| metric | "
+        + " | ".join(cell[lab] for lab in labels)
+        + " | "
+        + " | ".join(f"p ({cell[o]} vs {cell[base]})" for o in others)
+        + " |",
         "|---|" + "---|" * (len(labels) + len(others)),
     ]
     for m, entry in result["metrics"].items():
         cells = [format_summary(entry[lab]) for lab in labels]
-        cells += ["n/a" if math.isnan(entry["tests"][o]["p"]) else f"{entry['tests'][o]['p']:.3g}" for o in others]
+        cells += [
+            "n/a" if math.isnan(entry["tests"][o]["p"]) else f"{entry['tests'][o]['p']:.3g}" for o in others
+        ]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Initialisations: " + "; ".join(f"{markdown_code(lab)} = {markdown_code(spec)}"
-                                                   for lab, spec in result["inits"].items())]
+    lines += [
+        "",
+        "Initialisations: "
+        + "; ".join(f"{markdown_code(lab)} = {markdown_code(spec)}" for lab, spec in result["inits"].items()),
+    ]
     return "\n".join(lines) + "\n"

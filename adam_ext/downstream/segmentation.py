@@ -103,7 +103,9 @@ class SegmentationItems(Dataset):
             image = image[:, :, 0]
         if self.augment is not None:
             image, mask = self.augment(np.ascontiguousarray(image), np.ascontiguousarray(mask))
-        image = torch.from_numpy(np.ascontiguousarray(image.reshape(self.size, self.size, -1).transpose(2, 0, 1)))
+        image = torch.from_numpy(
+            np.ascontiguousarray(image.reshape(self.size, self.size, -1).transpose(2, 0, 1))
+        )
         mask = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1))) > 0  # M, S, S bool
         if self.mode == "multilabel":
             return self.normalize(image), mask.float()
@@ -130,8 +132,15 @@ class SegmentationTask:
     name = "seg"
     primary = "mean_dice"
 
-    def __init__(self, reader, arch: str, size: int, masks=None, mode: str = "multilabel",
-                 dice_backend: str = "adam_ext"):
+    def __init__(
+        self,
+        reader,
+        arch: str,
+        size: int,
+        masks=None,
+        mode: str = "multilabel",
+        dice_backend: str = "adam_ext",
+    ):
         names = tuple(getattr(reader, "mask_names", ()) or ())
         if not names:
             raise ValueError(f"dataset must have segmentation masks (mask_names), got none for {reader!r}")
@@ -189,7 +198,10 @@ class SegmentationTask:
         if self.mode == "multilabel":
             truth = target > 0.5
         else:
-            truth = target[:, None] == torch.arange(1, len(self.classes) + 1, device=target.device)[None, :, None, None]
+            truth = (
+                target[:, None]
+                == torch.arange(1, len(self.classes) + 1, device=target.device)[None, :, None, None]
+            )
         dice, iou = dice_iou(self.predict(logits), truth, backend=self.dice_backend)
         return {"dice": dice.cpu().numpy(), "iou": iou.cpu().numpy()}
 

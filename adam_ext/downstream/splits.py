@@ -40,7 +40,9 @@ def few_shot(pool, shots: int, seed: int) -> list[int]:
     """
     pool = sorted(pool)
     if shots > len(pool):
-        raise ValueError(f"shots must be at most the {len(pool)} training images left after validation, got {shots}")
+        raise ValueError(
+            f"shots must be at most the {len(pool)} training images left after validation, got {shots}"
+        )
     chosen = numpy_rng(seed, "few_shot").choice(len(pool), size=shots, replace=False)
     return sorted(pool[i] for i in chosen)
 

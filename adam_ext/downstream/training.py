@@ -31,8 +31,13 @@ def evaluate(model, task, dataset, cfg, ctx) -> tuple[dict, float]:
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
     mine = list(range(ctx.rank, len(dataset), ctx.world))
-    loader = DataLoader(Subset(dataset, mine), batch_size=max(1, cfg.batch_size // ctx.world), shuffle=False,
-                        num_workers=cfg.workers, worker_init_fn=worker_init)
+    loader = DataLoader(
+        Subset(dataset, mine),
+        batch_size=max(1, cfg.batch_size // ctx.world),
+        shuffle=False,
+        num_workers=cfg.workers,
+        worker_init_fn=worker_init,
+    )
     parts: dict[str, list] = {}
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     model.eval()

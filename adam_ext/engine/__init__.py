@@ -15,14 +15,27 @@ from .._util.provenance import cpu_model, git_commit, machine
 from .metrics import MetricsLog
 from .timing import STEP_PHASES, PhaseTimer
 from .training import (
-           NonFiniteLossError,
-           all_sum,
-           amp_dtype,
-           autocast,
-           check_finite,
-           cosine_schedule,
-           lr_factor,
+    NonFiniteLossError,
+    all_sum,
+    amp_dtype,
+    autocast,
+    check_finite,
+    cosine_schedule,
+    lr_factor,
 )
 
-__all__ = ["STEP_PHASES", "MetricsLog", "NonFiniteLossError", "PhaseTimer", "all_sum", "amp_dtype", "autocast",
-           "check_finite", "cosine_schedule", "cpu_model", "git_commit", "lr_factor", "machine"]
+__all__ = [
+    "STEP_PHASES",
+    "MetricsLog",
+    "NonFiniteLossError",
+    "PhaseTimer",
+    "all_sum",
+    "amp_dtype",
+    "autocast",
+    "check_finite",
+    "cosine_schedule",
+    "cpu_model",
+    "git_commit",
+    "lr_factor",
+    "machine",
+]

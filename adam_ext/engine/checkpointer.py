@@ -33,8 +33,15 @@ class Checkpointer:
         best: the best value so far (a resumed run's), or None.
     """
 
-    def __init__(self, *, main: bool = True, barrier: Callable[[], None] = lambda: None, mode: str = "min",
-                 wrap: Callable[[dict], dict] = lambda state: state, best: float | None = None):
+    def __init__(
+        self,
+        *,
+        main: bool = True,
+        barrier: Callable[[], None] = lambda: None,
+        mode: str = "min",
+        wrap: Callable[[dict], dict] = lambda state: state,
+        best: float | None = None,
+    ):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be min or max, got {mode!r}")
         self.main, self.barrier, self.mode, self.wrap, self.best = main, barrier, mode, wrap, best

@@ -18,9 +18,22 @@ from typing import Any
 import numpy as np
 import yaml
 
-__all__ = ["MAX_SIDE", "ConfigLoader", "build_dataclass", "check_field", "check_memory", "check_side",
-           "config_differences", "is_int", "is_num", "layered_values", "load_yaml", "max_side",
-           "parse_override", "physical_memory"]
+__all__ = [
+    "MAX_SIDE",
+    "ConfigLoader",
+    "build_dataclass",
+    "check_field",
+    "check_memory",
+    "check_side",
+    "config_differences",
+    "is_int",
+    "is_num",
+    "layered_values",
+    "load_yaml",
+    "max_side",
+    "parse_override",
+    "physical_memory",
+]
 
 
 def check_field(ok: bool, name: str, expected: str, value: Any) -> None:
@@ -62,8 +75,10 @@ def check_side(name: str, value) -> None:
     """Raises ValueError naming ``name`` unless ``value`` is an int in [1, :func:`max_side`]."""
     limit = max_side()
     if not is_int(value) or not 1 <= value <= limit:
-        raise ValueError(f"{name} must be an int in [1, {limit}] pixels (the side of the largest image the "
-                         f"readers decode, 64 Mi pixels), got {value!r}")
+        raise ValueError(
+            f"{name} must be an int in [1, {limit}] pixels (the side of the largest image the "
+            f"readers decode, 64 Mi pixels), got {value!r}"
+        )
 
 
 def check_memory(name: str, value, need: float, what: str) -> None:
@@ -71,8 +86,10 @@ def check_memory(name: str, value, need: float, what: str) -> None:
     the command allocate (``what`` says which allocation), exceed this machine's memory."""
     total = physical_memory()
     if total is not None and need > total:
-        raise ValueError(f"{name} = {value} needs at least {need / 2**30:,.1f} GiB for {what}, more than "
-                         f"this machine's {total / 2**30:.1f} GiB of memory; lower {name}")
+        raise ValueError(
+            f"{name} = {value} needs at least {need / 2**30:,.1f} GiB for {what}, more than "
+            f"this machine's {total / 2**30:.1f} GiB of memory; lower {name}"
+        )
 
 
 def is_int(v) -> bool:
@@ -111,8 +128,10 @@ def load_yaml(text_or_file, where: str):
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{where} is not valid YAML for a configuration{at}: {problem}; only plain values, "
-                         f"lists and mappings are read (tags such as !!python are refused)") from None
+        raise ValueError(
+            f"{where} is not valid YAML for a configuration{at}: {problem}; only plain values, "
+            f"lists and mappings are read (tags such as !!python are refused)"
+        ) from None
 
 
 def build_dataclass(cls, values: dict, prefix: str = ""):
@@ -132,7 +151,9 @@ def build_dataclass(cls, values: dict, prefix: str = ""):
         if key not in fields:
             raise ValueError(f"unknown config key '{prefix}{key}'; expected one of {sorted(fields)}")
         sub = hints.get(key)
-        kwargs[key] = build_dataclass(sub, value, f"{prefix}{key}.") if dataclasses.is_dataclass(sub) else value
+        kwargs[key] = (
+            build_dataclass(sub, value, f"{prefix}{key}.") if dataclasses.is_dataclass(sub) else value
+        )
     return cls(**kwargs)
 
 
@@ -162,6 +183,7 @@ def config_differences(saved: dict, now: dict, ignored=()) -> dict[str, tuple]:
     Nested sections are compared key by key (``optim.lr``; a reader's ``options`` mapping as one
     value); keys in ``ignored`` are left out. Empty when they agree.
     """
+
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for key, value in d.items():
@@ -172,7 +194,9 @@ def config_differences(saved: dict, now: dict, ignored=()) -> dict[str, tuple]:
         return out
 
     a, b = flat(saved), flat(now)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in ignored}
+    return {
+        k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in ignored
+    }
 
 
 def layered_values(base: dict | None, path, overrides) -> dict:

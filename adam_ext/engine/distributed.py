@@ -44,7 +44,6 @@ def resolve_workers(workers) -> int:
     return auto_workers() if workers == "auto" else workers
 
 
-
 class ProcessContext:
     """Rank, world size and device of this process; joins the process group under torchrun.
 

@@ -39,7 +39,9 @@ class MetricsLog:
             print(f"adam pretrain: warning: {w.message}", file=sys.stderr, flush=True)
 
         def seen(r):
-            return r["stage"] < stage or (r["stage"] == stage and (r["step"] < step if "loss" in r else r["step"] <= step))
+            return r["stage"] < stage or (
+                r["stage"] == stage and (r["step"] < step if "loss" in r else r["step"] <= step)
+            )
 
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows if seen(r)))
 

@@ -41,8 +41,15 @@ import torch.nn.functional as F
 
 from .._util.seeds import numpy_rng
 
-__all__ = ["alignment", "collapse_std", "knn_accuracy", "knn_mean_auc", "rankme", "uniformity",
-           "weighted_knn_scores"]
+__all__ = [
+    "alignment",
+    "collapse_std",
+    "knn_accuracy",
+    "knn_mean_auc",
+    "rankme",
+    "uniformity",
+    "weighted_knn_scores",
+]
 
 
 def _matrix(x, name: str, min_rows: int = 1) -> torch.Tensor:
@@ -122,8 +129,16 @@ def uniformity(embeddings, t: float = 2.0) -> float:
     return float(torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel()))
 
 
-def weighted_knn_scores(train, train_labels, test, *, k: int = 20, temperature: float = 0.07,
-                        exclude_self: bool = False, chunk: int = 1024) -> torch.Tensor:
+def weighted_knn_scores(
+    train,
+    train_labels,
+    test,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    exclude_self: bool = False,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """The weighted k-NN classifier of InstDisc / solo-learn: class scores of the test embeddings.
 
     Each test embedding's k most cosine-similar training embeddings vote for their labels with
@@ -146,11 +161,14 @@ def weighted_knn_scores(train, train_labels, test, *, k: int = 20, temperature: 
     x, z = F.normalize(_matrix(train, "train"), dim=1), F.normalize(_matrix(test, "test"), dim=1)
     if x.shape[1] != z.shape[1]:
         raise ValueError(f"train and test must have the same dimension, got {x.shape[1]} and {z.shape[1]}")
-    labels = torch.as_tensor(np.asarray(train_labels.cpu() if isinstance(train_labels, torch.Tensor)
-                                        else train_labels))
+    labels = torch.as_tensor(
+        np.asarray(train_labels.cpu() if isinstance(train_labels, torch.Tensor) else train_labels)
+    )
     if labels.shape[0] != x.shape[0] or labels.dim() not in (1, 2):
-        raise ValueError(f"train_labels must be [N] class indices or [N, C] 0/1 with N={x.shape[0]}, "
-                         f"got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"train_labels must be [N] class indices or [N, C] 0/1 with N={x.shape[0]}, "
+            f"got shape {tuple(labels.shape)}"
+        )
     if labels.dim() == 1:
         if labels.dtype.is_floating_point or (labels < 0).any():
             raise ValueError("train_labels must hold class indices >= 0 (ints)")
@@ -169,7 +187,7 @@ def weighted_knn_scores(train, train_labels, test, *, k: int = 20, temperature: 
     onehot = onehot.to(x.device)
     out = []
     for a in range(0, z.shape[0], chunk):
-        sim = z[a:a + chunk] @ x.T
+        sim = z[a : a + chunk] @ x.T
         if exclude_self:
             rows = torch.arange(a, a + sim.shape[0], device=sim.device)
             sim[torch.arange(sim.shape[0], device=sim.device), rows] = -math.inf
@@ -183,8 +201,9 @@ def weighted_knn_scores(train, train_labels, test, *, k: int = 20, temperature: 
 def knn_accuracy(train, train_labels, test, test_labels, **options) -> float:
     """Accuracy of :func:`weighted_knn_scores`' argmax against ``test_labels`` (Tensor[M] ints)."""
     scores = weighted_knn_scores(train, train_labels, test, **options)
-    truth = torch.as_tensor(np.asarray(test_labels.cpu() if isinstance(test_labels, torch.Tensor)
-                                       else test_labels)).long()
+    truth = torch.as_tensor(
+        np.asarray(test_labels.cpu() if isinstance(test_labels, torch.Tensor) else test_labels)
+    ).long()
     if truth.shape != (scores.shape[0],):
         raise ValueError(f"test_labels must be [M] with M={scores.shape[0]}, got shape {tuple(truth.shape)}")
     # classes absent from the training labels can never be predicted
@@ -202,10 +221,14 @@ def knn_mean_auc(train, train_labels, test, test_labels, **options) -> float:
     scores = weighted_knn_scores(train, train_labels, test, **options).numpy()
     truth = np.asarray(test_labels.cpu() if isinstance(test_labels, torch.Tensor) else test_labels)
     if truth.ndim != 2 or truth.shape != scores.shape:
-        raise ValueError(f"test_labels must be [M, C] 0/1 like the training labels {scores.shape}, "
-                         f"got shape {truth.shape}")
-    aucs = [roc_auc_score(truth[:, c], scores[:, c]) for c in range(truth.shape[1])
-            if 0 < truth[:, c].sum() < truth.shape[0]]
+        raise ValueError(
+            f"test_labels must be [M, C] 0/1 like the training labels {scores.shape}, got shape {truth.shape}"
+        )
+    aucs = [
+        roc_auc_score(truth[:, c], scores[:, c])
+        for c in range(truth.shape[1])
+        if 0 < truth[:, c].sum() < truth.shape[0]
+    ]
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
@@ -247,9 +270,23 @@ class RepresentationMonitor:
         knn_images, k, temperature: the k-NN's images per side and settings.
     """
 
-    def __init__(self, size, normalize, train_reader, train_indices, val_reader, val_indices, *, n: int,
-                 seed: int, images: int = 1024, knn_images: int = 64, k: int = 20, temperature: float = 0.07,
-                 batch_size: int = 128):
+    def __init__(
+        self,
+        size,
+        normalize,
+        train_reader,
+        train_indices,
+        val_reader,
+        val_indices,
+        *,
+        n: int,
+        seed: int,
+        images: int = 1024,
+        knn_images: int = 64,
+        k: int = 20,
+        temperature: float = 0.07,
+        batch_size: int = 128,
+    ):
         self.size, self.normalize, self.n, self.images = size, normalize, n, images
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
         generator = numpy_rng(seed, "monitor_patches", n)
@@ -265,16 +302,24 @@ class RepresentationMonitor:
         if getattr(train_reader, "landmark_names", None) and fit and score:
             side = 1.0 / max(n, 2)
             try:
-                self.knn = ("knn_landmark",) + _landmark_set(train_reader, fit, side) + \
-                    _landmark_set(val_reader, score, side / 2)
+                self.knn = (
+                    ("knn_landmark",)
+                    + _landmark_set(train_reader, fit, side)
+                    + _landmark_set(val_reader, score, side / 2)
+                )
             except ValueError:  # no annotated landmark in the images drawn: no k-NN monitor
                 self.knn = None
         else:
             labels_tr, labels_va = getattr(train_reader, "labels", None), getattr(val_reader, "labels", None)
             if isinstance(labels_tr, np.ndarray) and isinstance(labels_va, np.ndarray) and len(labels_tr):
                 name = "knn_auc" if labels_tr.ndim == 2 else "knn_accuracy"
-                self.knn = (name, [train_reader.image(i) for i in fit], labels_tr[fit],
-                            [val_reader.image(i) for i in score], labels_va[score])
+                self.knn = (
+                    name,
+                    [train_reader.image(i) for i in fit],
+                    labels_tr[fit],
+                    [val_reader.image(i) for i in score],
+                    labels_va[score],
+                )
 
     def collector(self, encoder):
         """A context manager for the validation pass: while it is open, ``add(out, second)`` with each
@@ -288,17 +333,20 @@ class RepresentationMonitor:
         # A validation split of one image has no spread to measure: its RankMe is 1 by construction
         # (one singular value), which is not a collapse; NaN, which no collapse rule warns on.
         spread = len(q) >= 2
-        return {"rankme": rankme(pooled) if spread else math.nan,
-                "collapse_std": collapse_std(q) if spread else math.nan,
-                "collapse_std_healthy": 1 / math.sqrt(q.shape[1]), "alignment": alignment(q, k),
-                "uniformity": uniformity(q) if spread else math.nan}
+        return {
+            "rankme": rankme(pooled) if spread else math.nan,
+            "collapse_std": collapse_std(q) if spread else math.nan,
+            "collapse_std_healthy": 1 / math.sqrt(q.shape[1]),
+            "alignment": alignment(q, k),
+            "uniformity": uniformity(q) if spread else math.nan,
+        }
 
     def _batches(self, images):
         from torchvision.transforms.v2 import functional as TF
 
         for a in range(0, len(images), self.batch_size):
             batch = []
-            for image in images[a:a + self.batch_size]:
+            for image in images[a : a + self.batch_size]:
                 if tuple(image.shape[-2:]) != (self.size, self.size):
                     image = TF.resize(image, [self.size, self.size], antialias=True)
                 batch.append(self.normalize(image))
@@ -312,11 +360,14 @@ class RepresentationMonitor:
             return {}
         name, fit_x, fit_y, score_x, score_y = self.knn
         with _Collector(encoder, None) as collected:
+
             def embed(images):
                 out = []
                 for batch in self._batches(images):
                     batch = batch.to(device)
-                    head = encoder(batch.contiguous(memory_format=torch.channels_last) if channels_last else batch)
+                    head = encoder(
+                        batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+                    )
                     out.append(collected.take_pooled(head).cpu())
                 return torch.cat(out)
 

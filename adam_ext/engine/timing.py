@@ -23,7 +23,16 @@ __all__ = ["STEP_PHASES", "PhaseTimer"]
 
 #: The phases of a pretraining step, in the order they run (``forward`` and ``momentum+queue`` twice:
 #: query encoder, momentum update, key encoder, loss, enqueue).
-STEP_PHASES = ("data wait", "H2D copy", "forward", "momentum+queue", "loss", "backward", "optimiser", "logging/other")
+STEP_PHASES = (
+    "data wait",
+    "H2D copy",
+    "forward",
+    "momentum+queue",
+    "loss",
+    "backward",
+    "optimiser",
+    "logging/other",
+)
 
 
 class PhaseTimer:
@@ -53,8 +62,9 @@ class PhaseTimer:
 
     def __init__(self, device, split_from: int | None = 0, sync_at: Collection[int] = ()):
         self.device = torch.device(device)
-        if split_from is not None and (isinstance(split_from, bool) or not isinstance(split_from, int)
-                                       or split_from < 0):
+        if split_from is not None and (
+            isinstance(split_from, bool) or not isinstance(split_from, int) or split_from < 0
+        ):
             raise ValueError(f"split_from must be None or an int >= 0, got {split_from!r}")
         self.split_from, self.sync_at = split_from, frozenset(sync_at)
         self.steps: list[dict[str, float]] = []

@@ -8,7 +8,15 @@ import math
 import torch
 import torch.distributed as dist
 
-__all__ = ["NonFiniteLossError", "all_sum", "amp_dtype", "autocast", "check_finite", "cosine_schedule", "lr_factor"]
+__all__ = [
+    "NonFiniteLossError",
+    "all_sum",
+    "amp_dtype",
+    "autocast",
+    "check_finite",
+    "cosine_schedule",
+    "lr_factor",
+]
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -18,9 +26,14 @@ class NonFiniteLossError(RuntimeError):
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``amp`` (``none``, ``bf16``, ``fp16``) on ``device``: None off the GPU
-    (mixed precision applies on CUDA only) or for ``none``."""
-    return _AMP.get(amp) if device.type == "cuda" else None
+    """The autocast dtype of ``amp`` (``auto``, ``none``, ``bf16``, ``fp16``) on ``device``: None off
+    the GPU (mixed precision applies on CUDA only) or for ``none``; ``auto`` is bf16 on a GPU that
+    supports it (Ampere and later), else off."""
+    if device.type != "cuda":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    return _AMP.get(amp)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -35,6 +48,7 @@ def lr_factor(total_steps: int, warmup_steps: int = 0, steps_per_epoch: int = 1)
     from 1 to 0 at ``total_steps`` (held at 0 after it). ``steps_per_epoch`` > 1 holds the factor
     for an epoch at its first step's value (the official Adam code sets the rate once an epoch:
     ½(1 + cos(π e / E)) at epoch e of E, never 0)."""
+
     def factor(step: int) -> float:
         step -= step % steps_per_epoch
         if step < warmup_steps:
@@ -45,8 +59,9 @@ def lr_factor(total_steps: int, warmup_steps: int = 0, steps_per_epoch: int = 1)
     return factor
 
 
-def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0,
-                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(
+    optimizer, total_steps: int, warmup_steps: int = 0, steps_per_epoch: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A schedule of :func:`lr_factor` (call ``step()`` after every optimiser step); the factor
     changes every step, or once an epoch of ``steps_per_epoch`` steps."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, warmup_steps, steps_per_epoch))

@@ -18,8 +18,16 @@ from .._util.atomic import atomic_save_figure
 from .._util.escape import markdown_text
 from ..checkpoints import atomic_write_json, atomic_write_text, parse_init
 
-__all__ = ["markdown_table", "output_folder", "parse_checkpoints", "plot_label", "resolve_device",
-           "save_figure", "spec_files", "write_result"]
+__all__ = [
+    "markdown_table",
+    "output_folder",
+    "parse_checkpoints",
+    "plot_label",
+    "resolve_device",
+    "save_figure",
+    "spec_files",
+    "write_result",
+]
 
 
 def parse_checkpoints(values, *, flag: str = "ckpt", name_of=None) -> list[tuple[str, str]]:

@@ -38,8 +38,16 @@ from .locality import (
     level_label,
 )
 
-__all__ = ["CompositionalityConfig", "compositionality_analysis", "compositionality_markdown", "grid_stats",
-           "part_whole_similarity", "plot_distributions", "sample_patches", "split_grid"]
+__all__ = [
+    "CompositionalityConfig",
+    "compositionality_analysis",
+    "compositionality_markdown",
+    "grid_stats",
+    "part_whole_similarity",
+    "plot_distributions",
+    "sample_patches",
+    "split_grid",
+]
 
 SOURCES = ("random", "landmarks")
 
@@ -71,8 +79,11 @@ class CompositionalityConfig:
 
     def __post_init__(self):
         self.grids = tuple(self.grids)
-        if (not self.grids or any(not is_int(n) or n < 1 for n in self.grids)
-                or len(set(self.grids)) != len(self.grids)):
+        if (
+            not self.grids
+            or any(not is_int(n) or n < 1 for n in self.grids)
+            or len(set(self.grids)) != len(self.grids)
+        ):
             raise ValueError(f"grids must be distinct positive integers, got {self.grids}")
         if not is_int(self.patches) or self.patches < 1:
             raise ValueError(f"patches must be a positive integer, got {self.patches!r}")
@@ -103,22 +114,31 @@ def split_grid(patch: torch.Tensor, n: int) -> list[torch.Tensor]:
         n * n Tensor[C, h, w].
     """
     if not isinstance(patch, torch.Tensor) or patch.dim() != 3:
-        raise ValueError(f"patch must be a Tensor[C, H, W], got "
-                         f"{tuple(patch.shape) if isinstance(patch, torch.Tensor) else type(patch).__name__}")
+        raise ValueError(
+            f"patch must be a Tensor[C, H, W], got "
+            f"{tuple(patch.shape) if isinstance(patch, torch.Tensor) else type(patch).__name__}"
+        )
     if not is_int(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     h, w = patch.shape[1:]
     if h < n or w < n:
-        raise ValueError(f"n must be at most the patch's sides: a {h}x{w} patch cannot be cut into a "
-                         f"{n}x{n} grid")
+        raise ValueError(
+            f"n must be at most the patch's sides: a {h}x{w} patch cannot be cut into a {n}x{n} grid"
+        )
     rows = [r * h // n for r in range(n + 1)]
     cols = [c * w // n for c in range(n + 1)]
-    return [patch[:, rows[r]:rows[r + 1], cols[c]:cols[c + 1]] for r in range(n) for c in range(n)]
+    return [patch[:, rows[r] : rows[r + 1], cols[c] : cols[c + 1]] for r in range(n) for c in range(n)]
 
 
-def part_whole_similarity(patches: Sequence[torch.Tensor], embed: Callable, grids: Sequence[int] = (2, 3, 4),
-                          *, batch_size: int = 64, progress: bool = False,
-                          desc: str = "embed") -> dict[int, np.ndarray]:
+def part_whole_similarity(
+    patches: Sequence[torch.Tensor],
+    embed: Callable,
+    grids: Sequence[int] = (2, 3, 4),
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "embed",
+) -> dict[int, np.ndarray]:
     """Cosine similarity between each patch's embedding and the mean embedding of its n x n parts.
 
     For patch P and grid n: ``cos(e(P), mean_{cells c} e(c))`` with the cells of
@@ -143,8 +163,10 @@ def part_whole_similarity(patches: Sequence[torch.Tensor], embed: Callable, grid
     for i, patch in enumerate(patches):
         if not isinstance(patch, torch.Tensor) or patch.dim() != 3 or min(patch.shape[1:]) < max(grids):
             got = tuple(patch.shape) if isinstance(patch, torch.Tensor) else type(patch).__name__
-            raise ValueError(f"patches[{i}] must be a Tensor[C, H, W] with H, W >= {max(grids)} (the largest "
-                             f"grid), got {got}")
+            raise ValueError(
+                f"patches[{i}] must be a Tensor[C, H, W] with H, W >= {max(grids)} (the largest "
+                f"grid), got {got}"
+            )
         pieces.append(patch)
         for n in grids:
             pieces.extend(split_grid(patch, n))
@@ -153,7 +175,7 @@ def part_whole_similarity(patches: Sequence[torch.Tensor], embed: Callable, grid
     emb = emb.view(len(patches), per_patch, -1)
     out, start = {}, 1
     for n in grids:
-        parts = emb[:, start:start + n * n].mean(dim=1)
+        parts = emb[:, start : start + n * n].mean(dim=1)
         out[n] = F.cosine_similarity(emb[:, 0], parts, dim=1).numpy()
         start += n * n
     return out
@@ -163,8 +185,9 @@ def _image(dataset, index: int) -> torch.Tensor:
     return dataset.image(index) if hasattr(dataset, "image") else dataset[index]["image"]
 
 
-def sample_patches(dataset, n: int, *, fraction: float = 0.5, source: str = "random",
-                   seed: int = 0) -> list[torch.Tensor]:
+def sample_patches(
+    dataset, n: int, *, fraction: float = 0.5, source: str = "random", seed: int = 0
+) -> list[torch.Tensor]:
     """``n`` square patches of side ``round(fraction * min(H, W))`` (at least 1), drawn with ``seed``.
 
     Images are drawn uniformly with replacement. ``random``: the patch's position is uniform
@@ -209,7 +232,7 @@ def sample_patches(dataset, n: int, *, fraction: float = 0.5, source: str = "ran
             out.append(extract_patch(image, points[int(rng.integers(len(points)))].tolist(), side))
         else:
             y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
-            out.append(image[:, y0:y0 + side, x0:x0 + side])
+            out.append(image[:, y0 : y0 + side, x0 : x0 + side])
     return out
 
 
@@ -217,8 +240,16 @@ def grid_stats(values) -> dict:
     """Summary of one distribution: n, mean, std (population), min, q25, median, q75, max."""
     v = np.asarray(values, dtype=np.float64)
     q25, median, q75 = np.percentile(v, [25, 50, 75])
-    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
-            "q25": float(q25), "median": float(median), "q75": float(q75), "max": float(v.max())}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "q25": float(q25),
+        "median": float(median),
+        "q75": float(q75),
+        "max": float(v.max()),
+    }
 
 
 def plot_distributions(similarities: dict, out) -> Path:
@@ -239,8 +270,9 @@ def plot_distributions(similarities: dict, out) -> Path:
     axes = fig.subplots(1, len(grids), squeeze=False, sharey=True)[0]
     for ax, n in zip(axes, grids):
         for name, sims in similarities.items():
-            ax.hist(np.clip(sims[n], low, 1.0), bins=bins, histtype="step", linewidth=1.5,
-                    label=plot_label(name))
+            ax.hist(
+                np.clip(sims[n], low, 1.0), bins=bins, histtype="step", linewidth=1.5, label=plot_label(name)
+            )
         ax.set(title=f"{n}x{n} parts", xlabel="cos(whole, mean of parts)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("patches")
@@ -250,8 +282,16 @@ def plot_distributions(similarities: dict, out) -> Path:
     return save_figure(fig, out)
 
 
-def compositionality_analysis(checkpoints, dataset, out, *, config: CompositionalityConfig | None = None,
-                              arch: str | None = None, device="auto", progress: bool = True) -> dict:
+def compositionality_analysis(
+    checkpoints,
+    dataset,
+    out,
+    *,
+    config: CompositionalityConfig | None = None,
+    arch: str | None = None,
+    device="auto",
+    progress: bool = True,
+) -> dict:
     """Samples the patches of ``dataset`` once and measures every encoder on them; writes the outputs.
 
     Args:
@@ -278,25 +318,44 @@ FILES = ("compositionality.md", "compositionality.json", "compositionality.png")
 def _compositionality(pairs, dataset, out: Path, cfg: CompositionalityConfig, arch, device, progress) -> dict:
     from .embed import Embedder
 
-    patches = sample_patches(dataset, cfg.patches, fraction=cfg.patch_fraction, source=cfg.source,
-                             seed=cfg.seed)
+    patches = sample_patches(
+        dataset, cfg.patches, fraction=cfg.patch_fraction, source=cfg.source, seed=cfg.seed
+    )
     sides = [min(p.shape[1:]) for p in patches]
     if min(sides) < max(cfg.grids):
-        raise ValueError(f"patch_fraction: patches of {min(sides)} px cannot be cut into {max(cfg.grids)}x"
-                         f"{max(cfg.grids)} parts; raise patch_fraction or use larger images")
+        raise ValueError(
+            f"patch_fraction: patches of {min(sides)} px cannot be cut into {max(cfg.grids)}x"
+            f"{max(cfg.grids)} parts; raise patch_fraction or use larger images"
+        )
     encoders, sims = {}, {}
     for name, spec in pairs:
         embedder = Embedder(spec, arch=arch, size=cfg.size, device=device, seed=cfg.seed)
-        sims[name] = part_whole_similarity(patches, embedder.global_embeddings, cfg.grids,
-                                           batch_size=cfg.batch_size, progress=progress, desc=name)
-        encoders[name] = {"spec": spec, "arch": embedder.arch, "dim": embedder.dim,
-                          "grids": {n: {**grid_stats(v), "values": np.round(v, 6).tolist()}
-                                    for n, v in sims[name].items()}}
+        sims[name] = part_whole_similarity(
+            patches,
+            embedder.global_embeddings,
+            cfg.grids,
+            batch_size=cfg.batch_size,
+            progress=progress,
+            desc=name,
+        )
+        encoders[name] = {
+            "spec": spec,
+            "arch": embedder.arch,
+            "dim": embedder.dim,
+            "grids": {n: {**grid_stats(v), "values": np.round(v, 6).tolist()} for n, v in sims[name].items()},
+        }
         del embedder
     plot_distributions(sims, out / "compositionality.png")
-    result = {"config": asdict(cfg), "patch_side": [int(min(sides)), int(max(sides))], "encoders": encoders,
-              "files": {"table": str(out / "compositionality.md"), "json": str(out / "compositionality.json"),
-                        "plot": str(out / "compositionality.png")}}
+    result = {
+        "config": asdict(cfg),
+        "patch_side": [int(min(sides)), int(max(sides))],
+        "encoders": encoders,
+        "files": {
+            "table": str(out / "compositionality.md"),
+            "json": str(out / "compositionality.json"),
+            "plot": str(out / "compositionality.png"),
+        },
+    }
     write_result(out, "compositionality", result, compositionality_markdown(result))
     return result
 
@@ -304,12 +363,17 @@ def _compositionality(pairs, dataset, out: Path, cfg: CompositionalityConfig, ar
 def compositionality_markdown(result: dict) -> str:
     """The table of :func:`compositionality_analysis`'s result: one row per (encoder, grid)."""
     header = ["encoder", "spec", "grid", "mean", "std", "median", "q25", "q75", "min"]
-    rows = [[name, r["spec"], f"{n}x{n}"] + [s[key] for key in ("mean", "std", "median", "q25", "q75", "min")]
-            for name, r in result["encoders"].items() for n, s in r["grids"].items()]
+    rows = [
+        [name, r["spec"], f"{n}x{n}"] + [s[key] for key in ("mean", "std", "median", "q25", "q75", "min")]
+        for name, r in result["encoders"].items()
+        for n, s in r["grids"].items()
+    ]
     cfg = result["config"]
     lo, hi = result["patch_side"]
     placed = {"random": "randomly placed", "landmarks": "landmark-centred"}[cfg["source"]]
-    notes = (f"\n{cfg['patches']} {placed} patches of {level_label(cfg['patch_fraction'])} the image "
-             f"side ({lo}{'' if lo == hi else f'-{hi}'} px), whole and parts each resized to {cfg['size']} "
-             "px; cosine similarity between the whole's embedding and the mean of its parts' embeddings.\n")
+    notes = (
+        f"\n{cfg['patches']} {placed} patches of {level_label(cfg['patch_fraction'])} the image "
+        f"side ({lo}{'' if lo == hi else f'-{hi}'} px), whole and parts each resized to {cfg['size']} "
+        "px; cosine similarity between the whole's embedding and the mean of its parts' embeddings.\n"
+    )
     return "# Compositionality\n\n" + markdown_table(header, rows) + notes

@@ -54,8 +54,18 @@ from .common import (
     write_result,
 )
 
-__all__ = ["CorrespondenceConfig", "correspondence_analysis", "make_view", "mutual_matches", "nearest_match",
-           "rescale_points", "sample_vectors", "transfer_error", "transform_points", "view_affine"]
+__all__ = [
+    "CorrespondenceConfig",
+    "correspondence_analysis",
+    "make_view",
+    "mutual_matches",
+    "nearest_match",
+    "rescale_points",
+    "sample_vectors",
+    "transfer_error",
+    "transform_points",
+    "view_affine",
+]
 
 KINDS = ("view", "subject")
 BASELINE = "(same position)"
@@ -100,7 +110,9 @@ class CorrespondenceConfig:
         if not isinstance(self.crop, (int, float)) or not 0.0 < self.crop <= 1.0:
             raise ValueError(f"crop must be a fraction of the image side in (0, 1], got {self.crop!r}")
         if not isinstance(self.tolerance, (int, float)) or not 0.0 < self.tolerance <= 1.0:
-            raise ValueError(f"tolerance must be a fraction of the image side in (0, 1], got {self.tolerance!r}")
+            raise ValueError(
+                f"tolerance must be a fraction of the image side in (0, 1], got {self.tolerance!r}"
+            )
         if self.dense_size is None:
             self.dense_size = self.size // 2
         if not isinstance(self.dense_size, int) or isinstance(self.dense_size, bool) or self.dense_size < 2:
@@ -167,7 +179,9 @@ def make_view(image: torch.Tensor, degrees: float, box: tuple[int, int, int, int
         uint8 Tensor[C, H, W]; :func:`view_affine` maps its points.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
-        raise ValueError(f"image must be a Tensor[C, H, W], got {getattr(image, 'shape', type(image).__name__)}")
+        raise ValueError(
+            f"image must be a Tensor[C, H, W], got {getattr(image, 'shape', type(image).__name__)}"
+        )
     height, width = image.shape[1:]
     top, left, h, w = box
     if h < 1 or w < 1 or top < 0 or left < 0 or top + h > height or left + w > width:
@@ -196,8 +210,10 @@ def _points(points, name: str) -> torch.Tensor:
 
 def _dense_map(dense_map, name: str) -> torch.Tensor:
     if not isinstance(dense_map, torch.Tensor) or dense_map.dim() != 3 or not dense_map.is_floating_point():
-        raise ValueError(f"{name} must be a float Tensor[C, H, W], got "
-                         f"{getattr(dense_map, 'shape', type(dense_map).__name__)}")
+        raise ValueError(
+            f"{name} must be a float Tensor[C, H, W], got "
+            f"{getattr(dense_map, 'shape', type(dense_map).__name__)}"
+        )
     return dense_map
 
 
@@ -218,8 +234,9 @@ def sample_vectors(dense_map: torch.Tensor, points) -> torch.Tensor:
     height, width = dense_map.shape[1:]
     size = torch.tensor([width, height], dtype=torch.float64, device=points.device)
     grid = ((2 * torch.where(finite[:, None], points, 0).double() + 1) / size - 1).to(dense_map.dtype)
-    out = F.grid_sample(dense_map[None], grid[None, None], mode="bilinear", padding_mode="border",
-                        align_corners=False)[0, :, 0].T
+    out = F.grid_sample(
+        dense_map[None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=False
+    )[0, :, 0].T
     return torch.where(finite[:, None], out, math.nan)
 
 
@@ -237,8 +254,10 @@ def nearest_match(vectors: torch.Tensor, dst_map: torch.Tensor) -> tuple[torch.T
     dst_map = _dense_map(dst_map, "dst_map")
     vectors = torch.as_tensor(vectors)
     if vectors.dim() != 2 or vectors.shape[1] != dst_map.shape[0]:
-        raise ValueError(f"vectors must be [L, C] with C = {dst_map.shape[0]} like dst_map, "
-                         f"got shape {tuple(vectors.shape)}")
+        raise ValueError(
+            f"vectors must be [L, C] with C = {dst_map.shape[0]} like dst_map, "
+            f"got shape {tuple(vectors.shape)}"
+        )
     vectors = vectors.to(dst_map)
     finite = torch.isfinite(vectors).all(1)
     width = dst_map.shape[2]
@@ -246,8 +265,10 @@ def nearest_match(vectors: torch.Tensor, dst_map: torch.Tensor) -> tuple[torch.T
     similarity, index = (F.normalize(torch.where(finite[:, None], vectors, 0), dim=1) @ keys).max(1)
     positions = torch.stack([index % width, index // width], 1).float()
     nan = torch.tensor(math.nan)
-    return (torch.where(finite[:, None].cpu(), positions.cpu(), nan),
-            torch.where(finite.cpu(), similarity.float().cpu(), nan))
+    return (
+        torch.where(finite[:, None].cpu(), positions.cpu(), nan),
+        torch.where(finite.cpu(), similarity.float().cpu(), nan),
+    )
 
 
 def transfer_error(predicted, truth) -> torch.Tensor:
@@ -258,8 +279,10 @@ def transfer_error(predicted, truth) -> torch.Tensor:
     """
     predicted, truth = _points(predicted, "predicted"), _points(truth, "truth")
     if predicted.shape != truth.shape:
-        raise ValueError(f"predicted and truth must have the same shape, got {tuple(predicted.shape)} "
-                         f"and {tuple(truth.shape)}")
+        raise ValueError(
+            f"predicted and truth must have the same shape, got {tuple(predicted.shape)} "
+            f"and {tuple(truth.shape)}"
+        )
     return (predicted.double() - truth.double()).norm(dim=1).float()
 
 
@@ -279,8 +302,9 @@ def mutual_matches(src_map: torch.Tensor, dst_map: torch.Tensor, k: int):
     """
     src_map, dst_map = _dense_map(src_map, "src_map"), _dense_map(dst_map, "dst_map")
     if src_map.shape[0] != dst_map.shape[0]:
-        raise ValueError(f"src_map and dst_map must have the same channels, got {src_map.shape[0]} "
-                         f"and {dst_map.shape[0]}")
+        raise ValueError(
+            f"src_map and dst_map must have the same channels, got {src_map.shape[0]} and {dst_map.shape[0]}"
+        )
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     sim = F.normalize(src_map.flatten(1), dim=0).T @ F.normalize(dst_map.flatten(1), dim=0)
@@ -291,8 +315,11 @@ def mutual_matches(src_map: torch.Tensor, dst_map: torch.Tensor, k: int):
     order = strength.argsort(descending=True)[:k]
     src, dst = src[order], dst[order]
     w, w2 = src_map.shape[2], dst_map.shape[2]
-    return (torch.stack([src % w, src // w], 1).float().cpu(), torch.stack([dst % w2, dst // w2], 1).float().cpu(),
-            strength[order].float().cpu())
+    return (
+        torch.stack([src % w, src // w], 1).float().cpu(),
+        torch.stack([dst % w2, dst // w2], 1).float().cpu(),
+        strength[order].float().cpu(),
+    )
 
 
 # --------------------------------------------------------------------------- pairs
@@ -306,8 +333,10 @@ def _subject(path: str, index: int) -> str:
 
 def _landmarks(item: dict, dataset) -> torch.Tensor:
     if "landmarks" not in item:
-        raise ValueError(f"data: {dataset!r} gives no landmarks; correspondence needs landmark "
-                         "annotations (e.g. --dataset synthetic, made by `adam synth`)")
+        raise ValueError(
+            f"data: {dataset!r} gives no landmarks; correspondence needs landmark "
+            "annotations (e.g. --dataset synthetic, made by `adam synth`)"
+        )
     return _points(item["landmarks"], "landmarks")
 
 
@@ -326,9 +355,15 @@ def _view_pairs(dataset, cfg: CorrespondenceConfig) -> list[dict]:
         degrees = float(cfg.degrees * rng.choice([-1.0, 1.0]))
         truth = transform_points(points, view_affine(height, width, degrees, box))
         inside = ((truth >= -0.5) & (truth <= torch.tensor([width - 0.5, height - 0.5]))).all(1)
-        pairs.append({"source": image, "target": make_view(image, degrees, box), "source_points": points,
-                      "target_points": torch.where(inside[:, None], truth, math.nan),
-                      "record": {"image": str(item.get("path", index)), "degrees": degrees, "box": list(box)}})
+        pairs.append(
+            {
+                "source": image,
+                "target": make_view(image, degrees, box),
+                "source_points": points,
+                "target_points": torch.where(inside[:, None], truth, math.nan),
+                "record": {"image": str(item.get("path", index)), "degrees": degrees, "box": list(box)},
+            }
+        )
     return pairs
 
 
@@ -336,8 +371,10 @@ def _subject_pairs(dataset, cfg: CorrespondenceConfig) -> list[dict]:
     """``cfg.pairs`` seeded (source, target) pairs of images of different subjects."""
     subjects = [_subject(path, i) for i, path in enumerate(_paths(dataset))]
     if len(set(subjects)) < 2:
-        raise ValueError(f"data: subject pairs need images of at least 2 subjects, got {len(subjects)} "
-                         f"image(s) of {len(set(subjects))} subject(s) in {dataset!r} (see --split)")
+        raise ValueError(
+            f"data: subject pairs need images of at least 2 subjects, got {len(subjects)} "
+            f"image(s) of {len(set(subjects))} subject(s) in {dataset!r} (see --split)"
+        )
     rng = numpy_rng(cfg.seed, "correspondence_subjects")
     pairs = []
     for _ in range(cfg.pairs):
@@ -345,9 +382,15 @@ def _subject_pairs(dataset, cfg: CorrespondenceConfig) -> list[dict]:
         others = [j for j, s in enumerate(subjects) if s != subjects[i]]
         j = others[int(rng.integers(len(others)))]
         src, dst = dataset[i], dataset[j]
-        pairs.append({"source": src["image"], "target": dst["image"],
-                      "source_points": _landmarks(src, dataset), "target_points": _landmarks(dst, dataset),
-                      "record": {"source": str(src.get("path", i)), "target": str(dst.get("path", j))}})
+        pairs.append(
+            {
+                "source": src["image"],
+                "target": dst["image"],
+                "source_points": _landmarks(src, dataset),
+                "target_points": _landmarks(dst, dataset),
+                "record": {"source": str(src.get("path", i)), "target": str(dst.get("path", j))},
+            }
+        )
     return pairs
 
 
@@ -370,12 +413,23 @@ def _pair_errors(src_map, dst_map, pair: dict, cfg: CorrespondenceConfig) -> dic
     found, _ = nearest_match(vectors, dst_map)
     truth = pair["target_points"]
     px = transfer_error(rescale_points(found, map_hw, dst_hw), truth)
-    input_px = transfer_error(rescale_points(found, map_hw, input_hw), rescale_points(truth, dst_hw, input_hw))
+    input_px = transfer_error(
+        rescale_points(found, map_hw, input_hw), rescale_points(truth, dst_hw, input_hw)
+    )
     grid_hw = (cfg.grid, cfg.grid)
-    src_xy, dst_xy, similarity = mutual_matches(F.adaptive_avg_pool2d(src_map, grid_hw),
-                                                F.adaptive_avg_pool2d(dst_map, grid_hw), cfg.lines)
-    return {"px": px, "input_px": input_px, "found": rescale_points(found, map_hw, dst_hw),
-            "lines": (rescale_points(src_xy, grid_hw, src_hw), rescale_points(dst_xy, grid_hw, dst_hw), similarity)}
+    src_xy, dst_xy, similarity = mutual_matches(
+        F.adaptive_avg_pool2d(src_map, grid_hw), F.adaptive_avg_pool2d(dst_map, grid_hw), cfg.lines
+    )
+    return {
+        "px": px,
+        "input_px": input_px,
+        "found": rescale_points(found, map_hw, dst_hw),
+        "lines": (
+            rescale_points(src_xy, grid_hw, src_hw),
+            rescale_points(dst_xy, grid_hw, dst_hw),
+            similarity,
+        ),
+    }
 
 
 def _baseline_errors(pair: dict, cfg: CorrespondenceConfig) -> dict:
@@ -383,8 +437,12 @@ def _baseline_errors(pair: dict, cfg: CorrespondenceConfig) -> dict:
     src_hw, dst_hw = tuple(pair["source"].shape[1:]), tuple(pair["target"].shape[1:])
     guess, truth = rescale_points(pair["source_points"], src_hw, dst_hw), pair["target_points"]
     input_hw = (cfg.size, cfg.size)
-    return {"px": transfer_error(guess, truth),
-            "input_px": transfer_error(rescale_points(guess, dst_hw, input_hw), rescale_points(truth, dst_hw, input_hw))}
+    return {
+        "px": transfer_error(guess, truth),
+        "input_px": transfer_error(
+            rescale_points(guess, dst_hw, input_hw), rescale_points(truth, dst_hw, input_hw)
+        ),
+    }
 
 
 def _line_correct(pair: dict, lines, cfg: CorrespondenceConfig) -> torch.Tensor:
@@ -406,21 +464,24 @@ def _summary(errors: list[dict], sides: list[int], names, cfg: CorrespondenceCon
     values = px[valid]
     per_landmark = torch.where(valid, px, 0).sum(0) / valid.sum(0)
     nan = math.nan
-    return {"n": int(valid.sum()),
-            "mean_px": values.mean().item() if len(values) else nan,
-            "median_px": values.median().item() if len(values) else nan,
-            "mean_input_px": input_px[valid].mean().item() if len(values) else nan,
-            "median_input_px": input_px[valid].median().item() if len(values) else nan,
-            "pck": (px[valid] <= limit.expand_as(px)[valid]).double().mean().item() if len(values) else nan,
-            "per_landmark_px": {name: per_landmark[i].item() for i, name in enumerate(names)},
-            "errors_px": values.tolist()}
+    return {
+        "n": int(valid.sum()),
+        "mean_px": values.mean().item() if len(values) else nan,
+        "median_px": values.median().item() if len(values) else nan,
+        "mean_input_px": input_px[valid].mean().item() if len(values) else nan,
+        "median_input_px": input_px[valid].median().item() if len(values) else nan,
+        "pck": (px[valid] <= limit.expand_as(px)[valid]).double().mean().item() if len(values) else nan,
+        "per_landmark_px": {name: per_landmark[i].item() for i, name in enumerate(names)},
+        "errors_px": values.tolist(),
+    }
 
 
 # --------------------------------------------------------------------------- analysis
 
 
-def correspondence_analysis(checkpoints, dataset, out, *, arch: str | None = None, device="auto",
-                            progress: bool = True, **settings) -> dict:
+def correspondence_analysis(
+    checkpoints, dataset, out, *, arch: str | None = None, device="auto", progress: bool = True, **settings
+) -> dict:
     """Landmark transfer errors of several encoders on view and subject pairs; writes the files.
 
     Args:
@@ -458,12 +519,18 @@ def correspondence_analysis(checkpoints, dataset, out, *, arch: str | None = Non
 
 
 #: What the analysis writes in its folder.
-FILES = ("correspondence.md", "correspondence.json", "correspondence_error.png", "matches_view.png",
-         "matches_subject.png")
+FILES = (
+    "correspondence.md",
+    "correspondence.json",
+    "correspondence_error.png",
+    "matches_view.png",
+    "matches_subject.png",
+)
 
 
-def _correspondence(checkpoints, dataset, out: Path, cfg: CorrespondenceConfig, arch, device,
-                    progress) -> dict:
+def _correspondence(
+    checkpoints, dataset, out: Path, cfg: CorrespondenceConfig, arch, device, progress
+) -> dict:
     from tqdm import tqdm
 
     from .embed import Embedder
@@ -472,17 +539,25 @@ def _correspondence(checkpoints, dataset, out: Path, cfg: CorrespondenceConfig, 
     n_landmarks = len(pairs["view"][0]["source_points"])
     names = list(getattr(dataset, "landmark_names", None) or [f"landmark_{i}" for i in range(n_landmarks)])
     sides = {kind: [max(p["target"].shape[1:]) for p in ps] for kind, ps in pairs.items()}
-    result = {"settings": {**asdict(cfg), "arch": arch, "dataset": repr(dataset)}, "landmark_names": names,
-              "pairs": {kind: [p["record"] for p in ps] for kind, ps in pairs.items()}, "encoders": {},
-              "baseline": {kind: _summary([_baseline_errors(p, cfg) for p in ps], sides[kind], names, cfg)
-                           for kind, ps in pairs.items()}}
+    result = {
+        "settings": {**asdict(cfg), "arch": arch, "dataset": repr(dataset)},
+        "landmark_names": names,
+        "pairs": {kind: [p["record"] for p in ps] for kind, ps in pairs.items()},
+        "encoders": {},
+        "baseline": {
+            kind: _summary([_baseline_errors(p, cfg) for p in ps], sides[kind], names, cfg)
+            for kind, ps in pairs.items()
+        },
+    }
     drawn = {}
     for name, spec in checkpoints:
         embedder = Embedder(spec, arch=arch, size=cfg.size, layers=cfg.layers, device=device, seed=cfg.seed)
         entry = {"spec": spec, "arch": embedder.arch}
         for kind, kind_pairs in pairs.items():
             errors = []
-            for pair in tqdm(kind_pairs, desc=f"correspondence {name} {kind}", unit="pair", disable=not progress):
+            for pair in tqdm(
+                kind_pairs, desc=f"correspondence {name} {kind}", unit="pair", disable=not progress
+            ):
                 src_map, dst_map = embedder.dense_embeddings([pair["source"], pair["target"]], cfg.dense_size)
                 errors.append(_pair_errors(src_map, dst_map, pair, cfg))
             entry[kind] = _summary(errors, sides[kind], names, cfg)
@@ -497,22 +572,42 @@ def _correspondence(checkpoints, dataset, out: Path, cfg: CorrespondenceConfig, 
 
 
 def _table(result: dict, cfg: CorrespondenceConfig) -> str:
-    header = ["encoder", "view mean px", "view median px", f"view PCK@{cfg.tolerance:g}", "view MNN precision",
-              "subject mean px", "subject median px", f"subject PCK@{cfg.tolerance:g}"]
+    header = [
+        "encoder",
+        "view mean px",
+        "view median px",
+        f"view PCK@{cfg.tolerance:g}",
+        "view MNN precision",
+        "subject mean px",
+        "subject median px",
+        f"subject PCK@{cfg.tolerance:g}",
+    ]
     rows = []
     for name, entry in [*result["encoders"].items(), (BASELINE, result["baseline"])]:
         view, subject = entry["view"], entry["subject"]
-        rows.append([name, view["mean_px"], view["median_px"], view["pck"], view.get("mnn_precision", math.nan),
-                     subject["mean_px"], subject["median_px"], subject["pck"]])
+        rows.append(
+            [
+                name,
+                view["mean_px"],
+                view["median_px"],
+                view["pck"],
+                view.get("mnn_precision", math.nan),
+                subject["mean_px"],
+                subject["median_px"],
+                subject["pck"],
+            ]
+        )
     return markdown_table(header, rows)
 
 
 def _write_outputs(out: Path, result: dict, pairs: dict, drawn: dict, cfg: CorrespondenceConfig) -> None:
-    text = ("# Dense correspondence\n\nLandmark transfer error in pixels of the target image "
-            f"({len(pairs['view'])} view pairs: ±{cfg.degrees:g}° and a {cfg.crop:g} crop; "
-            f"{len(pairs['subject'])} pairs of different subjects; encoder input {cfg.size} px, maps "
-            f"{cfg.dense_size} px). PCK: share within {cfg.tolerance:g} x the image side. MNN precision: share "
-            f"of the {cfg.lines} strongest mutual matches per view pair within that tolerance.\n\n")
+    text = (
+        "# Dense correspondence\n\nLandmark transfer error in pixels of the target image "
+        f"({len(pairs['view'])} view pairs: ±{cfg.degrees:g}° and a {cfg.crop:g} crop; "
+        f"{len(pairs['subject'])} pairs of different subjects; encoder input {cfg.size} px, maps "
+        f"{cfg.dense_size} px). PCK: share within {cfg.tolerance:g} x the image side. MNN precision: share "
+        f"of the {cfg.lines} strongest mutual matches per view pair within that tolerance.\n\n"
+    )
     write_result(out, "correspondence", result, text + _table(result, cfg))
     _error_figure(out / "correspondence_error.png", result)
     for kind in KINDS:

@@ -55,8 +55,17 @@ from ..engine.config import check_side
 from ..models import BACKBONES, build_backbone
 from .common import resolve_device
 
-__all__ = ["EMBED_KIND", "INPUT_BYTES_PER_PIXEL", "STAGES", "Embedder", "check_writable", "embed_dataset",
-           "embed_output", "open_encoder_spec", "write_embeddings"]
+__all__ = [
+    "EMBED_KIND",
+    "INPUT_BYTES_PER_PIXEL",
+    "STAGES",
+    "Embedder",
+    "check_writable",
+    "embed_dataset",
+    "embed_output",
+    "open_encoder_spec",
+    "write_embeddings",
+]
 
 #: ``kind`` in ``embed.json``: what the folder is (its files are its output, so it has no marker file).
 EMBED_KIND = "adam_ext.embed"
@@ -116,8 +125,16 @@ class Embedder(nn.Module):
         dim: global embedding width; ``dense_dim``: hypercolumn width.
     """
 
-    def __init__(self, spec: str = "random", *, arch: str | None = None, size: int = 224,
-                 layers: Sequence[str] = ("layer3", "layer4"), device="auto", seed: int = 0):
+    def __init__(
+        self,
+        spec: str = "random",
+        *,
+        arch: str | None = None,
+        size: int = 224,
+        layers: Sequence[str] = ("layer3", "layer4"),
+        device="auto",
+        seed: int = 0,
+    ):
         super().__init__()
         from ..checkpoints import load_encoder
 
@@ -151,18 +168,24 @@ class Embedder(nn.Module):
             if images.dim() == 3:
                 images = images.unsqueeze(0)
             if images.dim() != 4:
-                raise ValueError(f"images must be Tensor[N, C, H, W] or a list of Tensor[C, H, W], "
-                                 f"got shape {tuple(images.shape)}")
+                raise ValueError(
+                    f"images must be Tensor[N, C, H, W] or a list of Tensor[C, H, W], "
+                    f"got shape {tuple(images.shape)}"
+                )
             images = list(images)
         if not images:
             raise ValueError("images is empty")
         out = []
         for i, image in enumerate(images):
             if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] not in (1, 3):
-                raise ValueError(f"images[{i}] must be a Tensor[C, H, W] with C = 1 or 3, got "
-                                 f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+                raise ValueError(
+                    f"images[{i}] must be a Tensor[C, H, W] with C = 1 or 3, got "
+                    f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}"
+                )
             if image.dtype != torch.uint8:
-                raise ValueError(f"images[{i}] must be uint8 (0-255) as the data readers give, got {image.dtype}")
+                raise ValueError(
+                    f"images[{i}] must be uint8 (0-255) as the data readers give, got {image.dtype}"
+                )
             if tuple(image.shape[1:]) != (self.size, self.size):
                 image = TF.resize(image, [self.size, self.size], antialias=True)
             out.append(self.normalize(image))
@@ -201,13 +224,27 @@ class Embedder(nn.Module):
         if not isinstance(out_size, int) or out_size < 1:
             raise ValueError(f"out_size must be a positive integer, got {out_size!r}")
         maps = self._stages(self.prepare(images), self.layers)
-        parts = [F.interpolate(F.normalize(maps[name].float(), dim=1), size=(out_size, out_size),
-                               mode="bilinear", align_corners=False) for name in self.layers]
+        parts = [
+            F.interpolate(
+                F.normalize(maps[name].float(), dim=1),
+                size=(out_size, out_size),
+                mode="bilinear",
+                align_corners=False,
+            )
+            for name in self.layers
+        ]
         return torch.cat(parts, dim=1)
 
 
-def embed_dataset(embedder: Embedder, dataset, *, batch_size: int = 32, dense: bool = False,
-                  dense_size: int | None = None, progress: bool = True) -> dict:
+def embed_dataset(
+    embedder: Embedder,
+    dataset,
+    *,
+    batch_size: int = 32,
+    dense: bool = False,
+    dense_size: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Embeds every image of ``dataset`` (items with ``image``, optionally ``path``) in batches.
 
     Returns:
@@ -235,8 +272,10 @@ def embed_dataset(embedder: Embedder, dataset, *, batch_size: int = 32, dense: b
         batch_paths = [str(item.get("path", "")) for item in items]
         for path in batch_paths:
             if "\n" in path or "\r" in path:
-                raise ValueError(f"image path {path!r} contains a line break; paths.txt lists one path per line: "
-                                 "rename the file")
+                raise ValueError(
+                    f"image path {path!r} contains a line break; paths.txt lists one path per line: "
+                    "rename the file"
+                )
         paths += batch_paths
         glob.append(embedder.global_embeddings(images).cpu().numpy())
         if dense:

@@ -73,9 +73,17 @@ from ..checkpoints import atomic_write_files
 from .common import markdown_table, output_folder, spec_files
 from .correspondence import nearest_match, rescale_points, sample_vectors, transfer_error
 
-__all__ = ["ExploreConfig", "choose_dense_size", "decode_features", "encode_features", "explore_markdown",
-           "explore_page",
-           "landmark_transfer", "page_bytes", "read_explorer"]
+__all__ = [
+    "ExploreConfig",
+    "choose_dense_size",
+    "decode_features",
+    "encode_features",
+    "explore_markdown",
+    "explore_page",
+    "landmark_transfer",
+    "page_bytes",
+    "read_explorer",
+]
 
 TEMPLATE = "explore.html"  # package data of adam_ext.eve (pyproject.toml [tool.setuptools.package-data])
 #: The template's two markers, replaced in one pass: a name holding one is never expanded.
@@ -118,23 +126,35 @@ class ExploreConfig:
 
     def __post_init__(self):
         if not isinstance(self.images, int) or isinstance(self.images, bool) or self.images < 2:
-            raise ValueError(f"images must be at least 2 (one image is matched against the others), got {self.images!r}")
+            raise ValueError(
+                f"images must be at least 2 (one image is matched against the others), got {self.images!r}"
+            )
         for name, low in (("size", 32), ("display", 32), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.indices is not None:
             self.indices = tuple(self.indices)
-            if (len(self.indices) < 2 or len(set(self.indices)) != len(self.indices)
-                    or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in self.indices)):
-                raise ValueError(f"indices must be 2 or more distinct image indices >= 0, got {list(self.indices)}")
+            if (
+                len(self.indices) < 2
+                or len(set(self.indices)) != len(self.indices)
+                or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in self.indices)
+            ):
+                raise ValueError(
+                    f"indices must be 2 or more distinct image indices >= 0, got {list(self.indices)}"
+                )
         if self.landmarks is not None:
             self.landmarks = tuple(self.landmarks)
             if not self.landmarks or any(not isinstance(n, str) or not n for n in self.landmarks):
-                raise ValueError(f"landmarks must be one or more landmark names or None (all), got {self.landmarks}")
-        if self.dense_size is not None and (not isinstance(self.dense_size, int) or isinstance(self.dense_size, bool)
-                                            or self.dense_size < 2):
-            raise ValueError(f"dense_size must be an integer >= 2 or None (chosen from max_mb), got {self.dense_size!r}")
+                raise ValueError(
+                    f"landmarks must be one or more landmark names or None (all), got {self.landmarks}"
+                )
+        if self.dense_size is not None and (
+            not isinstance(self.dense_size, int) or isinstance(self.dense_size, bool) or self.dense_size < 2
+        ):
+            raise ValueError(
+                f"dense_size must be an integer >= 2 or None (chosen from max_mb), got {self.dense_size!r}"
+            )
         if isinstance(self.max_mb, bool) or not isinstance(self.max_mb, (int, float)) or not self.max_mb > 0:
             raise ValueError(f"max_mb must be a positive number of megabytes, got {self.max_mb!r}")
         self.layers = tuple(self.layers)
@@ -151,7 +171,9 @@ def encode_features(dense: torch.Tensor) -> str:
         dense: float Tensor[C, S, S].
     """
     if not isinstance(dense, torch.Tensor) or dense.dim() != 3 or not dense.is_floating_point():
-        raise ValueError(f"dense must be a float Tensor[C, S, S], got {getattr(dense, 'shape', type(dense).__name__)}")
+        raise ValueError(
+            f"dense must be a float Tensor[C, S, S], got {getattr(dense, 'shape', type(dense).__name__)}"
+        )
     values = dense.detach().to("cpu", torch.float16).permute(1, 2, 0).contiguous().numpy()
     return base64.b64encode(values.astype("<f2").tobytes()).decode("ascii")
 
@@ -181,16 +203,20 @@ def choose_dense_size(fixed: int, images: int, channels, cfg: ExploreConfig) -> 
     if cfg.dense_size is not None:
         size = page_bytes(fixed, images, channels, cfg.dense_size)
         if size > limit:
-            raise ValueError(f"dense_size {cfg.dense_size} makes a page of {size / 1e6:.1f} MB, over max_mb "
-                             f"{cfg.max_mb:g}: lower --dense-size or raise --max-mb")
+            raise ValueError(
+                f"dense_size {cfg.dense_size} makes a page of {size / 1e6:.1f} MB, over max_mb "
+                f"{cfg.max_mb:g}: lower --dense-size or raise --max-mb"
+            )
         return cfg.dense_size
     for side in range(max(cfg.size // 4, MIN_AUTO_SIZE), MIN_AUTO_SIZE - 1, -1):
         if page_bytes(fixed, images, channels, side) <= limit:
             return side
     size = page_bytes(fixed, images, channels, MIN_AUTO_SIZE)
-    raise ValueError(f"max_mb {cfg.max_mb:g} is too small for {images} images x {len(channels)} encoders: the page "
-                     f"would take {size / 1e6:.1f} MB even with dense maps of {MIN_AUTO_SIZE} x {MIN_AUTO_SIZE}; "
-                     "show fewer images or encoders, or raise --max-mb")
+    raise ValueError(
+        f"max_mb {cfg.max_mb:g} is too small for {images} images x {len(channels)} encoders: the page "
+        f"would take {size / 1e6:.1f} MB even with dense maps of {MIN_AUTO_SIZE} x {MIN_AUTO_SIZE}; "
+        "show fewer images or encoders, or raise --max-mb"
+    )
 
 
 # --------------------------------------------------------------------------- landmarks
@@ -220,9 +246,12 @@ def landmark_transfer(maps: torch.Tensor, points: list, shapes: list) -> list[li
             found, similarity = nearest_match(vectors, maps[j].double())
             found = rescale_points(found, (side, side), shapes[j])
             error = transfer_error(found, points[j])
-            table[i][j] = [None if math.isnan(s) else [round(x, 2), round(y, 2), round(s, 4),
-                                                       None if math.isnan(e) else round(e, 2)]
-                           for (x, y), s, e in zip(found.tolist(), similarity.tolist(), error.tolist())]
+            table[i][j] = [
+                None
+                if math.isnan(s)
+                else [round(x, 2), round(y, 2), round(s, 4), None if math.isnan(e) else round(e, 2)]
+                for (x, y), s, e in zip(found.tolist(), similarity.tolist(), error.tolist())
+            ]
     return table
 
 
@@ -238,8 +267,11 @@ def _baseline(points: list, shapes: list) -> list[float]:
 
 def _summary(errors: list[float]) -> dict:
     values = np.asarray(errors, np.float64)
-    return {"n": len(values), "mean_px": float(values.mean()) if len(values) else None,
-            "median_px": float(np.median(values)) if len(values) else None}
+    return {
+        "n": len(values),
+        "mean_px": float(values.mean()) if len(values) else None,
+        "median_px": float(np.median(values)) if len(values) else None,
+    }
 
 
 def _landmark_names(dataset, wanted) -> tuple[list[str], list[int]]:
@@ -251,7 +283,9 @@ def _landmark_names(dataset, wanted) -> tuple[list[str], list[int]]:
     if wanted is None:
         return names, list(range(len(names)))
     if not names:
-        raise ValueError(f"landmarks: the data set {dataset!r} has no landmark annotations; leave --landmarks out")
+        raise ValueError(
+            f"landmarks: the data set {dataset!r} has no landmark annotations; leave --landmarks out"
+        )
     unknown = [n for n in wanted if n not in names]
     if unknown:
         raise ValueError(f"landmarks must be names among {names}, got unknown {unknown}")
@@ -283,8 +317,10 @@ def _png_data_uri(image: torch.Tensor, display: int) -> str:
     picture = Image.fromarray(np.ascontiguousarray(array))
     scale = display / max(picture.size)
     if scale < 1:
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                                 Image.Resampling.LANCZOS)
+        picture = picture.resize(
+            (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -318,7 +354,9 @@ def read_explorer(path) -> dict:
     data = json.loads(found.group(1))
     side = data["dense_size"]
     for encoder in data["encoders"]:
-        encoder["features"] = np.stack([decode_features(t, side, encoder["channels"]) for t in encoder["features"]])
+        encoder["features"] = np.stack(
+            [decode_features(t, side, encoder["channels"]) for t in encoder["features"]]
+        )
     return data
 
 
@@ -329,8 +367,13 @@ def _open_encoders(checkpoints, cfg: ExploreConfig, arch, device) -> list:
     encoders = []
     for name, spec in checkpoints:
         try:
-            encoders.append((name, spec, Embedder(spec, arch=arch, size=cfg.size, layers=cfg.layers, device=device,
-                                                  seed=cfg.seed)))
+            encoders.append(
+                (
+                    name,
+                    spec,
+                    Embedder(spec, arch=arch, size=cfg.size, layers=cfg.layers, device=device, seed=cfg.seed),
+                )
+            )
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"ckpt {name}={spec}: {exc}") from exc
         except ValueError as exc:
@@ -349,13 +392,16 @@ def _read_images(dataset, indices: list[int], rows: list[int]) -> tuple[list, li
         names.append(Path(str(item.get("path", ""))).name or f"#{index}")
         landmarks = item.get("landmarks")
         if rows and landmarks is None:
-            raise ValueError(f"data: item {index} of {dataset!r} has no 'landmarks' though the data set names them")
+            raise ValueError(
+                f"data: item {index} of {dataset!r} has no 'landmarks' though the data set names them"
+            )
         points.append(torch.as_tensor(landmarks, dtype=torch.float32)[rows] if rows else torch.zeros(0, 2))
     return images, points, shapes, names
 
 
-def explore_page(checkpoints, dataset, out, *, arch: str | None = None, device="auto", progress: bool = True,
-                 **settings) -> dict:
+def explore_page(
+    checkpoints, dataset, out, *, arch: str | None = None, device="auto", progress: bool = True, **settings
+) -> dict:
     """Writes ``OUT/explore.html`` (the page) and ``OUT/explore.md`` (the transfer errors), all or nothing:
     a failed write leaves the previous files as they were and no partial file.
 
@@ -391,24 +437,45 @@ def explore_page(checkpoints, dataset, out, *, arch: str | None = None, device="
     landmark_names, rows = _landmark_names(dataset, cfg.landmarks)
     inputs = [getattr(dataset, "root", None), *spec_files(checkpoints)]
     with output_folder(out, FILES, inputs=inputs) as folder:
-        return _explore(checkpoints, dataset, folder, cfg, indices, landmark_names, rows, arch, device,
-                        progress)
+        return _explore(
+            checkpoints, dataset, folder, cfg, indices, landmark_names, rows, arch, device, progress
+        )
 
 
-def _explore(checkpoints, dataset, out: Path, cfg: ExploreConfig, indices, landmark_names, rows, arch, device,
-             progress) -> dict:
+def _explore(
+    checkpoints, dataset, out: Path, cfg: ExploreConfig, indices, landmark_names, rows, arch, device, progress
+) -> dict:
     from tqdm import tqdm
 
     images, points, shapes, names = _read_images(dataset, indices, rows)
     encoders = _open_encoders(checkpoints, cfg, arch, device)
-    data = {"version": 1, "size": cfg.size, "layers": list(cfg.layers), "dense_size": None, "display": cfg.display,
-            "landmark_names": landmark_names,
-            "asked": cfg.images if cfg.indices is None else len(cfg.indices),
-            "images": [{"name": name, "index": index, "height": h, "width": w, "src": _png_data_uri(image, cfg.display)}
-                       for name, index, (h, w), image in zip(names, indices, shapes, images)],
-            "landmarks": [[None if math.isnan(x) or math.isnan(y) else [x, y] for x, y in p.tolist()] for p in points],
-            "encoders": [{"name": name, "spec": spec, "arch": e.arch, "channels": e.dense_dim, "features": [],
-                          "transfer": None} for name, spec, e in encoders]}
+    data = {
+        "version": 1,
+        "size": cfg.size,
+        "layers": list(cfg.layers),
+        "dense_size": None,
+        "display": cfg.display,
+        "landmark_names": landmark_names,
+        "asked": cfg.images if cfg.indices is None else len(cfg.indices),
+        "images": [
+            {"name": name, "index": index, "height": h, "width": w, "src": _png_data_uri(image, cfg.display)}
+            for name, index, (h, w), image in zip(names, indices, shapes, images)
+        ],
+        "landmarks": [
+            [None if math.isnan(x) or math.isnan(y) else [x, y] for x, y in p.tolist()] for p in points
+        ],
+        "encoders": [
+            {
+                "name": name,
+                "spec": spec,
+                "arch": e.arch,
+                "channels": e.dense_dim,
+                "features": [],
+                "transfer": None,
+            }
+            for name, spec, e in encoders
+        ],
+    }
     baseline = _summary(_baseline(points, shapes))
     summary = {name: {"n": 0, "mean_px": None, "median_px": None} for name, _, _ in encoders}
     data["summary"] = {"encoders": summary, "baseline": baseline}
@@ -417,22 +484,39 @@ def _explore(checkpoints, dataset, out: Path, cfg: ExploreConfig, indices, landm
     fixed = len(_render(data, title).encode("utf-8")) + reserve
     side = choose_dense_size(fixed, len(indices), [e.dense_dim for _, _, e in encoders], cfg)
     data["dense_size"] = side
-    for entry, (name, _, embedder) in zip(data["encoders"], tqdm(encoders, desc="explore", unit="encoder",
-                                                                  disable=not progress)):
+    for entry, (name, _, embedder) in zip(
+        data["encoders"], tqdm(encoders, desc="explore", unit="encoder", disable=not progress)
+    ):
         maps = embedder.dense_embeddings(images, side).half().cpu()
         entry["features"] = [encode_features(m) for m in maps]
         if rows:
             entry["transfer"] = landmark_transfer(maps.float(), points, shapes)
-            summary[name] = _summary([m[3] for row in entry["transfer"] for cell in row if cell
-                                      for m in cell if m and m[3] is not None])
+            summary[name] = _summary(
+                [
+                    m[3]
+                    for row in entry["transfer"]
+                    for cell in row
+                    if cell
+                    for m in cell
+                    if m and m[3] is not None
+                ]
+            )
     page = _render(data, title).encode("utf-8")
     if len(page) > cfg.max_mb * 1e6:  # the reserve covers the matches: a bug if reached
         raise RuntimeError(f"the page takes {len(page) / 1e6:.2f} MB, over max_mb {cfg.max_mb:g}")
     markdown = explore_markdown(data, cfg).encode("utf-8")
-    atomic_write_files(out, {"explore.html": lambda f: f.write(page), "explore.md": lambda f: f.write(markdown)})
-    return {"html": os.fspath(out / "explore.html"), "markdown": os.fspath(out / "explore.md"),
-            "bytes": len(page), "dense_size": side, "indices": indices,
-            "summary": {**summary, BASELINE: baseline}, "settings": asdict(cfg)}
+    atomic_write_files(
+        out, {"explore.html": lambda f: f.write(page), "explore.md": lambda f: f.write(markdown)}
+    )
+    return {
+        "html": os.fspath(out / "explore.html"),
+        "markdown": os.fspath(out / "explore.md"),
+        "bytes": len(page),
+        "dense_size": side,
+        "indices": indices,
+        "summary": {**summary, BASELINE: baseline},
+        "settings": asdict(cfg),
+    }
 
 
 def explore_markdown(data: dict, cfg: ExploreConfig) -> str:
@@ -441,15 +525,21 @@ def explore_markdown(data: dict, cfg: ExploreConfig) -> str:
     side, n = data["dense_size"], len(data["images"])
     asked = data.get("asked", n)
     fewer = f" (of the {asked} asked: the data set holds only {n})" if asked > n else ""
-    text = (f"# Eve explorer\n\nOpen `explore.html` (self-contained, works from disk): {n} images{fewer}, "
-            f"dense maps {side} x {side} (encoder input {cfg.size} px, {'+'.join(cfg.layers)}), pointer → "
-            "cosine heat map and best match in the other images.\n\n")
+    text = (
+        f"# Eve explorer\n\nOpen `explore.html` (self-contained, works from disk): {n} images{fewer}, "
+        f"dense maps {side} x {side} (encoder input {cfg.size} px, {'+'.join(cfg.layers)}), pointer → "
+        "cosine heat map and best match in the other images.\n\n"
+    )
     if not data["landmark_names"]:
         return text
-    text += (f"Landmark transfer error in pixels of the target image, over the {n * (n - 1)} ordered pairs of "
-             f"the {n} images and their {len(data['landmark_names'])} landmarks.\n\n")
-    rows = [[name, s["n"], _number(s["mean_px"]), _number(s["median_px"])]
-            for name, s in [*data["summary"]["encoders"].items(), (BASELINE, data["summary"]["baseline"])]]
+    text += (
+        f"Landmark transfer error in pixels of the target image, over the {n * (n - 1)} ordered pairs of "
+        f"the {n} images and their {len(data['landmark_names'])} landmarks.\n\n"
+    )
+    rows = [
+        [name, s["n"], _number(s["mean_px"]), _number(s["median_px"])]
+        for name, s in [*data["summary"]["encoders"].items(), (BASELINE, data["summary"]["baseline"])]
+    ]
     return text + markdown_table(["encoder", "matches", "mean px", "median px"], rows)
 
 

@@ -45,8 +45,19 @@ from .gradcam_report import (  # noqa: F401 (gradcam_markdown: public here too)
 )
 from .gradcam_scores import _check_threshold, box_iou, box_mask, heatmap_peak, pointing_game
 
-__all__ = ["TARGET_LAYER", "FinetunedClassifier", "box_iou", "box_mask", "classifier_input", "gradcam_analysis",
-           "gradcam_heatmaps", "heatmap_peak", "load_classifier", "parse_models", "pointing_game"]
+__all__ = [
+    "TARGET_LAYER",
+    "FinetunedClassifier",
+    "box_iou",
+    "box_mask",
+    "classifier_input",
+    "gradcam_analysis",
+    "gradcam_heatmaps",
+    "heatmap_peak",
+    "load_classifier",
+    "parse_models",
+    "pointing_game",
+]
 
 #: the module of :class:`~adam_ext.downstream.classification.Classifier` whose maps Grad-CAM weighs
 TARGET_LAYER = "encoder.layer4"
@@ -76,7 +87,9 @@ def _open_data(first: FinetunedClassifier, root, dataset, split) -> _Data:
     if not root:
         raise ValueError(f"data: model {first.name}'s checkpoint names no folder; give --data ROOT")
     if not Path(root).is_dir():
-        raise FileNotFoundError(f"data {str(root)!r} must be the folder of the {dataset} data set; it does not exist")
+        raise FileNotFoundError(
+            f"data {str(root)!r} must be the folder of the {dataset} data set; it does not exist"
+        )
     own = dataset == cfg.get("dataset")
     split = split or (cfg.get("test_split") if own else None) or SPLITS.get(dataset, (None, "test"))[1]
     options = dict(cfg.get("options") or {}) if own and str(root) == str(cfg.get("root")) else {}
@@ -126,7 +139,9 @@ def _image_key(item: dict, root: str, index: int) -> str:
 
 def _check_model_list(models) -> list[tuple[str, str]]:
     pairs = [tuple(m) for m in models] if isinstance(models, (list, tuple)) else None
-    if not pairs or any(len(m) != 2 or not all(isinstance(v, (str, Path)) and str(v) for v in m) for m in pairs):
+    if not pairs or any(
+        len(m) != 2 or not all(isinstance(v, (str, Path)) and str(v) for v in m) for m in pairs
+    ):
         raise ValueError(f"models must be a non-empty list of (name, path) pairs, got {models!r}")
     names = [str(name) for name, _ in pairs]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -142,8 +157,10 @@ def _findings(findings, classes: tuple[str, ...]) -> list[str] | None:
         findings = [f.strip() for f in findings.split(",") if f.strip()]
     unknown = [f for f in findings if f not in classes]
     if not findings or unknown:
-        raise ValueError(f"findings must name classes of the models ({', '.join(classes)}), got {list(findings)}"
-                         + (f" (unknown: {', '.join(map(str, unknown))})" if unknown else ""))
+        raise ValueError(
+            f"findings must name classes of the models ({', '.join(classes)}), got {list(findings)}"
+            + (f" (unknown: {', '.join(map(str, unknown))})" if unknown else "")
+        )
     return list(dict.fromkeys(findings))
 
 
@@ -151,8 +168,10 @@ def _check_models(classifiers: list[FinetunedClassifier]) -> None:
     first = classifiers[0]
     for other in classifiers[1:]:
         if other.classes != first.classes:
-            raise ValueError(f"model {other.name}: classes {list(other.classes)} differ from model {first.name}'s "
-                             f"{list(first.classes)}; compare classifiers fine-tuned on the same data set")
+            raise ValueError(
+                f"model {other.name}: classes {list(other.classes)} differ from model {first.name}'s "
+                f"{list(first.classes)}; compare classifiers fine-tuned on the same data set"
+            )
 
 
 def _check_counts(batch_size, limit, overlays) -> None:
@@ -168,8 +187,10 @@ def _score_batch(batch, classifiers, threshold) -> list[tuple[dict, torch.Tensor
     """Heatmaps and scores of every (image, finding) pair of ``batch``, a list of (key, uint8 image
     Tensor[C, H, W], {finding: float32[N, 4] boxes}); returns (record, image, boxes) per pair."""
     pairs = [(key, image, finding, boxes) for key, image, found in batch for finding, boxes in found.items()]
-    records = [{"image": key, "finding": finding, "boxes": len(boxes), "hit": {}, "iou": {}, "heatmaps": {}}
-               for key, _, finding, boxes in pairs]
+    records = [
+        {"image": key, "finding": finding, "boxes": len(boxes), "hit": {}, "iou": {}, "heatmaps": {}}
+        for key, _, finding, boxes in pairs
+    ]
     for clf in classifiers:
         device = next(clf.model.parameters()).device
         inputs = torch.stack([classifier_input(image, clf.size) for _, image, _, _ in pairs]).to(device)
@@ -190,9 +211,11 @@ def _summary(records: list[dict], names: list[str], findings: list[str]) -> dict
         rows = {}
         for finding in findings + ["all"]:
             mine = [r for r in records if finding in ("all", r["finding"])]
-            rows[finding] = {"pointing": float(np.mean([r["hit"][name] for r in mine])) if mine else math.nan,
-                             "iou": float(np.mean([r["iou"][name] for r in mine])) if mine else math.nan,
-                             "n": len(mine)}
+            rows[finding] = {
+                "pointing": float(np.mean([r["hit"][name] for r in mine])) if mine else math.nan,
+                "iou": float(np.mean([r["iou"][name] for r in mine])) if mine else math.nan,
+                "n": len(mine),
+            }
         out[name] = rows
     return out
 
@@ -216,8 +239,18 @@ class _OverlayPicker:
         return sorted(firsts + others, key=lambda r: order[id(r)])
 
 
-def _score_data(data: _Data, classifiers, wanted: set, skipped: Counter, picker: _OverlayPicker, *,
-                threshold: float, batch_size: int, limit: int | None, progress: bool) -> tuple[list[dict], int]:
+def _score_data(
+    data: _Data,
+    classifiers,
+    wanted: set,
+    skipped: Counter,
+    picker: _OverlayPicker,
+    *,
+    threshold: float,
+    batch_size: int,
+    limit: int | None,
+    progress: bool,
+) -> tuple[list[dict], int]:
     """Scores every (image, finding) pair of the split in batches of images; returns (records, images used).
 
     Boxes of findings outside ``wanted`` are counted in ``skipped``; ``picker`` is offered each pair.
@@ -253,9 +286,21 @@ def _score_data(data: _Data, classifiers, wanted: set, skipped: Counter, picker:
     return records, n_images
 
 
-def gradcam_analysis(models, root=None, *, out, dataset: str | None = None, split: str | None = None,
-                     findings=None, threshold: float = 0.5, batch_size: int = 16, limit: int | None = None,
-                     overlays: int = 4, device="auto", progress: bool = True) -> dict:
+def gradcam_analysis(
+    models,
+    root=None,
+    *,
+    out,
+    dataset: str | None = None,
+    split: str | None = None,
+    findings=None,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    limit: int | None = None,
+    overlays: int = 4,
+    device="auto",
+    progress: bool = True,
+) -> dict:
     """Grad-CAM localisation of several fine-tuned classifiers, side by side (see the module docstring).
 
     Args:
@@ -292,8 +337,16 @@ def gradcam_analysis(models, root=None, *, out, dataset: str | None = None, spli
     chosen = _findings(findings, classes)
     data = _open_data(classifiers[0], root, dataset, split)
     with output_folder(out, FILES, inputs=[data.root, *(c.path for c in classifiers)]) as folder:
-        result, rows = _analyse(data, classifiers, chosen, overlays, threshold=threshold,
-                                batch_size=batch_size, limit=limit, progress=progress)
+        result, rows = _analyse(
+            data,
+            classifiers,
+            chosen,
+            overlays,
+            threshold=threshold,
+            batch_size=batch_size,
+            limit=limit,
+            progress=progress,
+        )
         result.update(_write_outputs(folder, result, rows))
     return result
 
@@ -302,16 +355,38 @@ def _analyse(data, classifiers, chosen, overlays, *, threshold, batch_size, limi
     """The result of :func:`gradcam_analysis` before its files are written, and the overlay rows."""
     classes = classifiers[0].classes
     wanted, skipped, picker = set(chosen or classes), Counter(), _OverlayPicker(overlays)
-    records, n_images = _score_data(data, classifiers, wanted, skipped, picker, threshold=threshold,
-                                    batch_size=batch_size, limit=limit, progress=progress)
+    records, n_images = _score_data(
+        data,
+        classifiers,
+        wanted,
+        skipped,
+        picker,
+        threshold=threshold,
+        batch_size=batch_size,
+        limit=limit,
+        progress=progress,
+    )
     if not records:
-        raise ValueError(f"data: no image of {data.dataset} split {data.split!r} at {data.root} has boxes of "
-                         f"the findings {sorted(wanted)}" + (f" (boxes of others: {dict(skipped)})" if skipped else ""))
+        raise ValueError(
+            f"data: no image of {data.dataset} split {data.split!r} at {data.root} has boxes of "
+            f"the findings {sorted(wanted)}" + (f" (boxes of others: {dict(skipped)})" if skipped else "")
+        )
     order = chosen or [c for c in classes if any(r["finding"] == c for r in records)]
-    result = {"kind": "adam_ext.eve.gradcam", "dataset": data.dataset, "root": data.root, "split": data.split,
-              "target_layer": TARGET_LAYER, "threshold": threshold, "n_images": n_images, "findings": order,
-              "models": {c.name: {"path": c.path, "arch": c.arch, "size": c.size, "init": c.config.get("init")}
-                         for c in classifiers},
-              "results": _summary(records, [c.name for c in classifiers], order), "skipped": dict(skipped),
-              "pairs": records}
+    result = {
+        "kind": "adam_ext.eve.gradcam",
+        "dataset": data.dataset,
+        "root": data.root,
+        "split": data.split,
+        "target_layer": TARGET_LAYER,
+        "threshold": threshold,
+        "n_images": n_images,
+        "findings": order,
+        "models": {
+            c.name: {"path": c.path, "arch": c.arch, "size": c.size, "init": c.config.get("init")}
+            for c in classifiers
+        },
+        "results": _summary(records, [c.name for c in classifiers], order),
+        "skipped": dict(skipped),
+        "pairs": records,
+    }
     return result, picker.rows()

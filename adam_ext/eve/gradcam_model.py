@@ -54,31 +54,43 @@ def load_classifier(path, *, name: str = "model", device="cpu") -> FinetunedClas
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model {name}: {str(path)!r} does not exist (give the seed<S>/best.pt of an "
-                                "`adam finetune cls` run)")
+        raise FileNotFoundError(
+            f"model {name}: {str(path)!r} does not exist (give the seed<S>/best.pt of an "
+            "`adam finetune cls` run)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"model {name}: {str(path)!r} must be a torch checkpoint, got an unreadable file "
-                         f"({type(exc).__name__})") from None
+        raise ValueError(
+            f"model {name}: {str(path)!r} must be a torch checkpoint, got an unreadable file "
+            f"({type(exc).__name__})"
+        ) from None
     kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
     if kind != FINETUNE_KIND or ckpt.get("task") != "cls":
         what = f"a {ckpt.get('task')!r} fine-tuning run" if kind == FINETUNE_KIND else f"kind {kind!r}"
-        raise ValueError(f"model {name}: {str(path)!r} must be a classifier checkpoint (seed<S>/best.pt of "
-                         f"`adam finetune cls`), got {what}")
+        raise ValueError(
+            f"model {name}: {str(path)!r} must be a classifier checkpoint (seed<S>/best.pt of "
+            f"`adam finetune cls`), got {what}"
+        )
     missing = [key for key in ("arch", "classes", "model") if key not in ckpt]
     if missing:
-        raise ValueError(f"model {name}: {str(path)!r} must hold the arch, classes and weights of a classifier, "
-                         f"got none for {missing}")
+        raise ValueError(
+            f"model {name}: {str(path)!r} must hold the arch, classes and weights of a classifier, "
+            f"got none for {missing}"
+        )
     classes, config = tuple(ckpt["classes"]), dict(ckpt.get("config") or {})
     model = Classifier(ckpt["arch"], len(classes))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise ValueError(f"model {name}: {str(path)!r} holds weights that do not fit a {ckpt['arch']} "
-                         f"classifier of {len(classes)} classes: {str(exc).splitlines()[0]}") from None
+        raise ValueError(
+            f"model {name}: {str(path)!r} holds weights that do not fit a {ckpt['arch']} "
+            f"classifier of {len(classes)} classes: {str(exc).splitlines()[0]}"
+        ) from None
     size = config.get("size") or 224
-    return FinetunedClassifier(name, str(path), model.eval().to(device), ckpt["arch"], classes, int(size), config)
+    return FinetunedClassifier(
+        name, str(path), model.eval().to(device), ckpt["arch"], classes, int(size), config
+    )
 
 
 def _run_name(path: str) -> str:
@@ -115,8 +127,10 @@ def gradcam_heatmaps(model: nn.Module, inputs: torch.Tensor, classes: Sequence[i
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if inputs.dim() != 4 or len(classes) != inputs.shape[0]:
-        raise ValueError(f"classes must give one logit index per input, got {len(classes)} for inputs of "
-                         f"shape {tuple(inputs.shape)}")
+        raise ValueError(
+            f"classes must give one logit index per input, got {len(classes)} for inputs of "
+            f"shape {tuple(inputs.shape)}"
+        )
     cam = GradCAM(model=model, target_layers=[model.encoder.layer4])
     try:
         with torch.enable_grad():

@@ -24,24 +24,33 @@ def gradcam_markdown(result: dict) -> str:
     rows = []
     for finding in result["findings"] + ["all"]:
         first = result["results"][names[0]][finding]
-        cells = [v for name in names for v in (result["results"][name][finding]["pointing"],
-                                                result["results"][name][finding]["iou"])]
+        cells = [
+            v
+            for name in names
+            for v in (result["results"][name][finding]["pointing"], result["results"][name][finding]["iou"])
+        ]
         rows.append([finding, first["n"], *cells])
-    models = "; ".join(f"{markdown_code(name)} = {markdown_code(m['path'])} ({markdown_text(m['arch'])}, "
-                       f"{m['size']} px, init {markdown_code(m['init'])})"
-                       for name, m in result["models"].items())
-    return "\n".join([
-        f"# Grad-CAM localisation: {markdown_text(result['dataset'])} ({markdown_text(result['split'])})",
-        "",
-        (f"{result['n_images']} images with boxes. Grad-CAM of `{result['target_layer']}` for the finding's "
-         "logit, the whole image resized to the model's input side. pointing: share of heatmaps whose maximum "
-         f"lies in a box of the finding; IoU: mean IoU of the map >= {result['threshold']} x its maximum with "
-         "the union of the finding's boxes; n: (image, finding) pairs; n/a: no pair."),
-        "",
-        markdown_table(header, rows),
-        f"Models: {models}",
-        "",
-    ])
+    models = "; ".join(
+        f"{markdown_code(name)} = {markdown_code(m['path'])} ({markdown_text(m['arch'])}, "
+        f"{m['size']} px, init {markdown_code(m['init'])})"
+        for name, m in result["models"].items()
+    )
+    return "\n".join(
+        [
+            f"# Grad-CAM localisation: {markdown_text(result['dataset'])} ({markdown_text(result['split'])})",
+            "",
+            (
+                f"{result['n_images']} images with boxes. Grad-CAM of `{result['target_layer']}` for the finding's "
+                "logit, the whole image resized to the model's input side. pointing: share of heatmaps whose maximum "
+                f"lies in a box of the finding; IoU: mean IoU of the map >= {result['threshold']} x its maximum with "
+                "the union of the finding's boxes; n: (image, finding) pairs; n/a: no pair."
+            ),
+            "",
+            markdown_table(header, rows),
+            f"Models: {models}",
+            "",
+        ]
+    )
 
 
 def _plot_bars(result: dict, path: Path) -> None:
@@ -54,8 +63,9 @@ def _plot_bars(result: dict, path: Path) -> None:
     x, width = np.arange(len(rows)), 0.8 / len(names)
     n = [result["results"][names[0]][f]["n"] for f in rows]
     fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.55 * len(rows) * (1 + 0.3 * len(names))), 7), dpi=110)
-    for ax, metric, title in zip(axes, ("pointing", "iou"), ("pointing-game accuracy",
-                                                              f"IoU (map >= {result['threshold']} x max)")):
+    for ax, metric, title in zip(
+        axes, ("pointing", "iou"), ("pointing-game accuracy", f"IoU (map >= {result['threshold']} x max)")
+    ):
         for j, name in enumerate(names):
             values = [result["results"][name][f][metric] for f in rows]
             ax.bar(x + (j - (len(names) - 1) / 2) * width, values, width, label=plot_label(name))
@@ -75,8 +85,9 @@ def _plot_overlays(rows: list[dict], names: list[str], threshold: float, path: P
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    fig, axes = plt.subplots(len(rows), 1 + len(names), figsize=(2.6 * (1 + len(names)), 2.6 * len(rows)),
-                             dpi=110, squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), 1 + len(names), figsize=(2.6 * (1 + len(names)), 2.6 * len(rows)), dpi=110, squeeze=False
+    )
     for ax_row, row in zip(axes, rows):
         image = row["image_array"]
         height, width = image.shape[1:]
@@ -93,15 +104,27 @@ def _plot_overlays(rows: list[dict], names: list[str], threshold: float, path: P
                 ax.imshow(heat, cmap="jet", alpha=0.45, extent=extent, vmin=0, vmax=1)
                 peak = heatmap_peak(heat)
                 if peak is not None:
-                    ax.contour(heat, levels=[threshold * heat.max()], colors="white", linewidths=0.8,
-                               extent=extent, origin="upper")
-                    ax.plot((peak[1] + 0.5) * width / heat.shape[1], (peak[0] + 0.5) * height / heat.shape[0],
-                            "w+", ms=10, mew=2)
+                    ax.contour(
+                        heat,
+                        levels=[threshold * heat.max()],
+                        colors="white",
+                        linewidths=0.8,
+                        extent=extent,
+                        origin="upper",
+                    )
+                    ax.plot(
+                        (peak[1] + 0.5) * width / heat.shape[1],
+                        (peak[0] + 0.5) * height / heat.shape[0],
+                        "w+",
+                        ms=10,
+                        mew=2,
+                    )
                 hit = "hit" if row["hit"][name] else "miss"
-                ax.set_title(f"{plot_label(name)}: {hit}, IoU {row['iou'][name]:.2f}",
-                             fontsize=8)
+                ax.set_title(f"{plot_label(name)}: {hit}, IoU {row['iou'][name]:.2f}", fontsize=8)
             for x0, y0, x1, y1 in row["box_array"]:
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.2))
+                ax.add_patch(
+                    Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.2)
+                )
             ax.set(xlim=(0, width), ylim=(height, 0))
             ax.axis("off")
     fig.tight_layout()
@@ -111,8 +134,12 @@ def _plot_overlays(rows: list[dict], names: list[str], threshold: float, path: P
 
 def _write_outputs(out: Path, result: dict, overlay_rows: list[dict]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"gradcam_md": str(out / "gradcam.md"), "gradcam_png": str(out / "gradcam.png"),
-             "gradcam_json": str(out / "gradcam.json"), "overlays_png": None}
+    paths = {
+        "gradcam_md": str(out / "gradcam.md"),
+        "gradcam_png": str(out / "gradcam.png"),
+        "gradcam_json": str(out / "gradcam.json"),
+        "overlays_png": None,
+    }
     _plot_bars(result, out / "gradcam.png")
     if overlay_rows:
         _plot_overlays(overlay_rows, list(result["models"]), result["threshold"], out / "overlays.png")

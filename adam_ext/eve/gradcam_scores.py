@@ -17,7 +17,9 @@ def _heatmap(heatmap) -> np.ndarray:
         raise ValueError(f"heatmap must be a numeric 2-D array (H, W), got shape {array.shape} {array.dtype}")
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
-        raise ValueError(f"heatmap must be finite, got {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
+        raise ValueError(
+            f"heatmap must be finite, got {np.count_nonzero(~np.isfinite(array))} NaN/inf values"
+        )
     if array.min() < 0:
         raise ValueError(f"heatmap must be >= 0 (a Grad-CAM map), got a minimum of {array.min()}")
     return array
@@ -46,13 +48,19 @@ def box_mask(boxes, shape: tuple[int, int]) -> np.ndarray:
     array = np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != 4:
         raise ValueError(f"boxes must be (N, 4) with N >= 1 boxes (x0, y0, x1, y1), got shape {array.shape}")
-    if not np.isfinite(array).all() or (array[:, 2] <= array[:, 0]).any() or (array[:, 3] <= array[:, 1]).any():
-        raise ValueError(f"boxes must be finite (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {array.tolist()}")
+    if (
+        not np.isfinite(array).all()
+        or (array[:, 2] <= array[:, 0]).any()
+        or (array[:, 3] <= array[:, 1]).any()
+    ):
+        raise ValueError(
+            f"boxes must be finite (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {array.tolist()}"
+        )
     mask = np.zeros((height, width), dtype=bool)
     for x0, y0, x1, y1 in array:
         c0, c1 = _pixel_span(x0, x1)
         r0, r1 = _pixel_span(y0, y1)
-        mask[max(0, r0):max(0, r1), max(0, c0):max(0, c1)] = True
+        mask[max(0, r0) : max(0, r1), max(0, c0) : max(0, c1)] = True
     if not mask.any():
         raise ValueError(f"boxes must overlap the {height}x{width} heatmap, got {array.tolist()}")
     return mask
@@ -134,4 +142,6 @@ def box_iou(heatmap, boxes, threshold: float = 0.5) -> float:
 
 def _check_threshold(threshold) -> None:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be a fraction of the heatmap's maximum in [0, 1], got {threshold!r}")
+        raise ValueError(
+            f"threshold must be a fraction of the heatmap's maximum in [0, 1], got {threshold!r}"
+        )

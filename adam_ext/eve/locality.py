@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.config import is_int
 from ..data.landmarks import LandmarkPatches, extract_patch, landmark_names_of, landmark_patches, level_sides
+from ..engine.config import is_int
 from .common import (
     markdown_table,
     output_folder,
@@ -45,10 +45,26 @@ from .common import (
 #: What an analysis writes in its folder.
 FILES = ("locality.md", "locality.json", "tsne.png")
 
-__all__ = ["LandmarkPatches", "LocalityConfig", "embed_in_batches", "extract_patch", "knn_accuracy_across_levels",
-           "landmark_names_of", "landmark_patches", "level_label", "level_sides", "locality_analysis",
-           "locality_markdown", "locality_metrics", "parse_fractions", "parse_ints", "plot_tsne",
-           "same_vs_different", "silhouette", "tsne_2d"]
+__all__ = [
+    "LandmarkPatches",
+    "LocalityConfig",
+    "embed_in_batches",
+    "extract_patch",
+    "knn_accuracy_across_levels",
+    "landmark_names_of",
+    "landmark_patches",
+    "level_label",
+    "level_sides",
+    "locality_analysis",
+    "locality_markdown",
+    "locality_metrics",
+    "parse_fractions",
+    "parse_ints",
+    "plot_tsne",
+    "same_vs_different",
+    "silhouette",
+    "tsne_2d",
+]
 
 #: markers of the levels in the t-SNE plot, finest level first
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -81,8 +97,9 @@ class LocalityConfig:
     def __post_init__(self):
         self.levels = tuple(float(f) for f in self.levels)
         if len(self.levels) < 2 or any(not 0.0 < f <= 1.0 for f in self.levels):
-            raise ValueError(f"levels must be at least two fractions of the image side in (0, 1], "
-                             f"got {self.levels}")
+            raise ValueError(
+                f"levels must be at least two fractions of the image side in (0, 1], got {self.levels}"
+            )
         if len(set(self.levels)) != len(self.levels):
             raise ValueError(f"levels must be distinct, got {self.levels}")
         self.k = tuple(self.k)
@@ -93,8 +110,9 @@ class LocalityConfig:
         if self.landmarks is not None:
             self.landmarks = tuple(self.landmarks)
             if not self.landmarks or any(not isinstance(n, str) or not n for n in self.landmarks):
-                raise ValueError(f"landmarks must be one or more landmark names or None (all), "
-                                 f"got {self.landmarks}")
+                raise ValueError(
+                    f"landmarks must be one or more landmark names or None (all), got {self.landmarks}"
+                )
         if not is_int(self.size) or self.size < 32:
             raise ValueError(f"size must be an integer >= 32 (pixels), got {self.size!r}")
         if not is_int(self.batch_size) or self.batch_size < 1:
@@ -106,8 +124,14 @@ class LocalityConfig:
 # --------------------------------------------------------------------------- patches
 
 
-def embed_in_batches(embed: Callable, images: Sequence[torch.Tensor], *, batch_size: int = 64,
-                     progress: bool = False, desc: str = "embed") -> torch.Tensor:
+def embed_in_batches(
+    embed: Callable,
+    images: Sequence[torch.Tensor],
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "embed",
+) -> torch.Tensor:
     """``embed`` applied to ``images`` ``batch_size`` at a time, float32 Tensor[N, D] on the CPU.
 
     Args:
@@ -124,11 +148,13 @@ def embed_in_batches(embed: Callable, images: Sequence[torch.Tensor], *, batch_s
     out = []
     with tqdm(total=len(images), desc=desc, unit="patch", disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
-            batch = list(images[start:start + batch_size])
+            batch = list(images[start : start + batch_size])
             emb = torch.as_tensor(embed(batch))
             if emb.dim() != 2 or emb.shape[0] != len(batch):
-                raise ValueError(f"embed must return Tensor[{len(batch)}, D] for {len(batch)} images, "
-                                 f"got {tuple(emb.shape)}")
+                raise ValueError(
+                    f"embed must return Tensor[{len(batch)}, D] for {len(batch)} images, "
+                    f"got {tuple(emb.shape)}"
+                )
             out.append(emb.detach().float().cpu())
             bar.update(len(batch))
     return torch.cat(out)
@@ -194,8 +220,10 @@ def knn_accuracy_across_levels(emb, landmark, level, k: int = 1, *, groups=None,
             excluded |= grp[a:b, None] == grp[None, :]
         fewest = int((~excluded).sum(1).min())
         if fewest < k:
-            raise ValueError(f"k={k} exceeds the {fewest} candidate neighbours (other levels"
-                             f"{', other groups' if grp is not None else ''}) of some patch")
+            raise ValueError(
+                f"k={k} exceeds the {fewest} candidate neighbours (other levels"
+                f"{', other groups' if grp is not None else ''}) of some patch"
+            )
         sim.masked_fill_(excluded, -math.inf)
         top, idx = sim.topk(k, dim=1)
         votes = torch.zeros(b - a, n_labels, dtype=torch.float64)
@@ -222,8 +250,9 @@ def silhouette(emb, landmark) -> float:
     lab = _as_codes(landmark, "landmark", x.shape[0])
     distinct = int(lab.max()) + 1
     if not 2 <= distinct <= x.shape[0] - 1:
-        raise ValueError(f"landmark must have 2 to N-1={x.shape[0] - 1} distinct values for a silhouette, "
-                         f"got {distinct}")
+        raise ValueError(
+            f"landmark must have 2 to N-1={x.shape[0] - 1} distinct values for a silhouette, got {distinct}"
+        )
     return float(silhouette_score(x.numpy(), lab.numpy(), metric="cosine"))
 
 
@@ -266,19 +295,27 @@ def same_vs_different(emb, landmark, level) -> dict:
     if diff_n == 0:
         raise ValueError("landmark/level: no pair of patches shows different landmarks at two levels")
     same, different = same_sim / same_n, diff_sim / diff_n
-    return {"same": same, "different": different, "gap": same - different,
-            "n_same": round(same_n) // 2, "n_different": round(diff_n) // 2}
+    return {
+        "same": same,
+        "different": different,
+        "gap": same - different,
+        "n_same": round(same_n) // 2,
+        "n_different": round(diff_n) // 2,
+    }
 
 
 def locality_metrics(emb, landmark, level, *, k: Sequence[int] = (1, 5), image=None) -> dict:
     """All locality numbers of one encoder: ``knn`` {k: accuracy}, ``knn_other_images`` (the same
     with the patch's own image excluded; None without ``image`` or with a single image),
     ``silhouette`` and the keys of :func:`same_vs_different`."""
-    out = {"knn": {int(kk): knn_accuracy_across_levels(emb, landmark, level, kk) for kk in k},
-           "knn_other_images": None}
+    out = {
+        "knn": {int(kk): knn_accuracy_across_levels(emb, landmark, level, kk) for kk in k},
+        "knn_other_images": None,
+    }
     if image is not None and len(np.unique(np.asarray(image))) > 1:
-        out["knn_other_images"] = {int(kk): knn_accuracy_across_levels(emb, landmark, level, kk, groups=image)
-                                   for kk in k}
+        out["knn_other_images"] = {
+            int(kk): knn_accuracy_across_levels(emb, landmark, level, kk, groups=image) for kk in k
+        }
     out["silhouette"] = silhouette(emb, landmark)
     out.update(same_vs_different(emb, landmark, level))
     return out
@@ -309,8 +346,9 @@ def _colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)] if n <= 20 else [colormaps["hsv"](i / n) for i in range(n)]
 
 
-def plot_tsne(coords: dict, landmark, level, landmark_names: Sequence[str], level_labels: Sequence[str],
-              out) -> Path:
+def plot_tsne(
+    coords: dict, landmark, level, landmark_names: Sequence[str], level_labels: Sequence[str], out
+) -> Path:
     """One t-SNE panel per encoder, colour = landmark, marker = level, one shared legend.
 
     Args:
@@ -330,15 +368,26 @@ def plot_tsne(coords: dict, landmark, level, landmark_names: Sequence[str], leve
         for v in range(len(level_labels)):
             for j in range(len(landmark_names)):
                 sel = (level == v) & (landmark == j)
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=colours[j],
-                           marker=_MARKERS[v % len(_MARKERS)], alpha=0.75, linewidths=0)
+                ax.scatter(
+                    xy[sel, 0],
+                    xy[sel, 1],
+                    s=size,
+                    color=colours[j],
+                    marker=_MARKERS[v % len(_MARKERS)],
+                    alpha=0.75,
+                    linewidths=0,
+                )
         ax.set_title(plot_label(name))
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [Line2D([], [], ls="", marker="o", color=colours[j], label=plot_label(name))
-               for j, name in enumerate(landmark_names)]
-    handles += [Line2D([], [], ls="", marker=_MARKERS[v % len(_MARKERS)], color="0.3",
-                       label=f"level {v + 1}: {lbl}") for v, lbl in enumerate(level_labels)]
+    handles = [
+        Line2D([], [], ls="", marker="o", color=colours[j], label=plot_label(name))
+        for j, name in enumerate(landmark_names)
+    ]
+    handles += [
+        Line2D([], [], ls="", marker=_MARKERS[v % len(_MARKERS)], color="0.3", label=f"level {v + 1}: {lbl}")
+        for v, lbl in enumerate(level_labels)
+    ]
     fig.legend(handles=handles, loc="outside right center", fontsize=7, frameon=False)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out)
@@ -353,8 +402,16 @@ def level_label(fraction: float) -> str:
     return f"{f.numerator}/{f.denominator}" if abs(float(f) - fraction) < 1e-9 else f"{fraction:g}"
 
 
-def locality_analysis(checkpoints, dataset, out, *, config: LocalityConfig | None = None,
-                      arch: str | None = None, device="auto", progress: bool = True) -> dict:
+def locality_analysis(
+    checkpoints,
+    dataset,
+    out,
+    *,
+    config: LocalityConfig | None = None,
+    arch: str | None = None,
+    device="auto",
+    progress: bool = True,
+) -> dict:
     """Embeds the landmark patches of ``dataset`` with each encoder; writes the table, JSON and t-SNE.
 
     Args:
@@ -385,27 +442,42 @@ def locality_analysis(checkpoints, dataset, out, *, config: LocalityConfig | Non
 def _locality(pairs, dataset, out: Path, cfg: LocalityConfig, arch, device, progress) -> dict:
     from .embed import Embedder
 
-    lp = landmark_patches(dataset, levels=cfg.levels, images=cfg.images, landmarks=cfg.landmarks,
-                          seed=cfg.seed)
+    lp = landmark_patches(
+        dataset, levels=cfg.levels, images=cfg.images, landmarks=cfg.landmarks, seed=cfg.seed
+    )
     if len(np.unique(lp.landmark)) < 2:
         raise ValueError(f"landmarks: need at least two landmarks, got {list(lp.landmark_names)}")
     encoders, coords = {}, {}
     for name, spec in pairs:
         embedder = Embedder(spec, arch=arch, size=cfg.size, device=device, seed=cfg.seed)
-        emb = embed_in_batches(embedder.global_embeddings, lp.patches, batch_size=cfg.batch_size,
-                               progress=progress, desc=name)
-        encoders[name] = {"spec": spec, "arch": embedder.arch, "dim": embedder.dim,
-                          **locality_metrics(emb, lp.landmark, lp.level, k=cfg.k, image=lp.image)}
+        emb = embed_in_batches(
+            embedder.global_embeddings, lp.patches, batch_size=cfg.batch_size, progress=progress, desc=name
+        )
+        encoders[name] = {
+            "spec": spec,
+            "arch": embedder.arch,
+            "dim": embedder.dim,
+            **locality_metrics(emb, lp.landmark, lp.level, k=cfg.k, image=lp.image),
+        }
         coords[name] = tsne_2d(emb, seed=cfg.seed)
         del embedder
     labels = [level_label(f) for f in cfg.levels]
     plot_tsne(coords, lp.landmark, lp.level, lp.landmark_names, labels, out / "tsne.png")
-    result = {"config": asdict(cfg), "n_patches": len(lp.patches), "images": lp.images_used,
-              "landmarks": list(lp.landmark_names), "levels": labels,
-              "chance": float(np.bincount(lp.landmark).max() / len(lp.landmark)),
-              "perplexity": min(30.0, (len(lp.patches) - 1) / 3), "encoders": encoders,
-              "files": {"table": str(out / "locality.md"), "json": str(out / "locality.json"),
-                        "tsne": str(out / "tsne.png")}}
+    result = {
+        "config": asdict(cfg),
+        "n_patches": len(lp.patches),
+        "images": lp.images_used,
+        "landmarks": list(lp.landmark_names),
+        "levels": labels,
+        "chance": float(np.bincount(lp.landmark).max() / len(lp.landmark)),
+        "perplexity": min(30.0, (len(lp.patches) - 1) / 3),
+        "encoders": encoders,
+        "files": {
+            "table": str(out / "locality.md"),
+            "json": str(out / "locality.json"),
+            "tsne": str(out / "tsne.png"),
+        },
+    }
     write_result(out, "locality", result, locality_markdown(result))
     return result
 
@@ -413,18 +485,28 @@ def _locality(pairs, dataset, out: Path, cfg: LocalityConfig, arch, device, prog
 def locality_markdown(result: dict) -> str:
     """The table of :func:`locality_analysis`'s result: one row per encoder."""
     ks = result["config"]["k"]
-    header = (["encoder", "spec"] + [f"{k}-NN acc" for k in ks] + [f"{k}-NN acc, other images" for k in ks]
-              + ["silhouette", "cos same", "cos different", "gap"])
+    header = (
+        ["encoder", "spec"]
+        + [f"{k}-NN acc" for k in ks]
+        + [f"{k}-NN acc, other images" for k in ks]
+        + ["silhouette", "cos same", "cos different", "gap"]
+    )
     rows = []
     for name, r in result["encoders"].items():
         other = r["knn_other_images"] or {}
-        rows.append([name, r["spec"]] + [r["knn"][k] for k in ks] + [other.get(k, math.nan) for k in ks]
-                    + [r["silhouette"], r["same"], r["different"], r["gap"]])
-    notes = (f"\n{result['n_patches']} patches: {len(result['images'])} images x {len(result['landmarks'])} "
-             f"landmarks x levels {', '.join(result['levels'])} of the image side, each resized to "
-             f"{result['config']['size']} px; k-NN votes among patches of the other levels (cosine); "
-             f"chance {result['chance']:.3f}. Cosine same/different: mean over pairs from different "
-             "levels.\n")
+        rows.append(
+            [name, r["spec"]]
+            + [r["knn"][k] for k in ks]
+            + [other.get(k, math.nan) for k in ks]
+            + [r["silhouette"], r["same"], r["different"], r["gap"]]
+        )
+    notes = (
+        f"\n{result['n_patches']} patches: {len(result['images'])} images x {len(result['landmarks'])} "
+        f"landmarks x levels {', '.join(result['levels'])} of the image side, each resized to "
+        f"{result['config']['size']} px; k-NN votes among patches of the other levels (cosine); "
+        f"chance {result['chance']:.3f}. Cosine same/different: mean over pairs from different "
+        "levels.\n"
+    )
     return "# Locality\n\n" + markdown_table(header, rows) + notes
 
 

@@ -66,7 +66,7 @@ def _check_memory_bank_size(memory_bank_size) -> tuple[int, int]:
     """Returns ``(K, D)``; raises unless it is a pair of positive integers."""
     if isinstance(memory_bank_size, numbers.Integral) and not isinstance(memory_bank_size, bool):
         # A bare number is lightly's own spelling (0: no bank; older versions: K): a wrong value, not type.
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             "memory_bank_size must be (K, D) with K > 0 keys of dimension D > 0: PrunedNTXentLoss computes "
             "MoCo's loss over lightly's memory bank; without one (SimCLR's in-batch negatives) use "
             f"lightly.loss.NTXentLoss. Got {memory_bank_size!r}"
@@ -80,14 +80,18 @@ def _check_memory_bank_size(memory_bank_size) -> tuple[int, int]:
         raise TypeError(f"memory_bank_size must be a (K, D) pair of integers, got {memory_bank_size!r}")
     K, D = (int(n) for n in memory_bank_size)
     if K < 1 or D < 1:
-        raise ValueError(f"memory_bank_size must be (K, D) with K > 0 keys of dimension D > 0, got ({K}, {D})")
+        raise ValueError(
+            f"memory_bank_size must be (K, D) with K > 0 keys of dimension D > 0, got ({K}, {D})"
+        )
     return K, D
 
 
 def _check_temperature(temperature) -> float:
     """Returns the temperature as a float; raises unless it is a finite number >= the operator's minimum."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a number >= {ops.MIN_TEMPERATURE}, got {type(temperature).__name__}")
+        raise TypeError(
+            f"temperature must be a number >= {ops.MIN_TEMPERATURE}, got {type(temperature).__name__}"
+        )
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature >= ops.MIN_TEMPERATURE):
         raise ValueError(
@@ -120,10 +124,14 @@ def _check_gamma(gamma) -> float | None:
     if gamma is None:
         return None
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        raise TypeError(f"gamma must be None or a number in [-1, 1] (a cosine similarity), got {type(gamma).__name__}")
+        raise TypeError(
+            f"gamma must be None or a number in [-1, 1] (a cosine similarity), got {type(gamma).__name__}"
+        )
     gamma = float(gamma)
     if not (math.isfinite(gamma) and -1.0 <= gamma <= 1.0):
-        raise ValueError(f"gamma must be in [-1, 1] (a cosine similarity), or None to disable pruning, got {gamma}")
+        raise ValueError(
+            f"gamma must be in [-1, 1] (a cosine similarity), or None to disable pruning, got {gamma}"
+        )
     return gamma
 
 
@@ -168,7 +176,9 @@ class PrunedNTXentLoss(nn.Module):
         if not isinstance(gather_distributed, bool):
             raise TypeError(f"gather_distributed must be a bool, got {type(gather_distributed).__name__}")
         if gather_distributed and not torch.distributed.is_available():
-            raise ValueError("gather_distributed is True but torch.distributed is not available in this torch build")
+            raise ValueError(
+                "gather_distributed is True but torch.distributed is not available in this torch build"
+            )
         self.gamma = _check_gamma(gamma)
         self.gather_distributed = gather_distributed
         self.memory_bank = MemoryBankModule(size=bank_size, gather_distributed=gather_distributed)
@@ -191,7 +201,9 @@ class PrunedNTXentLoss(nn.Module):
                 row of ``out1`` is not finite: nothing is written into the bank.
         """
         if out0.dim() != 2 or out1.shape != out0.shape:
-            raise ValueError(f"out0 and out1 must both be (B, D), got {tuple(out0.shape)} and {tuple(out1.shape)}")
+            raise ValueError(
+                f"out0 and out1 must both be (B, D), got {tuple(out0.shape)} and {tuple(out1.shape)}"
+            )
         bank = self.memory_bank.bank
         if out0.shape[1] != bank.shape[1]:
             raise ValueError(

@@ -37,8 +37,16 @@ from torch import nn
 
 from ..ops import pruned_info_nce
 
-__all__ = ["BACKBONES", "MOCO_DEFAULTS", "TRUNK_MODULES", "Classifier", "MLPHead", "MoCo", "build_backbone",
-           "check_queue_size"]
+__all__ = [
+    "BACKBONES",
+    "MOCO_DEFAULTS",
+    "TRUNK_MODULES",
+    "Classifier",
+    "MLPHead",
+    "MoCo",
+    "build_backbone",
+    "check_queue_size",
+]
 
 #: Backbone names accepted by :func:`build_backbone`, with their feature dimension.
 BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -48,19 +56,21 @@ TRUNK_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 #: The defaults of :class:`MoCo` (the paper's MoCo v2), their single home: :class:`MoCo`'s arguments and
 #: :class:`adam_ext.config.ModelConfig`'s fields both read them (config imports models, not the reverse).
-MOCO_DEFAULTS = MappingProxyType({
-    "backbone": "resnet50",
-    "weights": None,
-    "dim": 128,
-    "K": 65536,
-    "m": 0.999,
-    "T": 0.2,
-    "mlp_hidden": None,  # None: the backbone's feature dimension
-    "shuffle_bn_groups": 2,
-    "query_bn_groups": 1,
-    "sync_bn": False,
-    "frozen": (),  # trunk modules kept at their initialisation (none: the paper trains everything)
-})
+MOCO_DEFAULTS = MappingProxyType(
+    {
+        "backbone": "resnet50",
+        "weights": None,
+        "dim": 128,
+        "K": 65536,
+        "m": 0.999,
+        "T": 0.2,
+        "mlp_hidden": None,  # None: the backbone's feature dimension
+        "shuffle_bn_groups": 2,
+        "query_bn_groups": 1,
+        "sync_bn": False,
+        "frozen": (),  # trunk modules kept at their initialisation (none: the paper trains everything)
+    }
+)
 
 # Sentinel telling forward() to use self.gamma: None is a meaningful gamma (no pruning).
 _DEFAULT = object()
@@ -92,8 +102,10 @@ def build_backbone(name: str = "resnet50", weights: Mapping[str, torch.Tensor] |
     trunk.fc = nn.Identity()
     if weights is not None:
         if not isinstance(weights, Mapping):
-            raise ValueError(f"weights must be a trunk state dict (a mapping of tensors), got {type(weights).__name__}; "
-                             f"for a file use adam_ext.checkpoints.load_pretrained(path).encoder_q")
+            raise ValueError(
+                f"weights must be a trunk state dict (a mapping of tensors), got {type(weights).__name__}; "
+                f"for a file use adam_ext.checkpoints.load_pretrained(path).encoder_q"
+            )
         state = {k: v for k, v in weights.items() if not k.startswith("fc.")}
         try:
             trunk.load_state_dict(state, strict=True)
@@ -188,7 +200,9 @@ def _concat_all_gather(x: torch.Tensor) -> torch.Tensor:
 def _check_frozen(frozen, encoder: nn.Module) -> tuple[str, ...]:
     """``frozen`` as a tuple of unique :data:`TRUNK_MODULES` names the encoder has; ValueError naming it."""
     if not isinstance(frozen, (list, tuple)) or not all(isinstance(name, str) for name in frozen):
-        raise ValueError(f"frozen must be a list of trunk module names ({', '.join(TRUNK_MODULES)}), got {frozen!r}")
+        raise ValueError(
+            f"frozen must be a list of trunk module names ({', '.join(TRUNK_MODULES)}), got {frozen!r}"
+        )
     names, children = tuple(frozen), dict(encoder.named_children())
     for name in names:
         if name not in TRUNK_MODULES:
@@ -215,8 +229,14 @@ class _split_bn_statistics:
     """
 
     def __init__(self, encoder: nn.Module):
-        self.layers = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                       and m.training and m.track_running_stats and m.running_mean is not None]
+        self.layers = [
+            m
+            for m in encoder.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.training
+            and m.track_running_stats
+            and m.running_mean is not None
+        ]
         self.start: list = []
         self.results: list = []
 
@@ -323,8 +343,12 @@ class MoCo(nn.Module):
         frozen: Sequence[str] = MOCO_DEFAULTS["frozen"],
     ):
         super().__init__()
-        for arg, value in (("dim", dim), ("K", K), ("shuffle_bn_groups", shuffle_bn_groups),
-                           ("query_bn_groups", query_bn_groups)):
+        for arg, value in (
+            ("dim", dim),
+            ("K", K),
+            ("shuffle_bn_groups", shuffle_bn_groups),
+            ("query_bn_groups", query_bn_groups),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
         if not 0.0 <= m <= 1.0:
@@ -332,7 +356,11 @@ class MoCo(nn.Module):
         if not T > 0:
             raise ValueError(f"T must be > 0, got {T!r}")
         self.K, self.m, self.T, self.gamma = K, float(m), float(T), gamma
-        self.shuffle_bn_groups, self.query_bn_groups, self.sync_bn = shuffle_bn_groups, query_bn_groups, sync_bn
+        self.shuffle_bn_groups, self.query_bn_groups, self.sync_bn = (
+            shuffle_bn_groups,
+            query_bn_groups,
+            sync_bn,
+        )
 
         if isinstance(backbone, nn.Module):
             encoder = backbone

@@ -90,7 +90,9 @@ if EXTENSION_LOADED:
     # Without this, a gradient taken with create_graph=True would silently have no
     # dependence on q and k, and a second backward would return zeros.
     torch.library.register_autograd(
-        "adam_ext::pruned_info_nce_bwd", _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
+        "adam_ext::pruned_info_nce_bwd",
+        _refuse_double_backward,
+        setup_context=lambda ctx, inputs, output: None,
     )
 
 
@@ -162,9 +164,19 @@ def pruned_info_nce(
     if not EXTENSION_LOADED:
         from . import reference
 
-        warnings.warn(f"adam_ext._C is not loaded ({EXTENSION_ERROR}); running the reference", RuntimeWarning)
+        warnings.warn(
+            f"adam_ext._C is not loaded ({EXTENSION_ERROR}); running the reference",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return reference.pruned_info_nce(
-            q, k, queue, temperature=temperature, gamma=gamma, reduction=reduction, return_pruned=return_pruned
+            q,
+            k,
+            queue,
+            temperature=temperature,
+            gamma=gamma,
+            reduction=reduction,
+            return_pruned=return_pruned,
         )
     q, k, queue, temperature, gamma_scalar, gamma_rows, reduction = _validate.prepare(
         q, k, queue, temperature, gamma, reduction

@@ -73,10 +73,14 @@ def split_gamma(gamma, q: torch.Tensor):
         if gamma.dim() == 0:
             gamma = gamma.expand(q.shape[0])
         elif gamma.dim() != 1 or gamma.shape[0] != q.shape[0]:
-            raise ValueError(f"gamma given as a tensor must be (B,) = ({q.shape[0]},), got {tuple(gamma.shape)}")
+            raise ValueError(
+                f"gamma given as a tensor must be (B,) = ({q.shape[0]},), got {tuple(gamma.shape)}"
+            )
         return None, gamma.detach()
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        raise TypeError(f"gamma must be None, a number in [-1, 1] or a (B,) tensor, got {type(gamma).__name__}")
+        raise TypeError(
+            f"gamma must be None, a number in [-1, 1] or a (B,) tensor, got {type(gamma).__name__}"
+        )
     return check_gamma_number(gamma), None
 
 
@@ -88,7 +92,9 @@ def check_gamma_number(gamma) -> float:
     """
     gamma = float(gamma)
     if not -1.0 <= gamma <= 1.0:  # NaN fails too
-        raise ValueError(f"gamma must be in [-1, 1] (a cosine similarity), or None to disable pruning, got {gamma}")
+        raise ValueError(
+            f"gamma must be in [-1, 1] (a cosine similarity), or None to disable pruning, got {gamma}"
+        )
     return gamma
 
 
@@ -144,4 +150,6 @@ def prepare(q, k, queue, temperature, gamma, reduction) -> Prepared:
     reduction = check_reduction(reduction)
     gamma_scalar, gamma_rows = split_gamma(gamma, q)
     dtype = common_dtype(q, k, queue)
-    return Prepared(q.to(dtype), k.to(dtype), queue.detach().to(dtype), temperature, gamma_scalar, gamma_rows, reduction)
+    return Prepared(
+        q.to(dtype), k.to(dtype), queue.detach().to(dtype), temperature, gamma_scalar, gamma_rows, reduction
+    )

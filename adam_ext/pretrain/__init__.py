@@ -40,5 +40,18 @@ from .parts import RunData, initial_knn, initial_model, knn_at_scales, open_spli
 from .resume import ResumeError, load_checkpoint
 from .run import pretrain
 
-__all__ = ["EpochBatches", "NonFiniteLossError", "PretrainViews", "ResumeError", "RunData", "Trainer", "initial_knn",
-           "initial_model", "knn_at_scales", "load_checkpoint", "open_splits", "pretrain", "sample_seed"]
+__all__ = [
+    "EpochBatches",
+    "NonFiniteLossError",
+    "PretrainViews",
+    "ResumeError",
+    "RunData",
+    "Trainer",
+    "initial_knn",
+    "initial_model",
+    "knn_at_scales",
+    "load_checkpoint",
+    "open_splits",
+    "pretrain",
+    "sample_seed",
+]

@@ -41,8 +41,17 @@ from ..engine.config import (  # noqa: F401 (ConfigLoader, load_yaml, parse_over
 )
 from ..models import BACKBONES, MOCO_DEFAULTS, TRUNK_MODULES, MoCo
 
-__all__ = ["PRESETS", "ConfigLoader", "DataConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig",
-           "load_config", "load_yaml"]
+__all__ = [
+    "PRESETS",
+    "ConfigLoader",
+    "DataConfig",
+    "ModelConfig",
+    "MonitorConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "load_config",
+    "load_yaml",
+]
 
 
 @dataclass
@@ -104,6 +113,7 @@ class ModelConfig:
     T: float = MOCO_DEFAULTS["T"]
     mlp_hidden: int | None = MOCO_DEFAULTS["mlp_hidden"]
     shuffle_bn_groups: int = MOCO_DEFAULTS["shuffle_bn_groups"]
+    query_bn_groups: int = MOCO_DEFAULTS["query_bn_groups"]
     sync_bn: bool = MOCO_DEFAULTS["sync_bn"]
     #: Trunk modules pretraining keeps at their initialisation (``[conv1, bn1]``: the stem); see ``MoCo(frozen=...)``.
     frozen: list = field(default_factory=lambda: list(MOCO_DEFAULTS["frozen"]))
@@ -133,6 +143,10 @@ class OptimConfig:
         batch_size: global batch (all ranks together); must divide by the world size.
         epochs: epochs of each stage.
         warmup_epochs: linear warm-up before the cosine decay (0 in the paper).
+        lr_scaling: ``linear`` (default: ``lr * batch_size / 256``) or ``none`` (``lr`` as given, the
+            official code's; equal at batch 256).
+        schedule_unit: ``step`` (default: the cosine moves every step, to 0 at the end) or ``epoch``
+            (set once an epoch, ½(1 + cos(π e / E)): the official code's, never 0).
     """
 
     optimizer: str = "sgd"
@@ -142,6 +156,8 @@ class OptimConfig:
     batch_size: int = 256
     epochs: int = 200
     warmup_epochs: float = 0.0
+    lr_scaling: str = "linear"
+    schedule_unit: str = "step"
 
 
 @dataclass
@@ -186,7 +202,8 @@ class PretrainConfig:
         out: run folder (config.yaml, metrics.jsonl, tensorboard/, stage folders, report).
         seed: seed of everything random (data order, views, initial weights, shuffle-BN).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``.
-        amp: autocast on GPU: ``none``, ``bf16`` or ``fp16`` (with a gradient scaler).
+        amp: autocast on GPU: ``auto`` (default: bf16 on a GPU that has it, Ampere and later; off on
+            older GPUs and on the CPU), ``none``, ``bf16`` or ``fp16`` (with a gradient scaler).
         channels_last: the channels-last memory format for the encoders and images (faster on
             GPUs, and on CPU: a resnet18 step at 128 px, batch 64 took 2.4 s instead of 3.1-3.4 s
             on the 2-core EPYC of the README's benchmarks).
@@ -214,7 +231,7 @@ class PretrainConfig:
     out: str = "runs/adam"
     seed: int = 0
     device: str = "auto"
-    amp: str = "none"
+    amp: str = "auto"
     channels_last: bool = True
     checkpoint_every: int = 500
     log_every: int = 10
@@ -243,28 +260,42 @@ class PretrainConfig:
 
 #: Named starting points (``adam pretrain --preset NAME``); fields not given keep the defaults.
 PRESETS: dict[str, dict] = {
-    # Sized for the 2-core demo machine: about 10 minutes for stages 0, 2, 4 (README, `make demo`);
+    # Sized for a 2-core CPU: a few minutes for stages 0, 2, 4 (README, `make demo`);
     # m = 0.99 and lr 0.3 per 256 because a few hundred steps a stage are too few for the paper's
     # m = 0.999 (the key encoder would keep ~75% of its random initialisation) and lr 0.03.
     # Images at 256 px so that a cell of the n = 4 grid (64 px) fills a 64-px view without upsampling.
     # Views: crops of 50-100% of the anchor, rotation up to 10 degrees, no colour jitter. Measured
-    # (README, "What the demo learns"): with the paper's views (20-100%, 30 degrees, jitter 0.4 at
+    # (docs/experiments/demo-2026-12.md): with the paper's views (20-100%, 30 degrees, jitter 0.4 at
     # p = 0.8) the loss of stage n = 0 fell for two epochs, then rose back to log(K + 1) as the
     # representation collapsed; with jitter 0.2 it learned little (validation loss 5.0 after 10
     # epochs); without jitter 4.4, and 3.5 at the end of stage n = 4.
     "demo": {
-        "data": {"dataset": "synthetic", "root": "data/synthetic", "view_size": 64, "workers": 1,
-                 "synthetic_n": 800, "synthetic_size": 256,
-                 "views": {"scale": [0.5, 1.0], "degrees": 10, "jitter_p": 0.0}},
+        "data": {
+            "dataset": "synthetic",
+            "root": "data/synthetic",
+            "view_size": 64,
+            "workers": 1,
+            "synthetic_n": 800,
+            "synthetic_size": 256,
+            "views": {"scale": [0.5, 1.0], "degrees": 10, "jitter_p": 0.0},
+        },
         # The stem (conv1 + bn1) stays at its random initialisation: trained here, its filters turn
         # smooth within the first epoch (18 steps) and a frozen U-Net decoder loses the detail it reads
-        # from them (16-shot frozen validation Dice 0.747 trained vs 0.828 kept; README, "Keeping the
-        # stem at its initialisation").
-        "model": {"backbone": "resnet18", "K": 256, "dim": 64, "mlp_hidden": 256, "m": 0.99,
-                  "frozen": ["conv1", "bn1"]},
-        # The synthetic phantoms differ far less than patients do: at γ = 0.8 the pruner removed
-        # every negative late in stage n = 2 (a collapse); 0.9 is the paper's ablation value.
-        "gamma": 0.9,
+        # from them (16-shot frozen validation Dice 0.747 trained vs 0.828 kept; docs/experiments/
+        # demo-2026-12.md, "Keeping the stem at its initialisation").
+        "model": {
+            "backbone": "resnet18",
+            "K": 256,
+            "dim": 64,
+            "mlp_hidden": 256,
+            "m": 0.99,
+            "frozen": ["conv1", "bn1"],
+        },
+        # The paper's γ = 0.8 and the official chaining of stages (each from the previous one's last
+        # state): what the pretraining-seed study measured over 5 seeds (docs/experiments/
+        # pretraining-seeds.md: locality margin above random initialisation's, p = 0.0025; no collapse).
+        "gamma": 0.8,
+        "stage_init": "last",
         "optim": {"batch_size": 32, "epochs": 10, "lr": 0.3, "warmup_epochs": 1},
         # k-NN on 6 training and 6 validation images' landmark patches (156 forwards at 64 px): with 8,
         # the monitors took 0.44 s of a 10.2-s epoch on 2 cores (plus ~0.1 s for the second views)
@@ -272,6 +303,20 @@ PRESETS: dict[str, dict] = {
         "out": "runs/demo",
         "checkpoint_every": 0,
         "log_every": 4,
+    },
+    # The official Adam-v1 code's behaviour where it differs from the defaults (docs/fidelity.md; each
+    # key is a row of its table, and tests/pretrain/test_config.py checks that the preset sets them all):
+    # stages chained from the last state, "best" chosen by the pruned validation loss, per-GPU BN of 4
+    # GPUs emulated on one device (torchrun on 4 ranks: 64 images each, as the official run), lr 0.03
+    # unscaled, the cosine set once an epoch, equal decomposer cells (the remainder left out), and
+    # about 13% of the images for validation (the official lists' share).
+    "paper": {
+        "stage_init": "last",
+        "val_pruning": True,
+        "model": {"shuffle_bn_groups": 4, "query_bn_groups": 4},
+        "optim": {"lr_scaling": "none", "schedule_unit": "epoch"},
+        "data": {"views": {"grid_remainder": "drop"}, "val_fraction": 0.13},
+        "out": "runs/paper",
     },
 }
 
@@ -294,17 +339,33 @@ def validate(cfg: PretrainConfig) -> None:
     check_field(isinstance(d.root, str), "data.root", "a folder path", d.root)
     check_field(isinstance(d.options, dict), "data.options", "a mapping of reader options", d.options)
     _check_reader_options(d.dataset, d.options)
-    check_field(is_num(d.val_fraction) and 0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
+    check_field(
+        is_num(d.val_fraction) and 0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction
+    )
     for name in ("view_size", "synthetic_n", "synthetic_size"):
-        check_field(is_int(getattr(d, name)) and getattr(d, name) > 0, f"data.{name}", "a positive int", getattr(d, name))
-    check_field(d.workers == "auto" or (is_int(d.workers) and d.workers >= 0), "data.workers",
-                "an int >= 0 or auto", d.workers)
+        check_field(
+            is_int(getattr(d, name)) and getattr(d, name) > 0,
+            f"data.{name}",
+            "a positive int",
+            getattr(d, name),
+        )
+    check_field(
+        d.workers == "auto" or (is_int(d.workers) and d.workers >= 0),
+        "data.workers",
+        "an int >= 0 or auto",
+        d.workers,
+    )
     check_field(isinstance(d.views, dict), "data.views", "a mapping of ViewConfig fields", d.views)
     from ..data.synthetic import FilmFeatures
 
-    check_field(isinstance(d.film_features, dict) and set(d.film_features) <= set(FilmFeatures.__dataclass_fields__)
-                and all(isinstance(v, bool) for v in d.film_features.values()), "data.film_features",
-                f"a mapping of {', '.join(FilmFeatures.__dataclass_fields__)} to true or false", d.film_features)
+    check_field(
+        isinstance(d.film_features, dict)
+        and set(d.film_features) <= set(FilmFeatures.__dataclass_fields__)
+        and all(isinstance(v, bool) for v in d.film_features.values()),
+        "data.film_features",
+        f"a mapping of {', '.join(FilmFeatures.__dataclass_fields__)} to true or false",
+        d.film_features,
+    )
     from ..data.views import ViewConfig
 
     try:
@@ -312,25 +373,51 @@ def validate(cfg: PretrainConfig) -> None:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data.views must hold valid ViewConfig fields, got {d.views!r}: {exc}") from None
     check_field(m.backbone in BACKBONES, "model.backbone", f"one of {list(BACKBONES)}", m.backbone)
-    for name in ("dim", "K", "shuffle_bn_groups"):
-        check_field(is_int(getattr(m, name)) and getattr(m, name) > 0, f"model.{name}", "a positive int", getattr(m, name))
-    check_field(m.mlp_hidden is None or (is_int(m.mlp_hidden) and m.mlp_hidden > 0), "model.mlp_hidden",
-           "a positive int or null", m.mlp_hidden)
+    for name in ("dim", "K", "shuffle_bn_groups", "query_bn_groups"):
+        check_field(
+            is_int(getattr(m, name)) and getattr(m, name) > 0,
+            f"model.{name}",
+            "a positive int",
+            getattr(m, name),
+        )
+    check_field(
+        m.mlp_hidden is None or (is_int(m.mlp_hidden) and m.mlp_hidden > 0),
+        "model.mlp_hidden",
+        "a positive int or null",
+        m.mlp_hidden,
+    )
     check_field(is_num(m.m) and 0 <= m.m <= 1, "model.m", "in [0, 1]", m.m)
-    check_field(is_num(m.T) and m.T > 0, "model.T", "> 0", m.T)
-    check_field(isinstance(m.frozen, list) and all(name in TRUNK_MODULES for name in m.frozen)
-                and len(set(m.frozen)) == len(m.frozen), "model.frozen",
-                f"a list of distinct trunk modules among {', '.join(TRUNK_MODULES)}", m.frozen)
+    check_field(is_num(m.T) and m.T >= 1e-4, "model.T", ">= 1e-4 (the loss's smallest temperature)", m.T)
+    check_field(o.lr_scaling in ("linear", "none"), "optim.lr_scaling", "linear or none", o.lr_scaling)
+    check_field(o.schedule_unit in ("step", "epoch"), "optim.schedule_unit", "step or epoch", o.schedule_unit)
+    check_field(
+        isinstance(m.frozen, list)
+        and all(name in TRUNK_MODULES for name in m.frozen)
+        and len(set(m.frozen)) == len(m.frozen),
+        "model.frozen",
+        f"a list of distinct trunk modules among {', '.join(TRUNK_MODULES)}",
+        m.frozen,
+    )
     check_field(o.optimizer in ("sgd", "adamw"), "optim.optimizer", "sgd or adamw", o.optimizer)
     check_field(is_num(o.lr) and o.lr > 0, "optim.lr", "> 0", o.lr)
     check_field(is_num(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
     check_field(is_num(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
     check_field(is_int(o.batch_size) and o.batch_size >= 2, "optim.batch_size", "an int >= 2", o.batch_size)
     check_field(is_int(o.epochs) and o.epochs > 0, "optim.epochs", "a positive int", o.epochs)
-    check_field(is_num(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
-           f"in [0, epochs={o.epochs}]", o.warmup_epochs)
-    check_field(isinstance(cfg.stages, (list, tuple)) and len(cfg.stages) > 0
-           and all(is_int(n) and n >= 0 for n in cfg.stages), "stages", "a non-empty list of ints >= 0", cfg.stages)
+    check_field(
+        is_num(o.warmup_epochs) and 0 <= o.warmup_epochs <= o.epochs,
+        "optim.warmup_epochs",
+        f"in [0, epochs={o.epochs}]",
+        o.warmup_epochs,
+    )
+    check_field(
+        isinstance(cfg.stages, (list, tuple))
+        and len(cfg.stages) > 0
+        and all(is_int(n) and n >= 0 for n in cfg.stages),
+        "stages",
+        "a non-empty list of ints >= 0",
+        cfg.stages,
+    )
     cfg.stages = list(cfg.stages)
     check_field(cfg.stage_init in ("best", "last"), "stage_init", "best or last", cfg.stage_init)
     for name in ("gamma", "gamma_n0"):
@@ -339,20 +426,30 @@ def validate(cfg: PretrainConfig) -> None:
     check_field(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
     check_field(is_int(cfg.seed) and 0 <= cfg.seed < 2**63, "seed", "an int in [0, 2**63)", cfg.seed)
     check_field(cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", cfg.device)
-    check_field(cfg.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16", cfg.amp)
+    check_field(cfg.amp in ("auto", "none", "bf16", "fp16"), "amp", "one of auto, none, bf16, fp16", cfg.amp)
     for name in ("checkpoint_every", "max_steps"):
-        check_field(is_int(getattr(cfg, name)) and getattr(cfg, name) >= 0, name, "an int >= 0", getattr(cfg, name))
+        check_field(
+            is_int(getattr(cfg, name)) and getattr(cfg, name) >= 0, name, "an int >= 0", getattr(cfg, name)
+        )
     check_field(is_int(cfg.log_every) and cfg.log_every > 0, "log_every", "a positive int", cfg.log_every)
-    check_field(is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout)
+    check_field(
+        is_num(cfg.dist_timeout) and cfg.dist_timeout > 0, "dist_timeout", "> 0 seconds", cfg.dist_timeout
+    )
     check_field(isinstance(cfg.snapshots, bool), "snapshots", "true or false", cfg.snapshots)
     mon = cfg.monitor
     check_field(isinstance(mon.enabled, bool), "monitor.enabled", "true or false", mon.enabled)
     for name in ("every", "images", "knn_images", "k"):
         low = 0 if name == "every" else 1
-        check_field(is_int(getattr(mon, name)) and getattr(mon, name) >= low, f"monitor.{name}", f"an int >= {low}",
-               getattr(mon, name))
+        check_field(
+            is_int(getattr(mon, name)) and getattr(mon, name) >= low,
+            f"monitor.{name}",
+            f"an int >= {low}",
+            getattr(mon, name),
+        )
     check_field(mon.images >= 2, "monitor.images", "an int >= 2", mon.images)
-    check_field(is_num(mon.temperature) and mon.temperature > 0, "monitor.temperature", "> 0", mon.temperature)
+    check_field(
+        is_num(mon.temperature) and mon.temperature > 0, "monitor.temperature", "> 0", mon.temperature
+    )
     check_sizes(cfg)
 
 
@@ -371,16 +468,28 @@ def check_sizes(cfg: PretrainConfig) -> None:
     d, m = cfg.data, cfg.model
     check_side("data.view_size", d.view_size)
     check_side("data.synthetic_size", d.synthetic_size)
-    check_field(d.synthetic_n <= MAX_SYNTHETIC_N, "data.synthetic_n",
-                f"at most {MAX_SYNTHETIC_N:,} images (nine times ChestX-ray14)", d.synthetic_n)
+    check_field(
+        d.synthetic_n <= MAX_SYNTHETIC_N,
+        "data.synthetic_n",
+        f"at most {MAX_SYNTHETIC_N:,} images (nine times ChestX-ray14)",
+        d.synthetic_n,
+    )
     world = os.environ.get("WORLD_SIZE", "1")
     world = max(1, int(world)) if world.isdigit() else 1
     local_batch = max(1, cfg.optim.batch_size // world)
-    check_memory("data.view_size", d.view_size, local_batch * 2 * VIEW_BYTES_PER_PIXEL * d.view_size ** 2,
-                 f"the two views of a batch of {local_batch} images and their first layer's maps")
+    check_memory(
+        "data.view_size",
+        d.view_size,
+        local_batch * 2 * VIEW_BYTES_PER_PIXEL * d.view_size**2,
+        f"the two views of a batch of {local_batch} images and their first layer's maps",
+    )
     hidden = m.mlp_hidden or BACKBONES[m.backbone]
-    check_memory("model.dim", m.dim, 4 * (m.K * m.dim + 4 * hidden * m.dim),
-                 f"the queue (model.K = {m.K} x model.dim) and the projection head's last layer")
+    check_memory(
+        "model.dim",
+        m.dim,
+        4 * (m.K * m.dim + 4 * hidden * m.dim),
+        f"the queue (model.K = {m.K} x model.dim) and the projection head's last layer",
+    )
 
 
 def _check_reader_options(dataset: str, options: dict) -> None:
@@ -402,12 +511,16 @@ def _check_reader_options(dataset: str, options: dict) -> None:
     taken = sorted(taken - {"self", "root", "split", "transform"})
     for key in options:
         if key not in taken:
-            raise ValueError(f"data.options has unknown key {key!r} for data set {dataset!r}; expected some of "
-                             f"{taken} (options of another data set do not carry over: set data.options={{}} "
-                             f"to clear them)")
+            raise ValueError(
+                f"data.options has unknown key {key!r} for data set {dataset!r}; expected some of "
+                f"{taken} (options of another data set do not carry over: set data.options={{}} "
+                f"to clear them)"
+            )
 
 
-def load_config(path: str | os.PathLike | None = None, overrides=(), preset: str | None = None) -> PretrainConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides=(), preset: str | None = None
+) -> PretrainConfig:
     """Defaults, then a preset, then a YAML file, then ``key=value`` overrides.
 
     Args:

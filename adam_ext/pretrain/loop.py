@@ -64,8 +64,10 @@ class Trainer:
         self.out, self.device = Path(cfg.out), ctx.device
         self.global_batch = cfg.optim.batch_size
         self.amp_dtype = amp_dtype(cfg.amp, self.device)
-        if cfg.amp != "none" and self.device.type != "cuda":
-            warnings.warn(f"amp={cfg.amp!r} applies on GPU only; training in float32 on {self.device}", stacklevel=2)
+        if cfg.amp in ("bf16", "fp16") and self.device.type != "cuda":
+            warnings.warn(
+                f"amp={cfg.amp!r} applies on GPU only; training in float32 on {self.device}", stacklevel=2
+            )
         workers = resolve_workers(cfg.data.workers)
         if cfg.data.workers == "auto" and ctx.main:
             print(f"adam pretrain: data.workers=auto: {workers} loader worker(s) per rank", flush=True)
@@ -80,10 +82,18 @@ class Trainer:
         self.model.phase_timer = phase_timer  # marks the parts of MoCo.forward
         self.metrics = MetricsLog(self.out, ctx.main, cfg.tensorboard)
         self.checkpoints = Checkpointer(main=ctx.main, barrier=ctx.barrier, wrap=self._wrap)
-        self.validator = Validator(cfg, ctx, self.model, self.data, self.metrics, self._to_device, self._autocast,
-                                   self._global_step)
-        self.steplog = StepLog(ctx, self.metrics, self.out, self.global_batch, self._global_step,
-                               lambda: self.validator.headline)
+        self.validator = Validator(
+            cfg, ctx, self.model, self.data, self.metrics, self._to_device, self._autocast, self._global_step
+        )
+        self.steplog = StepLog(
+            ctx,
+            self.metrics,
+            self.out,
+            self.global_batch,
+            self._global_step,
+            lambda: self.validator.headline,
+            len(cfg.stages) * cfg.optim.epochs * self.steps_per_epoch,
+        )
         self.summary: list[dict] = []
         self.stopped_by: str | None = None  # what interrupted the run: a signal's name or "max_steps"
         self.stage_run: StageRun | None = None  # the stage in progress (begin_stage)
@@ -99,14 +109,27 @@ class Trainer:
 
     def _wrap(self, state: dict) -> dict:
         """What every checkpoint file holds around ``state``: kind, configuration, versions, data sizes."""
-        return {"kind": PRETRAIN_KIND, "version": PRETRAIN_VERSION, "config": self.cfg.to_dict(),
-                "versions": self.versions, "world_size": self.ctx.world, "data": self.data.sizes(),
-                "split_version": SPLIT_VERSION, **state}
+        return {
+            "kind": PRETRAIN_KIND,
+            "version": PRETRAIN_VERSION,
+            "config": self.cfg.to_dict(),
+            "versions": self.versions,
+            "world_size": self.ctx.world,
+            "data": self.data.sizes(),
+            "split_version": SPLIT_VERSION,
+            **state,
+        }
 
     def _state(self, s: StageRun, step_in_epoch: int) -> dict:
         """What ``last.pt`` holds to resume at step ``step_in_epoch`` of the epoch ``s`` is in."""
-        return s.state(self.model, step_in_epoch, self.steps_per_epoch, self.summary, self.steplog.collapsed,
-                       self.validator.collapsed)
+        return s.state(
+            self.model,
+            step_in_epoch,
+            self.steps_per_epoch,
+            self.summary,
+            self.steplog.collapsed,
+            self.validator.collapsed,
+        )
 
     def _global_step(self, stage: int, step: int) -> int:
         return stage * self.cfg.optim.epochs * self.steps_per_epoch + step
@@ -120,18 +143,28 @@ class Trainer:
     def begin_stage(self, stage: int, resume: dict | None = None) -> StageRun:
         """A stage's optimiser, schedule and position (from ``resume`` when given); logs where it starts."""
         cfg, ctx = self.cfg, self.ctx
-        s = StageRun.create(cfg, stage, self.model, ctx, self.steps_per_epoch, self.amp_dtype, self.out, resume)
+        s = StageRun.create(
+            cfg, stage, self.model, ctx, self.steps_per_epoch, self.amp_dtype, self.out, resume
+        )
         if ctx.main:
             s.stage_dir.mkdir(parents=True, exist_ok=True)
-            print(f"adam pretrain: stage {stage + 1}/{len(cfg.stages)}: n={s.n}, gamma={s.gamma}, {cfg.optim.epochs} "
-                  f"epochs x {self.steps_per_epoch} steps of {self.global_batch} images ({ctx.world} rank(s) on "
-                  f"{self.device.type}); queue K={cfg.model.K} holds at most {self.effective_queue} distinct "
-                  f"training images", flush=True)
+            print(
+                f"adam pretrain: stage {stage + 1}/{len(cfg.stages)}: n={s.n}, gamma={s.gamma}, {cfg.optim.epochs} "
+                f"epochs x {self.steps_per_epoch} steps of {self.global_batch} images ({ctx.world} rank(s) on "
+                f"{self.device.type}); queue K={cfg.model.K} holds at most {self.effective_queue} distinct "
+                f"training images",
+                flush=True,
+            )
         self.validator.begin_stage(stage)
-        if s.epoch == 0 and s.start == 0 and cfg.monitor.enabled:  # where the stage starts (stage 0: random init)
+        if (
+            s.epoch == 0 and s.start == 0 and cfg.monitor.enabled
+        ):  # where the stage starts (stage 0: random init)
             val, _ = self.validator.measure(stage, 0, 0, s.val_gamma, warn=False)
-            self.metrics.log({"stage": stage, "n": s.n, "epoch": 0, "step": 0, "val_loss": val, "best": False},
-                             {"val/loss": val}, self._global_step(stage, 0))
+            self.metrics.log(
+                {"stage": stage, "n": s.n, "epoch": 0, "step": 0, "val_loss": val, "best": False},
+                {"val/loss": val},
+                self._global_step(stage, 0),
+            )
         s.t0 = time.perf_counter()
         self.stage_run = s
         return s
@@ -159,8 +192,11 @@ class Trainer:
         Returns (stopped by a signal or max_steps, steps of the epoch done)."""
         cfg, spe, timer = self.cfg, self.steps_per_epoch, self.phase_timer
         self.model.train()
-        bar = epoch_bar(spe, s.start, f"stage {s.stage} n={s.n} epoch {s.epoch + 1}/{cfg.optim.epochs}") \
-            if self.progress else None
+        bar = (
+            epoch_bar(spe, s.start, f"stage {s.stage} n={s.n} epoch {s.epoch + 1}/{cfg.optim.epochs}")
+            if self.progress
+            else None
+        )
         window, step_in_epoch, stopped = Window(), s.start, False
         if timer is not None:
             timer.mark_between("epoch end")  # since the previous epoch's last step (0 s at a run's start)
@@ -178,8 +214,13 @@ class Trainer:
                 self.model.train()
             limit_hit = cfg.max_steps and step + 1 >= cfg.max_steps
             due_ckpt = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
-            if (len(window.losses) >= cfg.log_every or due_ckpt or step_in_epoch == spe or limit_hit
-                    or (stopper.signal is not None and not self.ctx.distributed)):
+            if (
+                len(window.losses) >= cfg.log_every
+                or due_ckpt
+                or step_in_epoch == spe
+                or limit_hit
+                or (stopper.signal is not None and not self.ctx.distributed)
+            ):
                 stopped = self.steplog.flush(s.stage, s.n, s.epoch, window, bar, stopper) or bool(limit_hit)
                 window = Window()
                 if not stopped and due_ckpt and step_in_epoch < spe:
@@ -199,21 +240,34 @@ class Trainer:
         epoch, step = s.epoch + 1, (s.epoch + 1) * self.steps_per_epoch
         val, values = self.validator.measure(s.stage, epoch, step, s.val_gamma)
         is_best = s.best.improves(val)
-        weights = {"model": self.model.state_dict(), "stage": {"index": s.stage, "n": s.n}, "epoch": epoch,
-                   "step": step, "val_loss": val}
+        weights = {
+            "model": self.model.state_dict(),
+            "stage": {"index": s.stage, "n": s.n},
+            "epoch": epoch,
+            "step": step,
+            "val_loss": val,
+        }
         if is_best:
             self.checkpoints.save(s.stage_dir / "best.pt", weights)
         if cfg.snapshots:
             self.checkpoints.save(self.out / "snapshots" / f"{s.stage_dir.name}_epoch{epoch}.pt", weights)
-        self.metrics.log({"stage": s.stage, "n": s.n, "epoch": epoch, "step": step, "val_loss": val, "best": is_best},
-                         {"val/loss": val}, self._global_step(s.stage, step))
+        self.metrics.log(
+            {"stage": s.stage, "n": s.n, "epoch": epoch, "step": step, "val_loss": val, "best": is_best},
+            {"val/loss": val},
+            self._global_step(s.stage, step),
+        )
         if values is not None:
             s.last_monitor = values
-        self.validator.report(f"stage {s.stage} n={s.n} epoch {epoch}/{cfg.optim.epochs}", val, is_best, values)
+        self.validator.report(
+            f"stage {s.stage} n={s.n} epoch {epoch}/{cfg.optim.epochs}", val, is_best, values
+        )
         s.epoch, s.start = epoch, 0
         if s.epoch == cfg.optim.epochs:  # recorded before the last save, so a resume keeps it
-            self.summary.append(s.summary(cfg.optim.epochs, s.stage in self.steplog.collapsed,
-                                          s.stage in self.validator.collapsed))
+            self.summary.append(
+                s.summary(
+                    cfg.optim.epochs, s.stage in self.steplog.collapsed, s.stage in self.validator.collapsed
+                )
+            )
         self.checkpoints.save(self.out / "last.pt", self._state(s, 0))
 
     def run_stage(self, stage: int, resume: dict | None) -> bool:
@@ -225,7 +279,9 @@ class Trainer:
                 if stopped and step_in_epoch < self.steps_per_epoch:
                     self.checkpoints.save(self.out / "last.pt", self._state(s, step_in_epoch))
                     step = s.epoch * self.steps_per_epoch + step_in_epoch
-                    return self._stopped(stopper, f"at stage {stage} step {step}; checkpoint {self.out / 'last.pt'}")
+                    return self._stopped(
+                        stopper, f"at stage {stage} step {step}; checkpoint {self.out / 'last.pt'}"
+                    )
                 self.end_epoch(s)
                 if stopped:  # the signal came at the epoch's last step
                     return self._stopped(stopper, f"after stage {stage} epoch {s.epoch}")
@@ -270,13 +326,20 @@ class Trainer:
     def _finish(self, interrupted: bool) -> dict:
         """The run's summary; after the last stage, ``best.pt`` (its best weights), summary.json and the report."""
         out, main = self.out, self.ctx.main
-        summary = {"interrupted": interrupted, "stopped_by": self.stopped_by if interrupted else None,
-                   "split_version": SPLIT_VERSION, "stages": self.summary, "out": str(out),
-                   "config": str(out / "config.yaml")}
+        summary = {
+            "interrupted": interrupted,
+            "stopped_by": self.stopped_by if interrupted else None,
+            "split_version": SPLIT_VERSION,
+            "stages": self.summary,
+            "estimate": self.steplog.estimate,
+            "out": str(out),
+            "config": str(out / "config.yaml"),
+        }
         if not interrupted:
             last = out / f"stage{len(self.cfg.stages) - 1}_n{self.cfg.stages[-1]}" / "best.pt"
-            self.checkpoints.save(out / "best.pt", torch.load(last, map_location="cpu", weights_only=True)
-                                  if main else None)
+            self.checkpoints.save(
+                out / "best.pt", torch.load(last, map_location="cpu", weights_only=True) if main else None
+            )
             summary["best"] = str(out / "best.pt")
             if main:
                 atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

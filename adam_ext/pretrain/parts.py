@@ -20,8 +20,16 @@ from ..data.sampling import EpochBatches, PretrainViews
 from ..models import MoCo, check_queue_size
 from .config import PretrainConfig
 
-__all__ = ["RunData", "Stopper", "build_model", "initial_knn", "initial_model", "knn_at_scales", "open_splits",
-           "stage_monitor"]
+__all__ = [
+    "RunData",
+    "Stopper",
+    "build_model",
+    "initial_knn",
+    "initial_model",
+    "knn_at_scales",
+    "open_splits",
+    "stage_monitor",
+]
 
 
 def open_splits(cfg: PretrainConfig):
@@ -69,9 +77,20 @@ def stage_monitor(cfg: PretrainConfig, stage: int, splits):
     n, mon = cfg.stages[stage], cfg.monitor
     views = TwoViews(cfg.data.view_size, n, **cfg.data.view_options())
     train_reader, train_idx, val_reader, val_idx = splits
-    return RepresentationMonitor(views.config.size, views.normalize, train_reader, train_idx, val_reader, val_idx,
-                                 n=n, seed=cfg.seed, images=mon.images, knn_images=mon.knn_images, k=mon.k,
-                                 temperature=mon.temperature)
+    return RepresentationMonitor(
+        views.config.size,
+        views.normalize,
+        train_reader,
+        train_idx,
+        val_reader,
+        val_idx,
+        n=n,
+        seed=cfg.seed,
+        images=mon.images,
+        knn_images=mon.knn_images,
+        k=mon.k,
+        temperature=mon.temperature,
+    )
 
 
 @torch.no_grad()
@@ -80,8 +99,10 @@ def knn_at_scales(cfg: PretrainConfig, encoder: nn.Module) -> dict[int, dict]:
     ``cfg``: ``{n: {"knn_landmark": ...}}`` ({} inner dicts when the data set has neither landmarks nor
     labels). Values of one n compare across encoders (the same patches: ``cfg.seed`` picks them)."""
     splits = open_splits(cfg)
-    return {cfg.stages[i]: stage_monitor(cfg, i, splits).knn_monitor(encoder, torch.device("cpu"))
-            for i in range(len(cfg.stages))}
+    return {
+        cfg.stages[i]: stage_monitor(cfg, i, splits).knn_monitor(encoder, torch.device("cpu"))
+        for i in range(len(cfg.stages))
+    }
 
 
 @torch.no_grad()
@@ -105,18 +126,23 @@ class RunData:
             workers per rank; ``pin_memory``: for a GPU.
     """
 
-    def __init__(self, cfg: PretrainConfig, world: int = 1, rank: int = 0, workers: int = 0, pin_memory=False):
+    def __init__(
+        self, cfg: PretrainConfig, world: int = 1, rank: int = 0, workers: int = 0, pin_memory=False
+    ):
         if cfg.optim.batch_size % world:
-            raise ValueError(f"optim.batch_size must be divisible by the world size {world}, "
-                             f"got {cfg.optim.batch_size}")
+            raise ValueError(
+                f"optim.batch_size must be divisible by the world size {world}, got {cfg.optim.batch_size}"
+            )
         self.cfg, self.world, self.rank, self.workers, self.pin_memory = cfg, world, rank, workers, pin_memory
         self.splits = open_splits(cfg)
         self.train_reader, self.train_idx, self.val_reader, self.val_idx = self.splits
         self.global_batch = cfg.optim.batch_size
         self.steps_per_epoch = len(self.train_idx) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"optim.batch_size={self.global_batch} exceeds the {len(self.train_idx)} training "
-                             f"images: no full batch per epoch")
+            raise ValueError(
+                f"optim.batch_size={self.global_batch} exceeds the {len(self.train_idx)} training "
+                f"images: no full batch per epoch"
+            )
         self._loaders: dict[tuple[int, bool], DataLoader] = {}
 
     def queue_capacity(self, K: int, say: bool = True) -> int:
@@ -131,8 +157,11 @@ class RunData:
 
     def sizes(self) -> dict:
         """What a checkpoint records of the data (a model card reports it)."""
-        return {"train_images": len(self.train_idx), "val_images": len(self.val_idx),
-                "steps_per_epoch": self.steps_per_epoch}
+        return {
+            "train_images": len(self.train_idx),
+            "val_images": len(self.val_idx),
+            "steps_per_epoch": self.steps_per_epoch,
+        }
 
     def loader(self, stage: int, epoch: int, start: int, train: bool) -> DataLoader:
         """The stage's training (or validation) loader, positioned at (``epoch``, global batch ``start``)."""
@@ -144,13 +173,29 @@ class RunData:
                 self.close()  # a new stage: the previous one's workers stop
             cfg = self.cfg
             views = TwoViews(cfg.data.view_size, cfg.stages[stage], **cfg.data.view_options())
-            reader, indices = (self.train_reader, self.train_idx) if train else (self.val_reader, self.val_idx)
-            sampler = EpochBatches(len(indices), self.global_batch, self.world, self.rank, cfg.seed, stage, epoch,
-                                   start, shuffle=train)
-            loader = DataLoader(PretrainViews(reader, indices, views), batch_sampler=sampler,
-                                num_workers=self.workers, worker_init_fn=worker_init if self.workers else None,
-                                pin_memory=self.pin_memory, persistent_workers=self.workers > 0,
-                                generator=torch.Generator().manual_seed(cfg.seed))  # the global RNG stays alone
+            reader, indices = (
+                (self.train_reader, self.train_idx) if train else (self.val_reader, self.val_idx)
+            )
+            sampler = EpochBatches(
+                len(indices),
+                self.global_batch,
+                self.world,
+                self.rank,
+                cfg.seed,
+                stage,
+                epoch,
+                start,
+                shuffle=train,
+            )
+            loader = DataLoader(
+                PretrainViews(reader, indices, views),
+                batch_sampler=sampler,
+                num_workers=self.workers,
+                worker_init_fn=worker_init if self.workers else None,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.workers > 0,
+                generator=torch.Generator().manual_seed(cfg.seed),
+            )  # the global RNG stays alone
             self._loaders[(stage, train)] = loader
         loader.batch_sampler.epoch, loader.batch_sampler.start = epoch, start
         return loader

@@ -43,7 +43,9 @@ def read_metrics(run) -> tuple[list[dict], list[dict]]:
     """(training rows, validation rows) of ``run/metrics.jsonl``."""
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"run must be a pretraining run folder holding metrics.jsonl, got {str(run)!r}")
+        raise FileNotFoundError(
+            f"run must be a pretraining run folder holding metrics.jsonl, got {str(run)!r}"
+        )
     rows = read_jsonl(path)
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
 
@@ -64,8 +66,13 @@ def _plot_monitors(rows: list[dict], out: Path) -> Path:
 
     names = [m for m in MONITORS if any(m in r["monitor"] for r in rows)]
     cols = min(3, len(names))
-    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4.2 * cols, 3.0 * -(-len(names) // cols)),
-                             dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        -(-len(names) // cols),
+        cols,
+        figsize=(4.2 * cols, 3.0 * -(-len(names) // cols)),
+        dpi=100,
+        squeeze=False,
+    )
     stages = sorted({r["stage"] for r in rows})
     offsets, offset = {}, 0
     for stage in stages:  # stages one after the other, as in loss.png
@@ -74,15 +81,20 @@ def _plot_monitors(rows: list[dict], out: Path) -> Path:
     for ax, name in zip(axes.flat, names):
         for stage in stages:
             mine = [r for r in rows if r["stage"] == stage and name in r["monitor"]]
-            ax.plot([r["step"] + offsets[stage] for r in mine], [r["monitor"][name] for r in mine], "o-", ms=3,
-                    label=f"stage {stage} (n={mine[0]['n']})" if mine else None)
+            ax.plot(
+                [r["step"] + offsets[stage] for r in mine],
+                [r["monitor"][name] for r in mine],
+                "o-",
+                ms=3,
+                label=f"stage {stage} (n={mine[0]['n']})" if mine else None,
+            )
         if name == "collapse_std" and "collapse_std_healthy" in rows[-1]["monitor"]:
             ax.axhline(rows[-1]["monitor"]["collapse_std_healthy"], color="grey", ls=":", lw=1)
         label, hint = MONITORS[name]
         ax.set_title(f"{label}\n({hint})", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel("step (stages one after the other)", fontsize=8)
@@ -94,13 +106,17 @@ def _plot_monitors(rows: list[dict], out: Path) -> Path:
 
 def _monitor_lines(rows: list[dict]) -> list[str]:
     names = [m for m in MONITORS if any(m in r["monitor"] for r in rows)]
-    lines = ["## Representation monitors", "",
-             "Measured on validation images in eval mode at each stage's start and after every epoch "
-             "(`adam_ext.monitors`); the first row of stage 0 is the random initialisation. (The validation "
-             "loss logged there is low for another reason: the initial queue holds random keys, nearly "
-             "orthogonal to every embedding of a random network, whose embeddings are nearly collinear.)", "",
-             "| stage | n | | " + " | ".join(MONITORS[m][0] for m in names) + " |",
-             "|---|---|---|" + "---|" * len(names)]
+    lines = [
+        "## Representation monitors",
+        "",
+        "Measured on validation images in eval mode at each stage's start and after every epoch "
+        "(`adam_ext.monitors`); the first row of stage 0 is the random initialisation. (The validation "
+        "loss logged there is low for another reason: the initial queue holds random keys, nearly "
+        "orthogonal to every embedding of a random network, whose embeddings are nearly collinear.)",
+        "",
+        "| stage | n | | " + " | ".join(MONITORS[m][0] for m in names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
     for stage in sorted({r["stage"] for r in rows}):
         mine = [r for r in rows if r["stage"] == stage]
         for what, r in (("start", mine[0]), ("end", mine[-1])):
@@ -131,13 +147,24 @@ def _plot(train: list[dict], val: list[dict], key: str, ylabel: str, out: Path, 
         values = np.array([r[key] for r in rows], dtype=float)
         n = rows[0]["n"]
         line = ax.plot(steps, values, alpha=0.3, lw=0.8)[0]
-        ax.plot(steps, _moving_average(values, max(1, len(values) // 20)), color=line.get_color(), lw=1.8,
-                label=f"stage {stage} (n={n}) train")
+        ax.plot(
+            steps,
+            _moving_average(values, max(1, len(values) // 20)),
+            color=line.get_color(),
+            lw=1.8,
+            label=f"stage {stage} (n={n}) train",
+        )
         if key == "loss":
             v = [r for r in val if r["stage"] == stage and r["epoch"] > 0]  # epoch 0: before training
             if v:
-                ax.plot(np.array([r["step"] for r in v]) + offset, [r["val_loss"] for r in v], "o--",
-                        color=line.get_color(), ms=4, label=f"stage {stage} (n={n}) validation")
+                ax.plot(
+                    np.array([r["step"] for r in v]) + offset,
+                    [r["val_loss"] for r in v],
+                    "o--",
+                    color=line.get_color(),
+                    ms=4,
+                    label=f"stage {stage} (n={n}) validation",
+                )
         ticks.append(offset)
         offset = steps.max() + 1
     for x in ticks[1:]:
@@ -170,42 +197,72 @@ def write_report(run) -> Path:
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"stages": []}
     lines = [f"# Adam pretraining report: {markdown_code(run)}", ""]
-    config_values = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    config_values = (
+        yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    )
     pruned_val = bool((config_values or {}).get("val_pruning", False))
     if summary["stages"]:
-        lines += ["| stage | n | γ | epochs | best validation loss | time (s) | images/s |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| stage | n | γ | epochs | best validation loss | time (s) | images/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for s in summary["stages"]:
             best = "n/a" if s["best_val_loss"] is None else f"{s['best_val_loss']:.4f}"
             collapse = " (collapse warning)" if s.get("collapse_warning") else ""
             if s.get("monitor_collapse_warning"):
                 collapse += " (monitors: representation collapsed)"
-            lines.append(f"| {s['stage']} | {s['n']} | {s['gamma']}{collapse} | {s['epochs']} | {best} | "
-                         f"{s['seconds']} | {s['images_per_s']} |")
-        lines += ["", f"Validation loss: InfoNCE of held-out images against the queue, "
-                      f"{'with the stage’s pruning' if pruned_val else 'without pruning (val_pruning: false)'}; "
-                      f"each stage keeps its lowest.", ""]
+            lines.append(
+                f"| {s['stage']} | {s['n']} | {s['gamma']}{collapse} | {s['epochs']} | {best} | "
+                f"{s['seconds']} | {s['images_per_s']} |"
+            )
+        lines += [
+            "",
+            f"Validation loss: InfoNCE of held-out images against the queue, "
+            f"{'with the stage’s pruning' if pruned_val else 'without pruning (val_pruning: false)'}; "
+            f"each stage keeps its lowest.",
+            "",
+        ]
+        estimate = summary.get("estimate")
+        if estimate:
+            measured = sum(s["seconds"] for s in summary["stages"])
+            lines += [
+                f"Time: estimated {estimate['total_seconds']:.0f} s of training steps after step "
+                f"{estimate['at_step']} ({estimate['seconds_per_step']:.3g} s a step × "
+                f"{estimate['total_steps']} steps); measured {measured:.0f} s for the stages, validation "
+                f"and checkpoints included.",
+                "",
+            ]
     for stage in sorted({r["stage"] for r in train}):
         rows = [r for r in train if r["stage"] == stage]
         first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10) :]
         mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
-        lines.append(f"- stage {stage} (n={rows[0]['n']}): training loss {mean(first, 'loss'):.3f} → "
-                     f"{mean(last, 'loss'):.3f} (first and last 10% of steps), queue pruned "
-                     f"{100 * mean(rows, 'pruned_fraction'):.2f}% on average")
+        lines.append(
+            f"- stage {stage} (n={rows[0]['n']}): training loss {mean(first, 'loss'):.3f} → "
+            f"{mean(last, 'loss'):.3f} (first and last 10% of steps), queue pruned "
+            f"{100 * mean(rows, 'pruned_fraction'):.2f}% on average"
+        )
     lines += ["", "## Loss", "", "![loss](loss.png)", ""]
     monitors = read_monitors(run)
     if monitors:
         _plot_monitors(monitors, run / "monitors.png")
         lines += _monitor_lines(monitors)
-    lines += ["## Purposive pruner", "",
-              "Fraction of the queue's keys at least γ similar to the query, removed from the negatives "
-              "(0 where the pruner is off).", "", "![pruned](pruned.png)", ""]
+    lines += [
+        "## Purposive pruner",
+        "",
+        "Fraction of the queue's keys at least γ similar to the query, removed from the negatives "
+        "(0 where the pruner is off).",
+        "",
+        "![pruned](pruned.png)",
+        "",
+    ]
     for table in sorted(run.glob("*/compare.md")):  # downstream comparisons run into the folder (make demo)
         name = table.parent.name
         lines += [f"## Downstream: {markdown_code(name)}", "", table.read_text().strip(), ""]
         if (table.parent / "curves.png").is_file():
             lines += [f"![{markdown_text(name)} curves]({quote(name)}/curves.png)", ""]
-    for folder in sorted(p for p in run.glob("eve/*") if p.is_dir()):  # adam eve ANALYSIS --out RUN/eve/ANALYSIS
+    for folder in sorted(
+        p for p in run.glob("eve/*") if p.is_dir()
+    ):  # adam eve ANALYSIS --out RUN/eve/ANALYSIS
         table = folder / f"{folder.name}.md"
         if not table.is_file():
             continue

@@ -8,18 +8,41 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from .._util.provenance import git_commit
 from .._util.seeds import SPLIT_VERSION
 from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION
 from .config import PretrainConfig, config_differences
-from .._util.provenance import git_commit
 
-__all__ = ["RESUMABLE_CHANGES", "ResumeError", "check_resumable", "load_checkpoint", "restore_run", "rng_state",
-           "set_rng_state", "versions"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "ResumeError",
+    "check_resumable",
+    "load_checkpoint",
+    "restore_run",
+    "rng_state",
+    "set_rng_state",
+    "versions",
+]
 
 #: Fields that may differ between a checkpoint's config and the resuming run's.
-RESUMABLE_CHANGES = {"out", "log_every", "checkpoint_every", "tensorboard", "dist_timeout", "max_steps", "snapshots",
-                     "data.workers", "data.root", "data.cache", "monitor.enabled", "monitor.every",
-                     "monitor.images", "monitor.knn_images", "monitor.k", "monitor.temperature"}
+RESUMABLE_CHANGES = {
+    "out",
+    "log_every",
+    "checkpoint_every",
+    "tensorboard",
+    "dist_timeout",
+    "max_steps",
+    "snapshots",
+    "data.workers",
+    "data.root",
+    "data.cache",
+    "monitor.enabled",
+    "monitor.every",
+    "monitor.images",
+    "monitor.knn_images",
+    "monitor.k",
+    "monitor.temperature",
+}
 
 
 class ResumeError(ValueError):
@@ -36,19 +59,25 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise ResumeError(f"resume file {str(path)!r} does not exist")
     if path.stat().st_size == 0:
-        raise ResumeError(f"resume file {str(path)!r} is empty (0 bytes), not a checkpoint; a run's own "
-                          f"checkpoints are written atomically and are never empty")
+        raise ResumeError(
+            f"resume file {str(path)!r} is empty (0 bytes), not a checkpoint; a run's own "
+            f"checkpoints are written atomically and are never empty"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ResumeError(f"resume file {str(path)!r} cannot be read as a checkpoint: {reason}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("kind") != PRETRAIN_KIND:
-        raise ResumeError(f"resume file {str(path)!r} is not an adam_ext pretraining checkpoint "
-                          f"(expected kind {PRETRAIN_KIND!r}); to start from other weights use model.weights")
+        raise ResumeError(
+            f"resume file {str(path)!r} is not an adam_ext pretraining checkpoint "
+            f"(expected kind {PRETRAIN_KIND!r}); to start from other weights use model.weights"
+        )
     if ckpt.get("version") != PRETRAIN_VERSION:
-        raise ResumeError(f"resume file {str(path)!r} has checkpoint version {ckpt.get('version')}, "
-                          f"this adam_ext reads version {PRETRAIN_VERSION}")
+        raise ResumeError(
+            f"resume file {str(path)!r} has checkpoint version {ckpt.get('version')}, "
+            f"this adam_ext reads version {PRETRAIN_VERSION}"
+        )
     return ckpt
 
 
@@ -59,22 +88,30 @@ def check_resumable(ckpt: dict, cfg: PretrainConfig, path) -> None:
     change (:data:`RESUMABLE_CHANGES`)."""
     made = ckpt.get("split_version", 1)  # checkpoints before split version 2 did not record theirs
     if made != SPLIT_VERSION:
-        raise ResumeError(f"resume file {str(path)!r} was written under split version {made}, this adam_ext uses "
-                          f"split version {SPLIT_VERSION} (other validation images, data order and views): "
-                          f"the run cannot continue exactly; start a new run folder (see CHANGELOG.md)")
+        raise ResumeError(
+            f"resume file {str(path)!r} was written under split version {made}, this adam_ext uses "
+            f"split version {SPLIT_VERSION} (other validation images, data order and views): "
+            f"the run cannot continue exactly; start a new run folder (see CHANGELOG.md)"
+        )
     differ = config_differences(ckpt["config"], cfg.to_dict(), RESUMABLE_CHANGES)
     if differ:
         details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in list(differ.items())[:6])
-        raise ResumeError(f"resume file {str(path)!r} was written by a different configuration ({details}); "
-                          f"resume with the run's own config.yaml or start a new run folder")
+        raise ResumeError(
+            f"resume file {str(path)!r} was written by a different configuration ({details}); "
+            f"resume with the run's own config.yaml or start a new run folder"
+        )
 
 
 def versions() -> dict:
     """The versions a checkpoint records: adam_ext, torch, Python and the git commit of the code
     (:func:`adam_ext.provenance.git_commit`: ``unknown`` outside a checkout). Runs git: call it once
     per run, not per checkpoint."""
-    return {"adam_ext": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
-            "git_commit": git_commit()}
+    return {
+        "adam_ext": __version__,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+    }
 
 
 def rng_state() -> dict:

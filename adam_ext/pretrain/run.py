@@ -10,10 +10,10 @@ import torch
 
 from .._util import runfolder
 from ..checkpoints import atomic_write_text
-from .config import PretrainConfig, dump_config
 from ..data.synthetic import ensure_synthetic
-from ..engine.distributed import ProcessContext
 from ..engine import NonFiniteLossError
+from ..engine.distributed import ProcessContext
+from .config import PretrainConfig, dump_config
 from .loop import Trainer
 from .resume import ResumeError, check_resumable, load_checkpoint
 
@@ -31,12 +31,17 @@ def prepare_run_folder(out: Path, cfg: PretrainConfig, fresh: bool) -> None:
     runfolder.refuse_symlinks(out)
     runfolder.claim(out, "pretrain", inputs=_inputs(cfg))
     if fresh and (out / "last.pt").is_file():
-        raise ValueError(f"out folder {str(out)!r} already holds a run (last.pt); pass --resume to "
-                         f"continue it or choose another out")
+        raise ValueError(
+            f"out folder {str(out)!r} already holds a run (last.pt); pass --resume to "
+            f"continue it or choose another out"
+        )
     removed = runfolder.remove_stale_temps(out)
     if removed:
-        print(f"adam pretrain: removed {len(removed)} temporary file(s) left by an interrupted run "
-              f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})", flush=True)
+        print(
+            f"adam pretrain: removed {len(removed)} temporary file(s) left by an interrupted run "
+            f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})",
+            flush=True,
+        )
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     if fresh:
         atomic_write_text(out / "metrics.jsonl", "")
@@ -99,18 +104,25 @@ def pretrain(cfg: PretrainConfig, resume=None, progress: bool = True, phase_time
                 prepare_run_folder(out, cfg, fresh=resume is None)
             if cfg.data.dataset == "synthetic":  # generated once (or again for an older generator's)
                 if ctx.main:
-                    ensure_synthetic(cfg.data.root, cfg.data.synthetic_n, cfg.data.synthetic_size, seed=cfg.seed,
-                                     log=lambda message: print(f"adam pretrain: {message}", flush=True),
-                                     features=cfg.data.film_features)
+                    ensure_synthetic(
+                        cfg.data.root,
+                        cfg.data.synthetic_n,
+                        cfg.data.synthetic_size,
+                        seed=cfg.seed,
+                        log=lambda message: print(f"adam pretrain: {message}", flush=True),
+                        features=cfg.data.film_features,
+                    )
                 ctx.barrier()
             summary = Trainer(cfg, ctx, progress, phase_timer).run(resume, ckpt)
         failed = False
         return summary
     except Exception as exc:
         if ctx.distributed and not isinstance(exc, (NonFiniteLossError, ResumeError)):
-            raise RuntimeError(f"rank {ctx.rank}/{ctx.world} stopped: {type(exc).__name__}: {exc}. If another "
-                               f"rank crashed, its own error explains why; ranks give up waiting after "
-                               f"dist_timeout={cfg.dist_timeout:g} s") from exc
+            raise RuntimeError(
+                f"rank {ctx.rank}/{ctx.world} stopped: {type(exc).__name__}: {exc}. If another "
+                f"rank crashed, its own error explains why; ranks give up waiting after "
+                f"dist_timeout={cfg.dist_timeout:g} s"
+            ) from exc
         raise
     finally:
         if not failed:  # after a failure, peers may be gone: tearing the group down could block

@@ -18,17 +18,19 @@ __all__ = ["StageRun", "new_optimizer"]
 
 
 def new_optimizer(cfg: PretrainConfig, model, steps_per_epoch: int):
-    """(optimiser, schedule) of a stage: SGD (the paper's) or AdamW at ``lr * batch / 256`` over the
-    query encoder's trainable parameters (``model.frozen``'s stay out), warm-up then cosine decay."""
+    """(optimiser, schedule) of a stage: SGD (the paper's) or AdamW at ``lr * batch / 256``
+    (``optim.lr_scaling: none``: ``lr``) over the query encoder's trainable parameters
+    (``model.frozen``'s stay out), warm-up then cosine decay, every step or once an epoch."""
     o = cfg.optim
-    lr = o.lr * o.batch_size / 256
+    lr = o.lr * o.batch_size / 256 if o.lr_scaling == "linear" else o.lr
     params = [p for p in model.encoder_q.parameters() if p.requires_grad]
     if o.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
     warmup = round(o.warmup_epochs * steps_per_epoch)
-    return optimizer, cosine_schedule(optimizer, o.epochs * steps_per_epoch, warmup)
+    unit = steps_per_epoch if o.schedule_unit == "epoch" else 1
+    return optimizer, cosine_schedule(optimizer, o.epochs * steps_per_epoch, warmup, unit)
 
 
 @dataclass
@@ -56,19 +58,42 @@ class StageRun:
     last_monitor: dict | None = None
 
     @classmethod
-    def create(cls, cfg: PretrainConfig, stage: int, model, ctx, steps_per_epoch: int, amp_dtype, out: Path,
-               resume: dict | None = None) -> StageRun:
+    def create(
+        cls,
+        cfg: PretrainConfig,
+        stage: int,
+        model,
+        ctx,
+        steps_per_epoch: int,
+        amp_dtype,
+        out: Path,
+        resume: dict | None = None,
+    ) -> StageRun:
         """A new stage ``stage`` of ``model``, or the one ``resume`` (a ``last.pt``) stopped in."""
         device = ctx.device
         n = cfg.stages[stage]
         gamma = cfg.gamma_for(n)
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  broadcast_buffers=False) if ctx.distributed else model
+        ddp = (
+            nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
+            if ctx.distributed
+            else model
+        )
         optimizer, scheduler = new_optimizer(cfg, model, steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-        s = cls(stage=stage, n=n, gamma=gamma, val_gamma=gamma if cfg.val_pruning else None, ddp=ddp,
-                optimizer=optimizer, scheduler=scheduler, scaler=scaler, stage_dir=out / f"stage{stage}_n{n}",
-                best=Checkpointer(main=ctx.main))
+        s = cls(
+            stage=stage,
+            n=n,
+            gamma=gamma,
+            val_gamma=gamma if cfg.val_pruning else None,
+            ddp=ddp,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            stage_dir=out / f"stage{stage}_n{n}",
+            best=Checkpointer(main=ctx.main),
+        )
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
@@ -78,22 +103,45 @@ class StageRun:
             set_rng_state(resume["rng"])
         return s
 
-    def state(self, model, step_in_epoch: int, steps_per_epoch: int, summary: list, collapsed: set,
-              monitor_collapsed: set) -> dict:
+    def state(
+        self,
+        model,
+        step_in_epoch: int,
+        steps_per_epoch: int,
+        summary: list,
+        collapsed: set,
+        monitor_collapsed: set,
+    ) -> dict:
         """What ``last.pt`` holds to resume at step ``step_in_epoch`` of epoch ``self.epoch``."""
-        return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "rng": rng_state(), "stage": {"index": self.stage, "n": self.n}, "epoch": self.epoch,
-                "step_in_epoch": step_in_epoch, "step": self.epoch * steps_per_epoch + step_in_epoch,
-                "best_val": self.best.best, "summary": list(summary), "collapsed": sorted(collapsed),
-                "monitor_collapsed": sorted(monitor_collapsed)}
+        return {
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": rng_state(),
+            "stage": {"index": self.stage, "n": self.n},
+            "epoch": self.epoch,
+            "step_in_epoch": step_in_epoch,
+            "step": self.epoch * steps_per_epoch + step_in_epoch,
+            "best_val": self.best.best,
+            "summary": list(summary),
+            "collapsed": sorted(collapsed),
+            "monitor_collapsed": sorted(monitor_collapsed),
+        }
 
     def summary(self, epochs: int, collapse_warning: bool, monitor_collapse_warning: bool) -> dict:
         """The stage's line of ``summary.json``."""
         seconds = time.perf_counter() - self.t0
-        return {"stage": self.stage, "n": self.n, "gamma": self.gamma, "epochs": epochs,
-                "best_val_loss": self.best.best, "best": str(self.stage_dir / "best.pt"),
-                "collapse_warning": collapse_warning, "monitor_collapse_warning": monitor_collapse_warning,
-                "monitor": self.last_monitor, "seconds": round(seconds, 1),
-                "images_per_s": round(self.images_seen / seconds, 1) if self.images_seen else None}
+        return {
+            "stage": self.stage,
+            "n": self.n,
+            "gamma": self.gamma,
+            "epochs": epochs,
+            "best_val_loss": self.best.best,
+            "best": str(self.stage_dir / "best.pt"),
+            "collapse_warning": collapse_warning,
+            "monitor_collapse_warning": monitor_collapse_warning,
+            "monitor": self.last_monitor,
+            "seconds": round(seconds, 1),
+            "images_per_s": round(self.images_seen / seconds, 1) if self.images_seen else None,
+        }

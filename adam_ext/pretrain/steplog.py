@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from ..engine import check_finite
 
-__all__ = ["COLLAPSE_PRUNED", "StepLog", "Window", "epoch_bar"]
+__all__ = ["COLLAPSE_PRUNED", "StepLog", "Window", "duration", "epoch_bar"]
 
 #: Mean fraction of the queue pruned over a logging window above which the run warns of a collapse.
 COLLAPSE_PRUNED = 0.95
@@ -42,6 +42,19 @@ class Window:
         self.steps.append((step, lr))
 
 
+def duration(seconds: float) -> str:
+    """``3725`` -> ``"1 h 2 min"``; under a minute in seconds, under a day in hours and minutes."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours / 24:.1f} days"
+
+
 def epoch_bar(total: int, initial: int, desc: str):
     """An epoch's tqdm bar on stderr (it disappears when the epoch ends; the log lines stay)."""
     from tqdm.auto import tqdm
@@ -58,15 +71,30 @@ class StepLog:
             ``global_step``: (stage, step) -> step over the whole run; ``headline``: the latest
             monitor as text for the progress bar (or None).
 
+        total_steps: the run's steps in all (for the time estimate; 0: no estimate).
+
     Attributes:
         collapsed: stages whose pruner removed (nearly) the whole queue (saved in checkpoints).
+        estimate: None until the run's time is estimated, then ``{"seconds_per_step", "total_steps",
+            "total_seconds", "at_step"}``: the second logging window of this process's steps (the
+            first holds start-up costs) times the run's steps; validation and checkpoints not counted.
     """
 
-    def __init__(self, ctx, metrics, out: Path, global_batch: int, global_step: Callable[[int, int], int],
-                 headline: Callable[[], str | None] = lambda: None):
+    def __init__(
+        self,
+        ctx,
+        metrics,
+        out: Path,
+        global_batch: int,
+        global_step: Callable[[int, int], int],
+        headline: Callable[[], str | None] = lambda: None,
+        total_steps: int = 0,
+    ):
         self.ctx, self.metrics, self.out, self.global_batch = ctx, metrics, Path(out), global_batch
-        self.global_step, self.headline = global_step, headline
+        self.global_step, self.headline, self.total_steps = global_step, headline, total_steps
         self.collapsed: set[int] = set()
+        self.estimate: dict | None = None
+        self._windows = 0
 
     def flush(self, stage: int, n: int, epoch: int, window: Window, bar, stopper) -> bool:
         """Reduces ``window`` across ranks, checks and logs its steps. ``stopper``: this rank's
@@ -85,27 +113,80 @@ class StepLog:
         for (step, lr), loss, frac in zip(steps, packed[:k], packed[k : 2 * k]):
             if not math.isfinite(loss):
                 last = self.out / "last.pt"
-                kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-                check_finite(loss, f"stage {stage} (n={n}) epoch {epoch + 1} step {step}", f"training stopped; {kept}")
-            row = {"stage": stage, "n": n, "epoch": epoch + 1, "step": step, "loss": loss, "lr": lr,
-                   "pruned_fraction": frac, "images_per_s": rate}
-            self.metrics.log(row, {"train/loss": loss, "train/lr": lr, "train/pruned_fraction": frac,
-                                   "train/images_per_s": rate}, self.global_step(stage, step))
+                kept = (
+                    f"the last good checkpoint is {last}"
+                    if last.is_file()
+                    else "no checkpoint was written yet"
+                )
+                check_finite(
+                    loss, f"stage {stage} (n={n}) epoch {epoch + 1} step {step}", f"training stopped; {kept}"
+                )
+            row = {
+                "stage": stage,
+                "n": n,
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "pruned_fraction": frac,
+                "images_per_s": rate,
+            }
+            self.metrics.log(
+                row,
+                {
+                    "train/loss": loss,
+                    "train/lr": lr,
+                    "train/pruned_fraction": frac,
+                    "train/images_per_s": rate,
+                },
+                self.global_step(stage, step),
+            )
         self._warn_pruner(stage, n, steps[-1][0], sum(packed[k : 2 * k]) / k)
+        self._estimate(seconds / k, self.global_step(stage, steps[-1][0]) + 1)
         if bar is not None:
             headline = self.headline()
-            bar.set_postfix(loss=f"{packed[k - 1]:.4f}", lr=f"{steps[-1][1]:.3g}", pruned=f"{packed[2 * k - 1]:.3f}",
-                            img_s=f"{rate:.1f}", **({"monitor": headline} if headline else {}))
+            bar.set_postfix(
+                loss=f"{packed[k - 1]:.4f}",
+                lr=f"{steps[-1][1]:.3g}",
+                pruned=f"{packed[2 * k - 1]:.3f}",
+                img_s=f"{rate:.1f}",
+                **({"monitor": headline} if headline else {}),
+            )
         if packed[-1] > 0 and stopper.signal is None:
             stopper.signal = "a signal on another rank"
         return packed[-1] > 0
+
+    def _estimate(self, seconds_per_step: float, at_step: int) -> None:
+        """Estimates the run's time once, from this process's second logging window (printed on rank 0)."""
+        self._windows += 1
+        if self.estimate is not None or not self.total_steps or self._windows < 2:
+            return
+        total = seconds_per_step * self.total_steps
+        self.estimate = {
+            "seconds_per_step": round(seconds_per_step, 4),
+            "total_steps": self.total_steps,
+            "total_seconds": round(total, 1),
+            "at_step": at_step,
+        }
+        if self.ctx.main:
+            left = seconds_per_step * max(0, self.total_steps - at_step)
+            print(
+                f"adam pretrain: estimate: {self.total_steps} steps at {seconds_per_step:.3g} s a step = "
+                f"{duration(total)} for the whole run, {duration(left)} from here (training steps only: "
+                f"validation, monitors and checkpoints come on top)",
+                flush=True,
+            )
 
     def _warn_pruner(self, stage: int, n: int, step: int, mean_pruned: float) -> None:
         if mean_pruned > COLLAPSE_PRUNED and stage not in self.collapsed:
             self.collapsed.add(stage)
             if self.ctx.main:
-                print(f"adam pretrain: warning: at stage {stage} (n={n}) step {step} the pruner removed "
-                      f"{100 * mean_pruned:.1f}% of the queue: (nearly) every key is at least gamma similar to every "
-                      f"query, the loss tends to 0 and its gradient vanishes (representation collapse). Lower gamma, "
-                      f"or train the previous stage longer; the best checkpoint is chosen by the unpruned validation "
-                      f"loss unless val_pruning is set.", file=sys.stderr, flush=True)
+                print(
+                    f"adam pretrain: warning: at stage {stage} (n={n}) step {step} the pruner removed "
+                    f"{100 * mean_pruned:.1f}% of the queue: (nearly) every key is at least gamma similar to every "
+                    f"query, the loss tends to 0 and its gradient vanishes (representation collapse). Lower gamma, "
+                    f"or train the previous stage longer; the best checkpoint is chosen by the unpruned validation "
+                    f"loss unless val_pruning is set.",
+                    file=sys.stderr,
+                    flush=True,
+                )

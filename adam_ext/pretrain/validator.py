@@ -41,8 +41,17 @@ class Validator:
         headline: the latest headline monitor as text (``knn_landmark=0.42``), for the progress bar.
     """
 
-    def __init__(self, cfg: PretrainConfig, ctx, model, data: RunData, metrics, to_device: Callable,
-                 autocast: Callable, global_step: Callable[[int, int], int]):
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        ctx,
+        model,
+        data: RunData,
+        metrics,
+        to_device: Callable,
+        autocast: Callable,
+        global_step: Callable[[int, int], int],
+    ):
         self.cfg, self.ctx, self.model, self.data, self.metrics = cfg, ctx, model, data, metrics
         self.to_device, self.autocast, self.global_step = to_device, autocast, global_step
         self.monitor = None
@@ -64,14 +73,16 @@ class Validator:
             with self.autocast():
                 out = net.validation_loss(self.to_device(im_q), im_k, gamma=gamma)
                 if collected is not None:  # inside the collector the query encoder is in eval mode
-                    collected.add(out, lambda: net.encoder_q(im_k))
+                    collected.add(out, lambda im_k=im_k: net.encoder_q(im_k))
             total[0] += out["loss"].double() * im_q.shape[0]
             total[1] += im_q.shape[0]
         if self.ctx.distributed:
             dist.all_reduce(total)
         return (total[0] / total[1].clamp_min(1)).item()
 
-    def measure(self, stage: int, epoch: int, step: int, gamma, warn: bool = True) -> tuple[float, dict | None]:
+    def measure(
+        self, stage: int, epoch: int, step: int, gamma, warn: bool = True
+    ) -> tuple[float, dict | None]:
         """The validation loss and, on rank 0, the monitors (logged); changes nothing of the training
         state. ``warn``: warn of a collapse (not at a stage's start: a random ResNet's head outputs
         are themselves nearly collinear, per-dimension std about 0.02 against a healthy 1/sqrt(dim))."""
@@ -81,33 +92,48 @@ class Validator:
         with self.monitor.collector(encoder) as collected:
             val = self.loss(stage, gamma, collected)
         t0 = time.perf_counter()
-        values = {**self.monitor.label_free(collected),
-                  **self.monitor.knn_monitor(encoder, self.ctx.device, self.cfg.channels_last)}
+        values = {
+            **self.monitor.label_free(collected),
+            **self.monitor.knn_monitor(encoder, self.ctx.device, self.cfg.channels_last),
+        }
         values["seconds"] = round(time.perf_counter() - t0, 3)
         n = self.cfg.stages[stage]
-        self.metrics.log({"stage": stage, "n": n, "epoch": epoch, "step": step, "monitor": values},
-                         {f"monitor/{k}": v for k, v in values.items() if k != "seconds"},
-                         self.global_step(stage, step))
+        self.metrics.log(
+            {"stage": stage, "n": n, "epoch": epoch, "step": step, "monitor": values},
+            {f"monitor/{k}": v for k, v in values.items() if k != "seconds"},
+            self.global_step(stage, step),
+        )
         head = next((k for k in ("knn_landmark", "knn_auc", "knn_accuracy") if k in values), "rankme")
         self.headline = f"{head}={values[head]:.3g}"
         if warn and stage not in self.collapsed and self._collapsed(values):
             self.collapsed.add(stage)
-            print(f"adam pretrain: warning: at stage {stage} (n={n}) step {step} the representation collapsed: "
-                  f"per-dimension std of the normalised embeddings {values['collapse_std']:.4f} (healthy about "
-                  f"{values['collapse_std_healthy']:.4f}), RankMe {values['rankme']:.2f}. The loss will sit at "
-                  f"log(K + 1); check the views (do two views of an image share more than two images do?), "
-                  f"lower optim.lr or raise model.m.", file=sys.stderr, flush=True)
+            print(
+                f"adam pretrain: warning: at stage {stage} (n={n}) step {step} the representation collapsed: "
+                f"per-dimension std of the normalised embeddings {values['collapse_std']:.4f} (healthy about "
+                f"{values['collapse_std_healthy']:.4f}), RankMe {values['rankme']:.2f}. The loss will sit at "
+                f"log(K + 1); check the views (do two views of an image share more than two images do?), "
+                f"lower optim.lr or raise model.m.",
+                file=sys.stderr,
+                flush=True,
+            )
         return val, values
 
     def report(self, where: str, val: float, is_best: bool, values: dict | None) -> None:
         """Prints an epoch's validation line (rank 0): the loss and the headline monitors."""
         if self.ctx.main:
-            shown = "".join(f", {k} {values[k]:.3g}" for k in ("knn_landmark", "knn_auc", "knn_accuracy", "rankme",
-                                                              "alignment", "uniformity") if values and k in values)
-            print(f"adam pretrain: {where}: val loss {val:.4f}{' (best)' if is_best else ''}{shown}", flush=True)
+            shown = "".join(
+                f", {k} {values[k]:.3g}"
+                for k in ("knn_landmark", "knn_auc", "knn_accuracy", "rankme", "alignment", "uniformity")
+                if values and k in values
+            )
+            print(
+                f"adam pretrain: {where}: val loss {val:.4f}{' (best)' if is_best else ''}{shown}", flush=True
+            )
 
     @staticmethod
     def _collapsed(values: dict) -> bool:
         """The monitors' collapse rule; NaN (a single validation image) never warns."""
-        return (values["collapse_std"] < MONITOR_COLLAPSE_STD * values["collapse_std_healthy"]
-                or values["rankme"] < MONITOR_MIN_RANK)
+        return (
+            values["collapse_std"] < MONITOR_COLLAPSE_STD * values["collapse_std_healthy"]
+            or values["rankme"] < MONITOR_MIN_RANK
+        )

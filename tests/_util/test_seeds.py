@@ -65,8 +65,16 @@ def test_no_other_generator_or_split_in_the_package():
         if path.name == "seeds.py" and path.parent.name == "_util":
             continue
         text = path.read_text()
-        for pattern in (r"default_rng\(", r"SeedSequence", r"np\.random\.(seed|permutation|choice|rand)", r"manual_seed\(\s*\d"):
+        for pattern in (
+            r"default_rng\(",
+            r"SeedSequence",
+            r"np\.random\.(seed|permutation|choice|rand)",
+            r"manual_seed\(\s*\d",
+        ):
             offenders += [f"{path.relative_to(PACKAGE)}: {pattern}" for _ in re.finditer(pattern, text)]
-        offenders += [f"{path.relative_to(PACKAGE)}: randperm" for line in text.splitlines()
-                      if "randperm(" in line and "idx_shuffle" not in line and "generator=" not in line]
+        offenders += [
+            f"{path.relative_to(PACKAGE)}: randperm"
+            for line in text.splitlines()
+            if "randperm(" in line and "idx_shuffle" not in line and "generator=" not in line
+        ]
     assert not offenders, offenders

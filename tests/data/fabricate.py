@@ -145,7 +145,7 @@ def chestxray14(root: Path, *, n_patients=10, per_patient=2, archives=True) -> d
         for k in range(per_patient):
             name = f"{patient:08d}_{k:03d}.png"
             findings = CXR14_FINDINGS[seed % len(CXR14_FINDINGS)]
-            folder = (f"images_00{1 + patient % 2}/images" if archives else "images")
+            folder = f"images_00{1 + patient % 2}/images" if archives else "images"
             write_png(root / folder / name, texture(seed))
             rows.append([name, findings, k, patient, 40 + patient, "M", "PA", SIDE, SIDE, 0.143, 0.143])
             names.append((name, patient, findings))

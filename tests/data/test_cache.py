@@ -18,8 +18,13 @@ from adam_ext._util.runfolder import MARKER
 from adam_ext.data.cache import DATA_FILE, INDEX_FILE, ImageCache, resize_longer_side
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAPES = {"a/grey_tall.png": (1, 600, 400), "a/colour_wide.png": (3, 300, 700), "b/small.png": (1, 100, 80),
-          "b/colour_square.png": (3, 512, 512), "odd.png": (1, 257, 129)}
+SHAPES = {
+    "a/grey_tall.png": (1, 600, 400),
+    "a/colour_wide.png": (3, 300, 700),
+    "b/small.png": (1, 100, 80),
+    "b/colour_square.png": (3, 512, 512),
+    "odd.png": (1, 257, 129),
+}
 
 
 class FakeDataset:
@@ -91,7 +96,9 @@ def test_parallel_build_after_opencv_used_its_threads(tmp_path, seed):
 
     def build_several():  # the hang was a race: one build in two hung
         for i in range(4):
-            built.append(ImageCache.build(FakeDataset(seed), tmp_path / str(i), size=64, workers=2, progress=False))
+            built.append(
+                ImageCache.build(FakeDataset(seed), tmp_path / str(i), size=64, workers=2, progress=False)
+            )
 
     worker = threading.Thread(target=build_several, daemon=True)
     worker.start()
@@ -136,7 +143,13 @@ def test_cache_subcommand_arguments():
     argv = ["cache", "folder", "/data/xrays", "/data/cache", "--size", "256", "--workers", "3"]
     args = parser.parse_args(argv)
     assert (args.dataset, args.root, args.out, args.size, args.split, args.workers) == (
-        "folder", "/data/xrays", "/data/cache", 256, "train", 3)
+        "folder",
+        "/data/xrays",
+        "/data/cache",
+        256,
+        "train",
+        3,
+    )
     assert callable(args.func)
 
 
@@ -144,8 +157,10 @@ def _modules_missing(*names):
     return [name for name in names if importlib.util.find_spec(name) is None]
 
 
-@pytest.mark.skipif(bool(_modules_missing("adam_ext.data.readers", "adam_ext.data.synthetic")),
-                    reason="`adam cache` end to end needs the readers (folder data set) and the full CLI")
+@pytest.mark.skipif(
+    bool(_modules_missing("adam_ext.data.readers", "adam_ext.data.synthetic")),
+    reason="`adam cache` end to end needs the readers (folder data set) and the full CLI",
+)
 def test_adam_cache_end_to_end(tmp_path, seed):
     from adam_ext.cli import main
     from adam_ext.data.registry import open_dataset
@@ -160,7 +175,9 @@ def test_adam_cache_end_to_end(tmp_path, seed):
     assert main(["cache", "folder", str(root), str(out), "--size", "128", "--workers", "1"]) == 0
     cache = ImageCache(out)
     keys = open_dataset("folder", root, split="train").image_keys()
-    assert len(cache) == len(keys) == len(sizes) - 1 and sorted(cache.keys()) == sorted(keys)  # one image is val
+    assert len(cache) == len(keys) == len(sizes) - 1 and sorted(cache.keys()) == sorted(
+        keys
+    )  # one image is val
     for key in cache.keys():
         image, original = cache.get(key)
         decoded = cv2.imread(str(root / key), cv2.IMREAD_UNCHANGED)
@@ -175,8 +192,24 @@ def test_bench_data_smoke(tmp_path):
     sys.modules[spec.name] = bench
     spec.loader.exec_module(bench)
     out = tmp_path / "data.md"
-    argv = ["--images", "2", "--side", "96", "--size", "32", "--cache-size", "64",
-            "--pairs", "2", "--rounds", "1", "--warmup", "1", "--out", str(out)]
+    argv = [
+        "--images",
+        "2",
+        "--side",
+        "96",
+        "--size",
+        "32",
+        "--cache-size",
+        "64",
+        "--pairs",
+        "2",
+        "--rounds",
+        "1",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+    ]
     threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
     try:
         assert bench.main(argv) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 
+import fabricate as fab  # tests/data/fabricate.py (pytest puts this folder on sys.path)
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,6 @@ from scipy.ndimage import maximum_filter
 from adam_ext.data import readers
 from adam_ext.data._io import DecodeError, read_image
 from adam_ext.data.registry import DATASETS, dataset_class, open_dataset
-
-import fabricate as fab  # tests/data/fabricate.py (pytest puts this folder on sys.path)
 
 SIDE = fab.SIDE
 
@@ -365,7 +364,9 @@ def test_image_folder_tree_and_split(tmp_path):
 def test_holdout_rounds_to_whole_samples(tmp_path):
     for i in range(5):
         fab.write_png(tmp_path / f"{i}.png", fab.texture(i))
-    assert len(readers.ImageFolder(tmp_path, split="val")) == 1  # 10% of 5 rounds to none: one, so both sides exist
+    assert (
+        len(readers.ImageFolder(tmp_path, split="val")) == 1
+    )  # 10% of 5 rounds to none: one, so both sides exist
     assert len(readers.ImageFolder(tmp_path, split="val", val_fraction=0.3)) == 2
     assert len(readers.ImageFolder(tmp_path, split="val", val_fraction=0.0)) == 0
 
@@ -702,12 +703,18 @@ def test_a_new_reader_is_one_file_and_one_registry_line(tmp_path, monkeypatch):
     from adam_ext.data import registry
     from adam_ext.downstream import FinetuneConfig
 
-    monkeypatch.setitem(registry.DATASETS, "my_fundus", None)  # so that monkeypatch removes the entry at the end
+    monkeypatch.setitem(
+        registry.DATASETS, "my_fundus", None
+    )  # so that monkeypatch removes the entry at the end
     del registry.DATASETS["my_fundus"]
     for i in range(4):
         fab.write_png(tmp_path / f"{i}.png", fab.texture(i))
-    registry.register_dataset("my_fundus", registry.Dataset("adam_ext.data.readers.folder:ImageFolder", "fundus",
-                                                            "train", "val", finetune_size=384))
+    registry.register_dataset(
+        "my_fundus",
+        registry.Dataset(
+            "adam_ext.data.readers.folder:ImageFolder", "fundus", "train", "val", finetune_size=384
+        ),
+    )
     assert len(open_dataset("my_fundus", tmp_path, split="all")) == 4
     assert registry.SPLITS["my_fundus"] == ("train", "val", None) and "folder" not in registry.SPLITS
     cfg = FinetuneConfig(task="cls", dataset="my_fundus", root=str(tmp_path), out="unused").resolved()

@@ -22,15 +22,17 @@ FINDINGS_SIZE = 128
 @pytest.fixture(scope="module")
 def anatomy(tmp_path_factory):
     """8 images without findings, 256 px: for checks of the drawn anatomy."""
-    return generate(tmp_path_factory.mktemp("anatomy"), 8, size=ANATOMY_SIZE, seed=11, workers=1,
-                    finding_rate=0.0)
+    return generate(
+        tmp_path_factory.mktemp("anatomy"), 8, size=ANATOMY_SIZE, seed=11, workers=1, finding_rate=0.0
+    )
 
 
 @pytest.fixture(scope="module")
 def findings(tmp_path_factory):
     """24 images that all have findings, 128 px: for the tables, SCR files and the reader."""
-    return generate(tmp_path_factory.mktemp("findings"), 24, size=FINDINGS_SIZE, seed=5, workers=1,
-                    finding_rate=1.0)
+    return generate(
+        tmp_path_factory.mktemp("findings"), 24, size=FINDINGS_SIZE, seed=5, workers=1, finding_rate=1.0
+    )
 
 
 def grey(path) -> np.ndarray:
@@ -197,10 +199,24 @@ def test_a_film_feature_switched_off_changes_only_itself(seed, off):
         rng_on, rng_off = np.random.default_rng([seed, k]), np.random.default_rng([seed, k])
         on, less = _phantom.sample_view(rng_on, 0.5), _phantom.sample_view(rng_off, 0.5, features)
         assert rng_on.bit_generator.state == rng_off.bit_generator.state  # the same draws were made
-        changed = {"markers": ["marker"], "electrodes": ["electrodes"], "collimation": ["collimation"],
-                   "exposure_variation": list(_phantom._MID_EXPOSURE)}[off]
-        for name in ("zoom", "aspect", "angle", "shift", "bubble", "findings", "marker", "electrodes", "collimation",
-                     *_phantom._MID_EXPOSURE):
+        changed = {
+            "markers": ["marker"],
+            "electrodes": ["electrodes"],
+            "collimation": ["collimation"],
+            "exposure_variation": list(_phantom._MID_EXPOSURE),
+        }[off]
+        for name in (
+            "zoom",
+            "aspect",
+            "angle",
+            "shift",
+            "bubble",
+            "findings",
+            "marker",
+            "electrodes",
+            "collimation",
+            *_phantom._MID_EXPOSURE,
+        ):
             if name not in changed:
                 assert np.array_equal(getattr(on, name), getattr(less, name)), name
         assert less.marker == () if off == "markers" else True
@@ -214,11 +230,19 @@ def test_films_without_features_keep_anatomy_lists_and_say_so(tmp_path):
     off = {name: False for name in FEATURES}
     plain = generate(tmp_path / "plain", 8, size=64, seed=2, workers=1, progress=False, **off)
     full = generate(tmp_path / "full", 8, size=64, seed=2, workers=1, progress=False)
-    for name in ("landmarks.csv", "findings.csv", "test_list.txt", "train_val_list.txt", "Data_Entry_2017.csv"):
+    for name in (
+        "landmarks.csv",
+        "findings.csv",
+        "test_list.txt",
+        "train_val_list.txt",
+        "Data_Entry_2017.csv",
+    ):
         assert (plain / name).read_bytes() == (full / name).read_bytes(), name
     for path in (full / "masks").rglob("*.png"):
         assert path.read_bytes() == (plain / path.relative_to(full)).read_bytes()
-    assert any(grey(p).tobytes() != grey(plain / "images" / p.name).tobytes() for p in (full / "images").iterdir())
+    assert any(
+        grey(p).tobytes() != grey(plain / "images" / p.name).tobytes() for p in (full / "images").iterdir()
+    )
     meta = __import__("json").loads((plain / "synthetic.json").read_text())
     assert {k: meta[k] for k in FEATURES} == off
     with pytest.raises(ValueError, match="film features"):
@@ -236,8 +260,10 @@ def test_films_without_features_keep_anatomy_lists_and_say_so(tmp_path):
 
 def test_chestxray14_tables_follow_the_published_layout(findings):
     entry = (findings / "Data_Entry_2017.csv").read_text().splitlines()
-    assert entry[0] == ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-                        "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+    assert entry[0] == (
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+        "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+    )
     rows = read_rows(findings / "Data_Entry_2017.csv")[1:]
     assert len(rows) == 24 and all(len(r) == 12 for r in rows)
     multi = 0
@@ -334,7 +360,9 @@ def test_dataset_items(findings):
     for i in range(len(ds)):
         it = ds[i]
         assert set(it["box_labels"].tolist()) == set(torch.nonzero(it["labels"]).ravel().tolist())
-    small = SyntheticDataset(findings, split="all", size=64, transform=lambda it: {**it, "image": it["image"][:, ::2]})[0]
+    small = SyntheticDataset(
+        findings, split="all", size=64, transform=lambda it: {**it, "image": it["image"][:, ::2]}
+    )[0]
     assert small["image"].shape == (1, 32, 64) and small["mask"].shape == (len(MASKS), 64, 64)
     assert torch.allclose(small["landmarks"], (item["landmarks"] + 0.5) * 0.5 - 0.5)
 

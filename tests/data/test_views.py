@@ -21,8 +21,16 @@ from adam_ext.data.views import (
     grid_boxes,
 )
 
-SHAPES = [(100, 100, 2), (101, 103, 4), (7, 5, 3), (1024, 1000, 4), (37, 64, 5), (10, 10, 10), (33, 17, 1),
-          (20, 9, 0)]
+SHAPES = [
+    (100, 100, 2),
+    (101, 103, 4),
+    (7, 5, 3),
+    (1024, 1000, 4),
+    (37, 64, 5),
+    (10, 10, 10),
+    (33, 17, 1),
+    (20, 9, 0),
+]
 
 
 def gradient(height=256, width=256, channels=1) -> torch.Tensor:
@@ -106,8 +114,9 @@ def test_decomposer_rejects_grid_finer_than_the_image():
 # ----------------------------------------------------------------------------- two views
 
 
-@pytest.mark.parametrize("channels,height,width,n",
-                         [(1, 300, 280, 0), (1, 517, 611, 2), (3, 256, 256, 0), (3, 400, 300, 4)])
+@pytest.mark.parametrize(
+    "channels,height,width,n", [(1, 300, 280, 0), (1, 517, 611, 2), (3, 256, 256, 0), (3, 400, 300, 4)]
+)
 def test_two_views_shapes_and_dtypes(channels, height, width, n, seed):
     g = torch.Generator().manual_seed(seed)
     image = torch.randint(0, 256, (channels, height, width), dtype=torch.uint8, generator=g)
@@ -227,8 +236,9 @@ def test_resized_crop_box_follows_torchvision(seed):
     assert box == ((325 - 29) // 2, 0, 29, 22)
 
 
-@pytest.mark.parametrize("field,value",
-                         [("scale", (0.5, 0.2)), ("jitter_p", 1.5), ("blur_kernel", 4), ("size", 0)])
+@pytest.mark.parametrize(
+    "field,value", [("scale", (0.5, 0.2)), ("jitter_p", 1.5), ("blur_kernel", 4), ("size", 0)]
+)
 def test_view_config_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field):
         ViewConfig(**{field: value})
@@ -255,8 +265,11 @@ class _ConstantImages(torch.utils.data.Dataset):
 def test_dataloader_workers_draw_different_views(seed):
     """A seeded pipeline copied into two workers must not repeat itself across them."""
     loader = torch.utils.data.DataLoader(
-        _ConstantImages(TwoViews(32, n=2, seed=seed)), batch_size=1, num_workers=2,
-        multiprocessing_context="fork", generator=torch.Generator().manual_seed(seed),
+        _ConstantImages(TwoViews(32, n=2, seed=seed)),
+        batch_size=1,
+        num_workers=2,
+        multiprocessing_context="fork",
+        generator=torch.Generator().manual_seed(seed),
     )
     batches = [batch[0] for batch in loader]  # workers alternate: items 0, 2 from one, 1, 3 from the other
     assert not torch.equal(batches[0], batches[1])
@@ -339,7 +352,9 @@ def fixed_table_view(views_, anchor, u):
                 f = max(0.0, 1.0 - lo) + (1.0 + lo - max(0.0, 1.0 - lo)) * factors[op]
                 x = (TF.adjust_brightness if op == 0 else TF.adjust_contrast)(x, f)
     if u[31] < cfg.blur_p:
-        x = views.gaussian_blur(x, cfg.blur_kernel, cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * u[32])
+        x = views.gaussian_blur(
+            x, cfg.blur_kernel, cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * u[32]
+        )
     x = views.rotate(x, cfg.degrees * (2 * u[33] - 1))
     return views_.normalize(x)
 
@@ -348,15 +363,23 @@ def fixed_table_view(views_, anchor, u):
 def test_the_default_steps_draw_and_compute_as_the_fixed_table_did(seed, n):
     two = TwoViews(48, n)
     assert two.draws_per_view == 34 and [type(s).__name__ for s in two.steps] == [
-        "ResizedCrop", "ColorJitter", "GaussianBlur", "Rotation"]
-    image = torch.randint(0, 256, (1, 96, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        "ResizedCrop",
+        "ColorJitter",
+        "GaussianBlur",
+        "Rotation",
+    ]
+    image = torch.randint(
+        0, 256, (1, 96, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
     for k in range(6):
         g = torch.Generator().manual_seed(seed * 10 + k)
         q, key = two(image, generator=g)
         g = torch.Generator().manual_seed(seed * 10 + k)
         anchor = two.decomposer.sample(image, g)[0]
         u = torch.rand(2, 34, generator=g).tolist()
-        assert torch.equal(q, fixed_table_view(two, anchor, u[0])) and torch.equal(key, fixed_table_view(two, anchor, u[1]))
+        assert torch.equal(q, fixed_table_view(two, anchor, u[0])) and torch.equal(
+            key, fixed_table_view(two, anchor, u[1])
+        )
 
 
 class Invert(views.Augmentation):
@@ -377,11 +400,16 @@ def test_a_users_augmentation_is_added_from_outside_the_package(seed, monkeypatc
     default = TwoViews(32, 0)
     names = (*default.config.augmentations, "invert")
     extended = TwoViews(32, 0, augmentations=names)  # by name, as a configuration gives them
-    assert torch.equal(TwoViews(32, 0, augmentations=[*default.steps, Invert(1.0)])(
-        torch.zeros(1, 40, 40, dtype=torch.uint8), generator=torch.Generator().manual_seed(0))[0],
-        extended(torch.zeros(1, 40, 40, dtype=torch.uint8), generator=torch.Generator().manual_seed(0))[0])
+    assert torch.equal(
+        TwoViews(32, 0, augmentations=[*default.steps, Invert(1.0)])(
+            torch.zeros(1, 40, 40, dtype=torch.uint8), generator=torch.Generator().manual_seed(0)
+        )[0],
+        extended(torch.zeros(1, 40, 40, dtype=torch.uint8), generator=torch.Generator().manual_seed(0))[0],
+    )
     assert extended.draws_per_view == default.draws_per_view + 1
-    image = torch.randint(0, 256, (1, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    image = torch.randint(
+        0, 256, (1, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
     a = default(image, generator=torch.Generator().manual_seed(seed))
     b = extended(image, generator=torch.Generator().manual_seed(seed))
     assert not torch.equal(a[0], b[0])  # the step changes the views
@@ -395,13 +423,20 @@ def test_a_users_augmentation_is_added_from_outside_the_package(seed, monkeypatc
 
     cfg = load_config(None, ["data.views={augmentations: [resized_crop, rotation, invert]}"], preset="demo")
     assert [type(s).__name__ for s in TwoViews(32, 0, **cfg.data.view_options()).steps] == [
-        "ResizedCrop", "Rotation", "Invert"]
+        "ResizedCrop",
+        "Rotation",
+        "Invert",
+    ]
 
 
 def test_augmentation_names_and_objects_are_checked():
-    with pytest.raises(ValueError, match=r"augmentations must name steps among .*got \['rotation', 'sharpen'\]"):
+    with pytest.raises(
+        ValueError, match=r"augmentations must name steps among .*got \['rotation', 'sharpen'\]"
+    ):
         ViewConfig(augmentations=("rotation", "sharpen"))
-    with pytest.raises(ValueError, match="augmentations must be a non-empty list of step names or Augmentation"):
+    with pytest.raises(
+        ValueError, match="augmentations must be a non-empty list of step names or Augmentation"
+    ):
         TwoViews(32, 0, augmentations=[lambda image, u: image])
     with pytest.raises(ValueError, match="name must be a new augmentation name"):
         views.register_augmentation("rotation", lambda cfg: views.Rotation(5))

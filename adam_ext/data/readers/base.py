@@ -298,7 +298,10 @@ class Reader(Dataset):
                 self._corrupt.add(candidate)
                 logger.warning(
                     "%r: skipping corrupt sample %d (%d so far in this process): %s",
-                    self, candidate, self.n_corrupt, exc,
+                    self,
+                    candidate,
+                    self.n_corrupt,
+                    exc,
                 )
         raise DecodeError(f"{self!r}: none of the {n} samples can be decoded")
 

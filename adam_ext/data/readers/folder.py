@@ -1,15 +1,13 @@
-"""The reader of any folder of images, unlabelled (self-supervised pretraining).
-"""
+"""The reader of any folder of images, unlabelled (self-supervised pretraining)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .._io import IMAGE_SUFFIXES
 from ..._util.seeds import holdout
+from .._io import IMAGE_SUFFIXES
 from .base import Reader, _split_mask
-
 
 # ----------------------------------------------------------------------------- any folder
 

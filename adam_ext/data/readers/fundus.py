@@ -11,7 +11,6 @@ import torch
 
 from .base import Reader, _check_row, _column, _find_dir, _find_file, _read_csv, _row_error, require_files
 
-
 # ----------------------------------------------------------------------------- EyePACS
 
 

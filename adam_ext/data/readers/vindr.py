@@ -24,7 +24,6 @@ from .base import (
     require_files,
 )
 
-
 # ----------------------------------------------------------------------------- VinDr-CXR
 
 VINDR_CXR_CLASSES = (
