@@ -154,28 +154,9 @@ def _config(args, task: str):
 def _check_options(cfg) -> None:
     """Raises ValueError naming a key of ``options`` that the data set's reader does not take (a
     usage error, exit 2, rather than the reader's TypeError)."""
-    import inspect
+    from ..data.registry import check_options
 
-    from ..data.registry import dataset_class
-
-    dataset = cfg.resolved().dataset
-    taken, open_ended = set(), False
-    for klass in dataset_class(dataset).__mro__:  # a reader passes **options on to its base class
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        taken |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    else:
-        open_ended = True  # every __init__ takes **kwargs: nothing to check against
-    taken -= {"self", "root", "split", "transform"}
-    unknown = [key for key in cfg.options if key not in taken]
-    if unknown and not open_ended:
-        raise ValueError(
-            f"options has unknown key {unknown[0]!r} for data set {dataset!r}; expected some of "
-            f"{sorted(taken)}"
-        )
+    check_options(cfg.resolved().dataset, cfg.options)
 
 
 def _main() -> bool:

@@ -35,7 +35,16 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-__all__ = ["DATASETS", "FUNDUS", "SPLITS", "Dataset", "dataset_class", "open_dataset", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "FUNDUS",
+    "SPLITS",
+    "Dataset",
+    "check_options",
+    "dataset_class",
+    "open_dataset",
+    "register_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,32 @@ def dataset_class(name: str):
         raise ValueError(f"dataset name must be one of {sorted(DATASETS)}, got {name!r}")
     module_name, class_name = DATASETS[name].reader.split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def check_options(name: str, options, field: str = "options") -> None:
+    """Raises ValueError naming the first key of ``options`` that data set ``name``'s reader does not
+    take (``field`` names the configuration field in the message), instead of the reader's TypeError.
+    Readers that pass ``**options`` on to their base class are followed up the class tree; one whose
+    every ``__init__`` takes ``**kwargs`` accepts anything."""
+    import inspect
+
+    taken = set()
+    for klass in dataset_class(name).__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        taken |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    else:
+        return
+    taken = sorted(taken - {"self", "root", "split", "transform"})
+    unknown = [key for key in options if key not in taken]
+    if unknown:
+        raise ValueError(
+            f"{field} has unknown key {unknown[0]!r} for data set {name!r}; expected some of {taken} "
+            f"(options of another data set do not carry over: set {field}={{}} to clear them)"
+        )
 
 
 def open_dataset(name: str, root, split: str = "train", **options):

@@ -494,28 +494,9 @@ def check_sizes(cfg: PretrainConfig) -> None:
 
 def _check_reader_options(dataset: str, options: dict) -> None:
     """Raises ValueError naming a ``data.options`` key that the data set's reader does not take."""
-    import inspect
+    from ..data.registry import check_options
 
-    from ..data.registry import dataset_class
-
-    taken = set()
-    for klass in dataset_class(dataset).__mro__:  # a reader passes **options on to its base class
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        taken |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    else:
-        return  # every __init__ takes **kwargs: nothing to check against
-    taken = sorted(taken - {"self", "root", "split", "transform"})
-    for key in options:
-        if key not in taken:
-            raise ValueError(
-                f"data.options has unknown key {key!r} for data set {dataset!r}; expected some of "
-                f"{taken} (options of another data set do not carry over: set data.options={{}} "
-                f"to clear them)"
-            )
+    check_options(dataset, options, "data.options")
 
 
 def load_config(

@@ -609,3 +609,21 @@ def test_amp_auto_is_the_default_and_off_on_the_cpu():
     cpu = torch.device("cpu")
     assert amp_dtype("auto", cpu) is None and amp_dtype("bf16", cpu) is None
     assert PretrainConfig().amp == "auto"
+
+
+def test_val_pruning_validates_with_the_stages_gamma(data, tmp_path, monkeypatch):
+    """val_pruning: true (the official code's "best", docs/fidelity.md): the validation loss prunes with
+    the stage's γ; the default validates unpruned (test_collapse_is_flagged_and_validation_is_unpruned)."""
+    gammas = []
+    original = MoCo.validation_loss
+
+    def spy(self, im_q, im_k, gamma=None):
+        gammas.append(gamma)
+        return original(self, im_q, im_k, gamma=gamma)
+
+    monkeypatch.setattr(MoCo, "validation_loss", spy)
+    pretrain(
+        tiny(data, tmp_path / "run", stages=[0, 2], optim__epochs=1, val_pruning=True, gamma=0.7),
+        progress=False,
+    )
+    assert set(gammas) == {None, 0.7}  # n = 0 has no pruner (gamma_n0: null); n = 2 prunes at 0.7
