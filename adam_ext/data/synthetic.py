@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import multiprocessing
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -261,7 +262,8 @@ def _make_image(task: tuple) -> dict:
 
 
 def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already; nested threads only contend
+    # A fresh (spawned) process per core already: OpenCV's own threads would only contend.
+    cv2.setNumThreads(1)
 
 
 def _prepare(out: Path, cfg: SynthConfig) -> None:
@@ -346,7 +348,14 @@ def generate(
                 bar.update()
         else:
             chunk = max(1, min(16, cfg.n // (4 * cfg.workers)))
-            with concurrent.futures.ProcessPoolExecutor(cfg.workers, initializer=_init_worker) as pool:
+            # spawn, not fork: a forked worker inherits OpenCV's and OpenMP's thread pools in
+            # whatever state the parent's threads left them, and can hang for ever on a copied lock
+            # (seen: cv2.setNumThreads in the child, 1 run in 3 once the parent had used cv2's pool).
+            # The workers need nothing from this process but the task tuples; ~1.6 s to start each.
+            spawn = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(
+                cfg.workers, mp_context=spawn, initializer=_init_worker
+            ) as pool:
                 for row in pool.map(_make_image, tasks, chunksize=chunk):
                     rows.append(row)
                     bar.update()

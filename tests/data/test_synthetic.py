@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -57,6 +61,40 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path, seed):
     assert one.keys() == two.keys()
     assert [k for k in one if one[k] != two[k]] == []
     assert "scr/All247images/JPCLN005.IMG" in one and "images/00000001_000.png" in one
+
+
+WARM_POOL_THEN_GENERATE = """
+import sys
+import cv2, numpy as np
+from adam_ext.data.synthetic import generate
+cv2.setNumThreads(2)
+image = np.random.default_rng(0).random((2000, 2000), dtype=np.float32)
+for _ in range(3):
+    cv2.GaussianBlur(image, (31, 31), 0)  # OpenCV's thread pool is busy and warm
+generate(sys.argv[1], 4, size=64, seed=1, workers=2, progress=False)
+print("done")
+"""
+
+
+def test_workers_start_clean_after_the_parent_used_opencv_threads(tmp_path):
+    # A worker forked while OpenCV's pool was warm hung for ever (cv2.setNumThreads on a copied
+    # lock): CI timed out on it. Run in a child process so that a hang fails here, not the suite.
+    child = subprocess.Popen(
+        [sys.executable, "-c", WARM_POOL_THEN_GENERATE, str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = child.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail("generate(workers=2) hung after the parent had used OpenCV's thread pool")
+    assert child.returncode == 0, out
+    assert out.strip().endswith("done")
+    assert len(list((tmp_path / "out" / "images").glob("*.png"))) == 4
 
 
 def test_different_seeds_differ_and_no_two_images_match(tmp_path, findings, seed):
