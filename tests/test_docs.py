@@ -19,7 +19,8 @@ def test_the_readme_is_short_and_starts_with_the_two_commands():
     assert len(text.splitlines()) <= 200
     first_block = text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
     assert [line.split("#")[0].strip() for line in first_block] == ["make demo", "make test"]
-    assert "adam_ext.pruned_info_nce(" in "\n".join(text.splitlines()[:50])  # the loss within the first 50 lines
+    # the loss within the first 50 lines
+    assert "adam_ext.pruned_info_nce(" in "\n".join(text.splitlines()[:50])
     assert not re.search(r"\bissue \d+", text, re.IGNORECASE)
 
 
