@@ -290,6 +290,32 @@ def _prepare(out: Path, cfg: SynthConfig) -> None:
         (out / folder).mkdir(parents=True, exist_ok=True)
 
 
+def _make_in_workers(tasks: list, workers: int, bar) -> list:
+    """:func:`_make_image` of every task in ``workers`` spawned processes, in the order of ``tasks``."""
+    # spawn, not fork: a forked worker inherits OpenCV's and OpenMP's thread pools in whatever state
+    # the parent's threads left them, and can hang for ever on a copied lock (seen: cv2.setNumThreads
+    # in the child, 1 run in 3 once the parent had used cv2's pool). The workers need nothing from
+    # this process but the task tuples; each takes ~1.6 s to start (it imports torch with adam_ext).
+    spawn = multiprocessing.get_context("spawn")
+    chunk = max(1, min(16, len(tasks) // (4 * workers)))
+    rows = []
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=spawn, initializer=_init_worker
+        ) as pool:
+            for row in pool.map(_make_image, tasks, chunksize=chunk):
+                rows.append(row)
+                bar.update()
+    except concurrent.futures.process.BrokenProcessPool as err:
+        raise RuntimeError(
+            f"a worker process of the synthetic generator (workers={workers}) died; its own error is "
+            "printed above. The workers are spawned and import your __main__ module: a script that "
+            "generates phantoms at top level (adam_ext.data.synthetic.generate, or pretraining on the "
+            'synthetic data) needs `if __name__ == "__main__":`, or pass workers=1'
+        ) from err
+    return rows
+
+
 def generate(
     out_dir,
     n: int,
@@ -311,7 +337,9 @@ def generate(
         n: number of images.
         size: image side in pixels (square images).
         seed: seed of all randomness.
-        workers: worker processes (None: one per CPU core; 1: no subprocess).
+        workers: worker processes (None: one per CPU core; 1: no subprocess). They are spawned, so
+            they import your ``__main__`` module: a script that calls this at top level needs
+            ``if __name__ == "__main__":`` (as any spawned multiprocessing does), or ``workers=1``.
         finding_rate: probability that an image has findings (1-3 of :data:`FINDINGS`).
         scr_count: how many of the first images also go to the SCR layout (None: min(n, 247)).
         progress: show a tqdm bar (None: only on a terminal).
@@ -323,6 +351,7 @@ def generate(
 
     Raises:
         ValueError: an argument out of range, or ``out_dir`` holds something else.
+        RuntimeError: a worker process died (its own error is printed above this one).
     """
     unknown = set(features) - {"markers", "electrodes", "collimation", "exposure_variation"}
     if unknown:
@@ -347,18 +376,7 @@ def generate(
                 rows.append(_make_image(task))
                 bar.update()
         else:
-            chunk = max(1, min(16, cfg.n // (4 * cfg.workers)))
-            # spawn, not fork: a forked worker inherits OpenCV's and OpenMP's thread pools in
-            # whatever state the parent's threads left them, and can hang for ever on a copied lock
-            # (seen: cv2.setNumThreads in the child, 1 run in 3 once the parent had used cv2's pool).
-            # The workers need nothing from this process but the task tuples; ~1.6 s to start each.
-            spawn = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(
-                cfg.workers, mp_context=spawn, initializer=_init_worker
-            ) as pool:
-                for row in pool.map(_make_image, tasks, chunksize=chunk):
-                    rows.append(row)
-                    bar.update()
+            rows = _make_in_workers(tasks, cfg.workers, bar)
     _write_tables(out, cfg, rows)
     return out
 

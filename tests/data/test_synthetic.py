@@ -97,6 +97,23 @@ def test_workers_start_clean_after_the_parent_used_opencv_threads(tmp_path):
     assert len(list((tmp_path / "out" / "images").glob("*.png"))) == 4
 
 
+def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path):
+    # Spawned workers import the caller's __main__: a top-level generate() there starts workers
+    # while a worker is still importing, which multiprocessing refuses; the pool breaks.
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from adam_ext.data.synthetic import generate\n"
+        f"generate({str(tmp_path / 'out')!r}, 4, size=64, seed=1, workers=2, progress=False)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: a worker process of the synthetic generator (workers=2) died")
+    assert 'if __name__ == "__main__":' in last and "workers=1" in last
+
+
 def test_different_seeds_differ_and_no_two_images_match(tmp_path, findings, seed):
     other = generate(tmp_path / "other", 3, size=FINDINGS_SIZE, seed=seed % 1000 + 100, workers=1)
     ours = sorted((findings / "images").iterdir())
