@@ -375,7 +375,7 @@ def test_bench_rows_side_by_side(lightly, tmp_path):
 def test_lightly_moco_example_runs_on_fake_data(lightly, tmp_path):
     cmd = [
         sys.executable,
-        str(REPO / "python" / "lightly_moco.py"),
+        str(REPO / "python" / "examples" / "lightly_moco.py"),
         "--steps",
         "3",
         "--batch-size",

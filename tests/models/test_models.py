@@ -344,7 +344,7 @@ def test_check_queue_size():
 WORKER = textwrap.dedent(
     """
     import datetime, os, sys, torch, torch.distributed as dist
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, os.path.dirname({tests!r})]  # test_models and tests/_ranks.py
     from test_models import tiny_moco, images
     rank = int(os.environ["RANK"])
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
