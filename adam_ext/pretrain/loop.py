@@ -6,6 +6,7 @@
   ``best.pt``, snapshots), shared with fine-tuning;
 * validation and monitors: :class:`~adam_ext.pretrain.validator.Validator`;
 * the step log: :class:`~adam_ext.pretrain.steplog.StepLog` (windows, non-finite stop, pruner warning).
+* the end of a run (``best.pt``, summary.json, the report): :func:`~adam_ext.pretrain.finish.finish_run`.
 
 A stage runs as :meth:`Trainer.begin_stage`, then per epoch :meth:`Trainer.train_epoch` (steps, logging
 windows, due checkpoints) and :meth:`Trainer.end_epoch` (validation, best weights, ``last.pt``), until
@@ -15,20 +16,17 @@ the stage ends or a signal or ``max_steps`` stops it. :meth:`Trainer.train_step`
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-from .._util.atomic import atomic_write_text
-from .._util.seeds import SPLIT_VERSION
-from ..checkpoints import PRETRAIN_KIND, PRETRAIN_VERSION
 from ..engine import MetricsLog, amp_dtype, autocast
 from ..engine.checkpointer import Checkpointer
 from ..engine.distributed import ProcessContext, resolve_workers
 from .config import PretrainConfig
+from .finish import finish_run
 from .parts import (  # noqa: F401  (the parts' earlier home: still importable from here)
     RunData,
     Stopper,
@@ -39,7 +37,7 @@ from .parts import (  # noqa: F401  (the parts' earlier home: still importable f
     open_splits,
     stage_monitor,
 )
-from .resume import restore_run, versions
+from .resume import checkpoint_wrapper, restore_run
 from .stage import StageRun
 from .steplog import StepLog, Window, epoch_bar
 from .validator import Validator
@@ -73,7 +71,6 @@ class Trainer:
             print(f"adam pretrain: data.workers=auto: {workers} loader worker(s) per rank", flush=True)
         self.data = RunData(cfg, ctx.world, ctx.rank, workers, pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = self.data.steps_per_epoch
-        self.versions = versions()  # the code that runs is the code loaded now: one git look-up per run
         self.effective_queue = self.data.queue_capacity(cfg.model.K, say=ctx.main)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, ctx.distributed).to(self.device)
@@ -81,7 +78,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.model.phase_timer = phase_timer  # marks the parts of MoCo.forward
         self.metrics = MetricsLog(self.out, ctx.main, cfg.tensorboard)
-        self.checkpoints = Checkpointer(main=ctx.main, barrier=ctx.barrier, wrap=self._wrap)
+        # git is looked up once: the code that runs is the code loaded now
+        wrap = checkpoint_wrapper(cfg, ctx.world, self.data.sizes())
+        self.checkpoints = Checkpointer(main=ctx.main, barrier=ctx.barrier, wrap=wrap)
         self.validator = Validator(
             cfg, ctx, self.model, self.data, self.metrics, self._to_device, self._autocast, self._global_step
         )
@@ -106,19 +105,6 @@ class Trainer:
 
     def _autocast(self):
         return autocast(self.device, self.amp_dtype)
-
-    def _wrap(self, state: dict) -> dict:
-        """What every checkpoint file holds around ``state``: kind, configuration, versions, data sizes."""
-        return {
-            "kind": PRETRAIN_KIND,
-            "version": PRETRAIN_VERSION,
-            "config": self.cfg.to_dict(),
-            "versions": self.versions,
-            "world_size": self.ctx.world,
-            "data": self.data.sizes(),
-            "split_version": SPLIT_VERSION,
-            **state,
-        }
 
     def _state(self, s: StageRun, step_in_epoch: int) -> dict:
         """What ``last.pt`` holds to resume at step ``step_in_epoch`` of the epoch ``s`` is in."""
@@ -148,23 +134,10 @@ class Trainer:
         )
         if ctx.main:
             s.stage_dir.mkdir(parents=True, exist_ok=True)
-            print(
-                f"adam pretrain: stage {stage + 1}/{len(cfg.stages)}: n={s.n}, gamma={s.gamma}, {cfg.optim.epochs} "
-                f"epochs x {self.steps_per_epoch} steps of {self.global_batch} images ({ctx.world} rank(s) on "
-                f"{self.device.type}); queue K={cfg.model.K} holds at most {self.effective_queue} distinct "
-                f"training images",
-                flush=True,
-            )
+            s.announce(cfg, self.steps_per_epoch, ctx.world, self.device, self.effective_queue)
         self.validator.begin_stage(stage)
-        if (
-            s.epoch == 0 and s.start == 0 and cfg.monitor.enabled
-        ):  # where the stage starts (stage 0: random init)
-            val, _ = self.validator.measure(stage, 0, 0, s.val_gamma, warn=False)
-            self.metrics.log(
-                {"stage": stage, "n": s.n, "epoch": 0, "step": 0, "val_loss": val, "best": False},
-                {"val/loss": val},
-                self._global_step(stage, 0),
-            )
+        if s.epoch == 0 and s.start == 0 and cfg.monitor.enabled:
+            self.validator.measure_start(stage, s.val_gamma)
         s.t0 = time.perf_counter()
         self.stage_run = s
         return s
@@ -239,18 +212,8 @@ class Trainer:
         cfg = self.cfg
         epoch, step = s.epoch + 1, (s.epoch + 1) * self.steps_per_epoch
         val, values = self.validator.measure(s.stage, epoch, step, s.val_gamma)
-        is_best = s.best.improves(val)
-        weights = {
-            "model": self.model.state_dict(),
-            "stage": {"index": s.stage, "n": s.n},
-            "epoch": epoch,
-            "step": step,
-            "val_loss": val,
-        }
-        if is_best:
-            self.checkpoints.save(s.stage_dir / "best.pt", weights)
-        if cfg.snapshots:
-            self.checkpoints.save(self.out / "snapshots" / f"{s.stage_dir.name}_epoch{epoch}.pt", weights)
+        snapshot = self.out / "snapshots" / f"{s.stage_dir.name}_epoch{epoch}.pt" if cfg.snapshots else None
+        is_best = s.keep(self.checkpoints, self.model, epoch, step, val, snapshot)
         self.metrics.log(
             {"stage": s.stage, "n": s.n, "epoch": epoch, "step": step, "val_loss": val, "best": is_best},
             {"val/loss": val},
@@ -279,21 +242,15 @@ class Trainer:
                 if stopped and step_in_epoch < self.steps_per_epoch:
                     self.checkpoints.save(self.out / "last.pt", self._state(s, step_in_epoch))
                     step = s.epoch * self.steps_per_epoch + step_in_epoch
-                    return self._stopped(
-                        stopper, f"at stage {stage} step {step}; checkpoint {self.out / 'last.pt'}"
-                    )
+                    where = f"at stage {stage} step {step}; checkpoint {self.out / 'last.pt'}"
+                    self.stopped_by = stopper.report(where, self.cfg.max_steps, self.ctx.main)
+                    return False
                 self.end_epoch(s)
                 if stopped:  # the signal came at the epoch's last step
-                    return self._stopped(stopper, f"after stage {stage} epoch {s.epoch}")
+                    where = f"after stage {stage} epoch {s.epoch}"
+                    self.stopped_by = stopper.report(where, self.cfg.max_steps, self.ctx.main)
+                    return False
         return True
-
-    def _stopped(self, stopper: Stopper, where: str) -> bool:
-        """Records and reports a stop (the checkpoint is saved); returns False (the run stops)."""
-        self.stopped_by = stopper.signal or "max_steps"
-        if self.ctx.main:
-            why = stopper.signal or f"max_steps={self.cfg.max_steps}"
-            print(f"adam pretrain: stopped by {why} {where}; continue with --resume", flush=True)
-        return False
 
     # -- the whole run -----------------------------------------------------------------------------
 
@@ -324,27 +281,13 @@ class Trainer:
             self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
 
     def _finish(self, interrupted: bool) -> dict:
-        """The run's summary; after the last stage, ``best.pt`` (its best weights), summary.json and the report."""
-        out, main = self.out, self.ctx.main
-        summary = {
-            "interrupted": interrupted,
-            "stopped_by": self.stopped_by if interrupted else None,
-            "split_version": SPLIT_VERSION,
-            "stages": self.summary,
-            "estimate": self.steplog.estimate,
-            "out": str(out),
-            "config": str(out / "config.yaml"),
-        }
-        if not interrupted:
-            last = out / f"stage{len(self.cfg.stages) - 1}_n{self.cfg.stages[-1]}" / "best.pt"
-            self.checkpoints.save(
-                out / "best.pt", torch.load(last, map_location="cpu", weights_only=True) if main else None
-            )
-            summary["best"] = str(out / "best.pt")
-            if main:
-                atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-                from .report import write_report
-
-                summary["report"] = str(write_report(out))
-        self.ctx.barrier()
-        return summary
+        """The run's summary; after the last stage, ``best.pt``, summary.json and the report."""
+        return finish_run(
+            self.cfg,
+            self.ctx,
+            self.checkpoints,
+            self.summary,
+            self.steplog.estimate,
+            interrupted,
+            self.stopped_by,
+        )

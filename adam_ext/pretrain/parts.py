@@ -225,6 +225,14 @@ class Stopper:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.signal = signal.Signals(signum).name
 
+    def report(self, where: str, max_steps: int | None, main: bool) -> str:
+        """Prints (rank 0) that the run stopped ``where`` (its checkpoint is saved); returns what stopped it:
+        the signal's name or ``"max_steps"``."""
+        if main:
+            why = self.signal or f"max_steps={max_steps}"
+            print(f"adam pretrain: stopped by {why} {where}; continue with --resume", flush=True)
+        return self.signal or "max_steps"
+
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)

@@ -17,6 +17,7 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "ResumeError",
     "check_resumable",
+    "checkpoint_wrapper",
     "load_checkpoint",
     "restore_run",
     "rng_state",
@@ -112,6 +113,22 @@ def versions() -> dict:
         "python": platform.python_version(),
         "git_commit": git_commit(),
     }
+
+
+def checkpoint_wrapper(cfg: PretrainConfig, world: int, data_sizes: dict):
+    """What every checkpoint file of a run holds around its state (a ``Checkpointer``'s ``wrap``): kind,
+    format version, configuration, :func:`versions` (looked up now, once), world size, data sizes and the
+    split version."""
+    header = {
+        "kind": PRETRAIN_KIND,
+        "version": PRETRAIN_VERSION,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "world_size": world,
+        "data": data_sizes,
+        "split_version": SPLIT_VERSION,
+    }
+    return lambda state: {**header, **state}
 
 
 def rng_state() -> dict:

@@ -129,6 +129,34 @@ class StageRun:
             "monitor_collapsed": sorted(monitor_collapsed),
         }
 
+    def announce(
+        self, cfg: PretrainConfig, steps_per_epoch: int, world: int, device, queue_images: int
+    ) -> None:
+        """Prints where the stage starts and what it will do."""
+        print(
+            f"adam pretrain: stage {self.stage + 1}/{len(cfg.stages)}: n={self.n}, gamma={self.gamma}, "
+            f"{cfg.optim.epochs} epochs x {steps_per_epoch} steps of {cfg.optim.batch_size} images ({world} "
+            f"rank(s) on {device.type}); queue K={cfg.model.K} holds at most {queue_images} distinct training images",
+            flush=True,
+        )
+
+    def keep(self, checkpoints, model, epoch: int, step: int, val: float, snapshot: Path | None) -> bool:
+        """Saves the model's weights as the stage's ``best.pt`` when ``val`` improves on its best, and as
+        ``snapshot`` when given; returns whether ``val`` improved."""
+        is_best = self.best.improves(val)
+        weights = {
+            "model": model.state_dict(),
+            "stage": {"index": self.stage, "n": self.n},
+            "epoch": epoch,
+            "step": step,
+            "val_loss": val,
+        }
+        if is_best:
+            checkpoints.save(self.stage_dir / "best.pt", weights)
+        if snapshot is not None:
+            checkpoints.save(snapshot, weights)
+        return is_best
+
     def summary(self, epochs: int, collapse_warning: bool, monitor_collapse_warning: bool) -> dict:
         """The stage's line of ``summary.json``."""
         seconds = time.perf_counter() - self.t0

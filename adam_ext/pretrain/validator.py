@@ -118,6 +118,23 @@ class Validator:
             )
         return val, values
 
+    def measure_start(self, stage: int, gamma) -> None:
+        """Measures where a stage starts (stage 0: the initialisation), logged as its epoch 0; no collapse
+        warning (see :meth:`measure`)."""
+        val, _ = self.measure(stage, 0, 0, gamma, warn=False)
+        self.metrics.log(
+            {
+                "stage": stage,
+                "n": self.cfg.stages[stage],
+                "epoch": 0,
+                "step": 0,
+                "val_loss": val,
+                "best": False,
+            },
+            {"val/loss": val},
+            self.global_step(stage, 0),
+        )
+
     def report(self, where: str, val: float, is_best: bool, values: dict | None) -> None:
         """Prints an epoch's validation line (rank 0): the loss and the headline monitors."""
         if self.ctx.main:
