@@ -582,6 +582,31 @@ def test_report_escapes_names_it_did_not_write(tmp_path):
     assert "````yaml\n" in text  # the configuration's ``` cannot close its block
 
 
+def test_a_failed_report_figure_leaves_the_old_one(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from adam_ext.pretrain.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"stage": 0, "n": 0, "step": s, "loss": 5.0 - s, "pruned_fraction": 0.0} for s in range(3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "loss.png").write_bytes(b"old figure")
+
+    def failing(self, f, **kwargs):  # a full disk half-way through the PNG, to a path or a file
+        if isinstance(f, (str, os.PathLike)):
+            Path(f).write_bytes(b"half a png")
+        else:
+            f.write(b"half a png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(run)
+    assert (run / "loss.png").read_bytes() == b"old figure"
+    assert sorted(p.name for p in run.iterdir()) == ["loss.png", "metrics.jsonl"]
+
+
 # ----------------------------------------------------------------------------------------------
 # (12) one validation image never warns "collapsed"; the synthetic reader's side files are validated
 

@@ -39,8 +39,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -379,6 +381,8 @@ class ImageCache:
 def _build_into(dataset, keys, out_dir: Path, size: int, workers: int, progress: bool, meta, source) -> None:
     """Writes the cache into a temporary folder beside ``out_dir`` (its marker first, then the images
     and the index) and renames it over ``out_dir`` once complete; a failure leaves nothing."""
+    for dead in remove_killed_builds(out_dir):
+        print(f"adam cache: removed {dead}, left by a killed build into {out_dir}", flush=True)
     # mkdir, not tempfile.mkdtemp (mode 0700): the folder gets the mode of any new folder
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -446,6 +450,39 @@ def _check_replaceable(folder: Path) -> None:
             f"write; --overwrite would delete them: move them away or choose "
             f"another OUT"
         )
+
+
+def remove_killed_builds(out_dir) -> list[Path]:
+    """Deletes the temporary folders that killed builds into ``out_dir`` left beside it (each can hold
+    gigabytes): ``.NAME.tmp-PID-XXXXXXXX`` with a cache marker written on this host by a process that no
+    longer runs. Call it while holding ``out_dir``'s lock; returns what it removed. A folder made on
+    another host (a shared file system), by a live process, or without a marker is left alone."""
+    out_dir = Path(out_dir)
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.tmp-(\d+)-[0-9a-f]{{8}}")
+    removed = []
+    for tmp in out_dir.parent.iterdir() if out_dir.parent.is_dir() else ():
+        found = pattern.fullmatch(tmp.name)
+        if not found or tmp.is_symlink() or not tmp.is_dir() or _running(int(found.group(1))):
+            continue
+        try:
+            marker = runfolder.read_marker(tmp)
+        except runfolder.FolderKindError:
+            continue
+        if marker and marker["kind"] == "cache" and marker.get("host") == socket.gethostname():
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (another user's process counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        pass
+    return True
 
 
 def _remove_if_empty(folder: Path) -> None:

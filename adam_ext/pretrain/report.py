@@ -21,7 +21,7 @@ from urllib.parse import quote
 import numpy as np
 import yaml
 
-from .._util.atomic import atomic_write_text
+from .._util.atomic import atomic_save_figure, atomic_write_text
 from .._util.escape import markdown_code, markdown_fence, markdown_text
 from .._util.runfolder import read_jsonl, refuse_symlinks
 
@@ -99,7 +99,7 @@ def _plot_monitors(rows: list[dict], out: Path) -> Path:
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel("step (stages one after the other)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
+    atomic_save_figure(fig, out)  # a failed write keeps the old figure; never through a link
     plt.close(fig)
     return out
 
@@ -176,7 +176,7 @@ def _plot(train: list[dict], val: list[dict], key: str, ylabel: str, out: Path, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
+    atomic_save_figure(fig, out)  # a failed write keeps the old figure; never through a link
     plt.close(fig)
     return out
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pickle
+import secrets
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from adam_ext._util import runfolder
 from adam_ext._util.runfolder import MARKER
 from adam_ext.data.cache import DATA_FILE, INDEX_FILE, ImageCache, resize_longer_side
 
@@ -220,3 +224,30 @@ def test_bench_data_smoke(tmp_path):
     for row in ("| official |", "| ours (PNG) |", "| ours (cache) |"):
         assert row in text
     assert "machine:" in text and "torch" in text
+
+
+def test_the_next_build_removes_what_a_killed_build_left(tmp_path, seed, capsys):
+    # A build killed mid-way leaves .NAME.tmp-PID-XXXXXXXX beside its output (gigabytes for a real
+    # data set); the next build into the same folder removes it once its process is gone, and only
+    # then, only a cache's, and only one made on this host (a shared file system has other hosts).
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+
+    def left_by(pid, host=None):
+        tmp = tmp_path / f".cache.tmp-{pid}-{secrets.token_hex(4)}"
+        runfolder.claim(tmp, "cache", build="0" * 16)
+        (tmp / DATA_FILE).write_bytes(b"\0" * 1024)
+        if host is not None:
+            marker = json.loads((tmp / MARKER).read_text())
+            (tmp / MARKER).write_text(json.dumps({**marker, "host": host}))
+        return tmp
+
+    killed, live, elsewhere = left_by(gone.pid), left_by(os.getpid()), left_by(gone.pid, "another-node")
+    unmarked = tmp_path / f".cache.tmp-{gone.pid}-0123abcd"
+    unmarked.mkdir()
+    ImageCache.build(FakeDataset(seed), tmp_path / "cache", size=64, workers=0, progress=False)
+    assert not killed.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["cache", live.name, elsewhere.name, unmarked.name]
+    )
+    assert f"removed {killed}, left by a killed build" in capsys.readouterr().out
