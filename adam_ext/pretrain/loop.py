@@ -214,11 +214,7 @@ class Trainer:
         val, values = self.validator.measure(s.stage, epoch, step, s.val_gamma)
         snapshot = self.out / "snapshots" / f"{s.stage_dir.name}_epoch{epoch}.pt" if cfg.snapshots else None
         is_best = s.keep(self.checkpoints, self.model, epoch, step, val, snapshot)
-        self.metrics.log(
-            {"stage": s.stage, "n": s.n, "epoch": epoch, "step": step, "val_loss": val, "best": is_best},
-            {"val/loss": val},
-            self._global_step(s.stage, step),
-        )
+        self.validator.log_loss(s.stage, epoch, step, val, is_best)
         if values is not None:
             s.last_monitor = values
         self.validator.report(
@@ -243,13 +239,13 @@ class Trainer:
                     self.checkpoints.save(self.out / "last.pt", self._state(s, step_in_epoch))
                     step = s.epoch * self.steps_per_epoch + step_in_epoch
                     where = f"at stage {stage} step {step}; checkpoint {self.out / 'last.pt'}"
-                    self.stopped_by = stopper.report(where, self.cfg.max_steps, self.ctx.main)
-                    return False
-                self.end_epoch(s)
-                if stopped:  # the signal came at the epoch's last step
-                    where = f"after stage {stage} epoch {s.epoch}"
-                    self.stopped_by = stopper.report(where, self.cfg.max_steps, self.ctx.main)
-                    return False
+                else:
+                    self.end_epoch(s)
+                    if not stopped:
+                        continue
+                    where = f"after stage {stage} epoch {s.epoch}"  # the stop came at the epoch's last step
+                self.stopped_by = stopper.report(where, self.cfg.max_steps, self.ctx.main)
+                return False
         return True
 
     # -- the whole run -----------------------------------------------------------------------------

@@ -122,17 +122,15 @@ class Validator:
         """Measures where a stage starts (stage 0: the initialisation), logged as its epoch 0; no collapse
         warning (see :meth:`measure`)."""
         val, _ = self.measure(stage, 0, 0, gamma, warn=False)
+        self.log_loss(stage, 0, 0, val, best=False)
+
+    def log_loss(self, stage: int, epoch: int, step: int, val: float, best: bool) -> None:
+        """Logs a validation loss (metrics.jsonl and TensorBoard's ``val/loss``) after ``epoch``."""
+        n = self.cfg.stages[stage]
         self.metrics.log(
-            {
-                "stage": stage,
-                "n": self.cfg.stages[stage],
-                "epoch": 0,
-                "step": 0,
-                "val_loss": val,
-                "best": False,
-            },
+            {"stage": stage, "n": n, "epoch": epoch, "step": step, "val_loss": val, "best": best},
             {"val/loss": val},
-            self.global_step(stage, 0),
+            self.global_step(stage, step),
         )
 
     def report(self, where: str, val: float, is_best: bool, values: dict | None) -> None:
